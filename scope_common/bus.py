@@ -1,0 +1,59 @@
+"""ZeroMQ settings shared by both ends of the report bus.
+
+Probes PUB, apps SUB. The probe `connect`s its one PUB socket to every app, so the app needs to know
+nothing about probes, and an app that comes and goes is just a peer ZeroMQ reconnects to.
+"""
+
+from __future__ import annotations
+
+import zmq
+
+from scope_common.wire import MAX_MESSAGE_BYTES
+
+DEFAULT_BUS_PORT = 4030
+DEFAULT_HTTP_PORT = 4040
+
+#: Reports queued per app before new ones are dropped. Reports are full snapshots, so an old one is
+#: worth nothing once a newer exists: a short queue keeps memory flat while an app is slow or away.
+SEND_HWM = 4
+#: The app may hold a few reports per probe in its kernel and ZeroMQ buffers; beyond that the newest
+#: snapshot per probe is all it needs.
+RECEIVE_HWM = 1000
+#: ZMTP heartbeats find a dead peer (a host that vanished without a FIN) in about 3 intervals, so the
+#: probe stops queueing for it and the app drops its half of the connection.
+HEARTBEAT_IVL_MS = 5_000
+HEARTBEAT_TIMEOUT_MS = 15_000
+#: Reconnect quickly to an app that restarts, backing off to 10 s for one that stays away.
+RECONNECT_IVL_MS = 200
+RECONNECT_IVL_MAX_MS = 10_000
+
+
+def configure_publisher(socket: zmq.Socket[bytes]) -> None:
+    """Options for a probe's PUB socket."""
+    socket.setsockopt(zmq.SNDHWM, SEND_HWM)
+    # Queue only for apps that are connected: a report queued for an app that is not there yet would
+    # be stale by the time it arrives, and IMMEDIATE stops a dead peer from holding messages.
+    socket.setsockopt(zmq.IMMEDIATE, 1)
+    # Do not block process exit on undelivered reports.
+    socket.setsockopt(zmq.LINGER, 0)
+    _set_liveness(socket)
+
+
+def configure_subscriber(socket: zmq.Socket[bytes]) -> None:
+    """Options for an app's SUB socket."""
+    socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+    # ZeroMQ drops the connection of a peer that sends more than this, before buffering it: one bad
+    # or hostile probe cannot make the app allocate without bound.
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SUBSCRIBE, b"")
+    _set_liveness(socket)
+
+
+def _set_liveness(socket: zmq.Socket[bytes]) -> None:
+    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+    socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
+    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)

@@ -1,0 +1,54 @@
+"""Small command-line helpers both programs use: durations and flags with environment forms."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration written like `3s`, `500ms`, `1m`, `1m30s` or a bare number of seconds."""
+    text = text.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        pos, seconds = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 3s, 500ms, 1m)") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
+    return seconds
+
+
+def env_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    *,
+    default: str,
+    help: str,
+    type: Callable[[str], Any] = str,
+) -> None:
+    """Add `--flag`, whose default comes from SCOPE_FLAG in the environment when set.
+
+    The environment form lets the same image be configured by `docker run -e` without changing its
+    command line; the help text names both.
+    """
+    env = "SCOPE_" + flag.lstrip("-").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
+        # argparse runs `type` over a string default too, so a bad environment value gets a clean error.
+        default=os.environ.get(env, default),
+        type=type,
+        help=f"{help} (env {env}, default {default})",
+    )

@@ -1,0 +1,80 @@
+"""Node ids. Every id is `;`-separated so that one host's ids never collide with another's.
+
+- host: `<hostID>;<host>`
+- process: `<hostID>;<pid>`
+- endpoint: `<scope>;<addr>;<port>`, where scope is the host id for addresses that only mean something
+  on that host (loopback, docker bridges) and empty otherwise, so the same remote address seen from
+  two hosts is one node once their reports are merged.
+- container: `<container id>;<container>`; image: `<image id>;<container_image>`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+HOST_TAG = "<host>"
+CONTAINER_TAG = "<container>"
+IMAGE_TAG = "<container_image>"
+
+
+def host_id(host: str) -> str:
+    return f"{host};{HOST_TAG}"
+
+
+def process_id(host: str, pid: int | str) -> str:
+    return f"{host};{pid}"
+
+
+def endpoint_id(scope: str, addr: str, port: int | str) -> str:
+    return f"{scope};{addr};{port}"
+
+
+def container_id(container: str) -> str:
+    return f"{container};{CONTAINER_TAG}"
+
+
+def image_id(image: str) -> str:
+    return f"{image};{IMAGE_TAG}"
+
+
+def parse_host_id(node_id: str) -> str | None:
+    """The host of a host node id, or None when `node_id` is not one."""
+    host, sep, tag = node_id.rpartition(";")
+    return host if sep and tag == HOST_TAG else None
+
+
+def parse_process_id(node_id: str) -> tuple[str, int] | None:
+    """(host, pid) of a process node id, or None when `node_id` is not one."""
+    host, sep, pid = node_id.rpartition(";")
+    if not sep or not pid.isdigit():
+        return None
+    return host, int(pid)
+
+
+class Endpoint(NamedTuple):
+    scope: str
+    addr: str
+    port: int
+
+
+def parse_endpoint_id(node_id: str) -> Endpoint | None:
+    """The parts of an endpoint id, or None when `node_id` is not one.
+
+    IPv6 addresses contain no `;`, and scopes (host ids) are not allowed to, so splitting on the
+    first and last separator is exact.
+    """
+    scope, sep, rest = node_id.partition(";")
+    addr, sep2, port = rest.rpartition(";")
+    if not sep or not sep2 or not port.isdigit():
+        return None
+    return Endpoint(scope, addr, int(port))
+
+
+def parse_container_id(node_id: str) -> str | None:
+    container, sep, tag = node_id.rpartition(";")
+    return container if sep and tag == CONTAINER_TAG else None
+
+
+def parse_image_id(node_id: str) -> str | None:
+    image, sep, tag = node_id.rpartition(";")
+    return image if sep and tag == IMAGE_TAG else None
