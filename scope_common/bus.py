@@ -6,6 +6,8 @@ nothing about probes, and an app that comes and goes is just a peer ZeroMQ recon
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
 
 from scope_common.wire import MAX_MESSAGE_BYTES
@@ -28,7 +30,7 @@ RECONNECT_IVL_MS = 200
 RECONNECT_IVL_MAX_MS = 10_000
 
 
-def configure_publisher(socket: zmq.Socket[bytes]) -> None:
+def configure_publisher(socket: zmq.Socket[Any]) -> None:
     """Options for a probe's PUB socket."""
     socket.setsockopt(zmq.SNDHWM, SEND_HWM)
     # Queue only for apps that are connected: a report queued for an app that is not there yet would
@@ -39,7 +41,7 @@ def configure_publisher(socket: zmq.Socket[bytes]) -> None:
     _set_liveness(socket)
 
 
-def configure_subscriber(socket: zmq.Socket[bytes]) -> None:
+def configure_subscriber(socket: zmq.Socket[Any]) -> None:
     """Options for an app's SUB socket."""
     socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
     # ZeroMQ drops the connection of a peer that sends more than this, before buffering it: one bad
@@ -50,7 +52,7 @@ def configure_subscriber(socket: zmq.Socket[bytes]) -> None:
     _set_liveness(socket)
 
 
-def _set_liveness(socket: zmq.Socket[bytes]) -> None:
+def _set_liveness(socket: zmq.Socket[Any]) -> None:
     socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)

@@ -60,6 +60,7 @@ ADDR = "addr"
 PORT = "port"
 
 # Well-known `sets` keys.
+#: The host's addresses with their networks, as `10.0.0.5/24`.
 LOCAL_NETWORKS = "local_networks"
 CONTAINER_IPS = "docker_container_ips"
 CONTAINER_PORTS = "docker_container_ports"

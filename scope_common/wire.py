@@ -159,10 +159,7 @@ def _node_to_wire(node: Node) -> list[Any]:
         {k: list(v) for k, v in node.sets.items()},
         list(node.adjacency),
         {k: [e.connection_count, e.egress_bytes, e.ingress_bytes] for k, e in node.edges.items()},
-        {
-            k: [m.min, m.max, [x for s in m.samples for x in (s.timestamp, s.value)]]
-            for k, m in node.metrics.items()
-        },
+        {k: [m.min, m.max, [x for s in m.samples for x in (s.timestamp, s.value)]] for k, m in node.metrics.items()},
         {k: list(v) for k, v in node.parents.items()},
     ]
 

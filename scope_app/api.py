@@ -1,0 +1,157 @@
+"""The JSON API (docs/design.md). Handlers only read what the collector and renderer hold."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import tornado.web
+
+from scope_app.collector import Collector
+from scope_app.ingest import BusReceiver
+from scope_app.render import TOPOLOGIES, Renderer, view_options
+from scope_app.render.base import metric_json
+from scope_common import __version__
+from scope_common.report import Report
+
+log = logging.getLogger(__name__)
+
+
+class AppContext:
+    """What the handlers read: one per app process."""
+
+    def __init__(self, app_id: str, collector: Collector, renderer: Renderer, receiver: BusReceiver) -> None:
+        self.app_id = app_id
+        self.hostname = socket.gethostname()
+        self.collector = collector
+        self.renderer = renderer
+        self.receiver = receiver
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """JSON in, JSON out; errors as `{"error": ...}`, never a traceback."""
+
+    ctx: AppContext
+
+    def initialize(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        reason = self._reason
+        if "exc_info" in kwargs:
+            exc = kwargs["exc_info"][1]
+            if isinstance(exc, tornado.web.HTTPError) and exc.log_message:
+                reason = exc.log_message % exc.args if exc.args else exc.log_message
+        self.finish({"error": reason})
+
+    def write_json(self, value: Any) -> None:
+        self.finish(json.dumps(value, separators=(",", ":")))
+
+
+class InfoHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json({"id": self.ctx.app_id, "version": __version__, "hostname": self.ctx.hostname})
+
+
+class TopologyListHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json(self.ctx.renderer.topology_list())
+
+
+class TopologyHandler(ApiHandler):
+    def get(self, topology: str) -> None:
+        self.finish(self._view(topology).json)
+
+    def _view(self, topology: str) -> Any:
+        if topology not in TOPOLOGIES:
+            raise tornado.web.HTTPError(404, "unknown topology %r", topology[:60])
+        try:
+            options = view_options({k: self.get_argument(k) for k in self.request.arguments})
+        except ValueError as exc:
+            raise tornado.web.HTTPError(400, "%s", exc) from None
+        return self.ctx.renderer.view(topology, options)
+
+
+class NodeHandler(TopologyHandler):
+    def get(self, topology: str, node_id: str) -> None:  # type: ignore[override]
+        details = self._view(topology).details(node_id)
+        if details is None:
+            raise tornado.web.HTTPError(404, "no node %r in topology %r", node_id[:100], topology[:60])
+        self.write_json({"node": details})
+
+
+class ReportHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json(report_json(self.ctx.renderer.graph.report))
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    """The merged report, keyed by topology then node id, for people and tools to read."""
+    return {
+        name: {
+            node.id: {
+                "latest": {k: {"timestamp": ts, "value": v} for k, (ts, v) in node.latest.items()},
+                "sets": node.sets,
+                "adjacency": node.adjacency,
+                "edges": {k: {"connection_count": e.connection_count} for k, e in node.edges.items()},
+                "metrics": {k: metric_json(k, m) for k, m in node.metrics.items()},
+                "parents": node.parents,
+            }
+            for node in topology
+        }
+        for name, topology in report.topologies.items()
+    }
+
+
+class ProbesHandler(ApiHandler):
+    def get(self) -> None:
+        self.write_json(
+            [
+                {"id": p.probe_id, "hostname": p.host_id, "version": p.version, "lastSeen": p.last_seen}
+                for p in sorted(self.ctx.collector.probes.values(), key=lambda p: p.host_id)
+            ]
+        )
+
+
+class StatsHandler(ApiHandler):
+    """Counters an operator (or a test) reads to see what the bus did."""
+
+    def get(self) -> None:
+        receiver = self.ctx.receiver
+        self.write_json(
+            {
+                "reports_received": receiver.received,
+                "bytes_received": receiver.received_bytes,
+                "reports_dropped": {**receiver.dropped, **self.ctx.collector.rejected},
+                "probes": len(self.ctx.collector.probes),
+                "merges": self.ctx.collector.version,
+            }
+        )
+
+
+class NotFoundHandler(ApiHandler):
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, "no such API route")
+
+
+def api_routes(ctx: AppContext) -> list[tuple[Any, ...]]:
+    args = {"ctx": ctx}
+    return [
+        (r"/api", InfoHandler, args),
+        (r"/api/topology", TopologyListHandler, args),
+        (r"/api/topology/([^/]+)", TopologyHandler, args),
+        (r"/api/topology/([^/]+)/(?!ws$)(.+)", NodeHandler, args),
+        (r"/api/report", ReportHandler, args),
+        (r"/api/probes", ProbesHandler, args),
+        (r"/api/stats", StatsHandler, args),
+    ]
+
+
+def not_found_route(ctx: AppContext) -> tuple[Any, ...]:
+    return (r"/api/.*", NotFoundHandler, {"ctx": ctx})

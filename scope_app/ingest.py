@@ -1,0 +1,61 @@
+"""The report bus: a SUB socket bound on the bus address, feeding the collector.
+
+Every message is decoded here; one that cannot be is dropped, logged (rate-limited) and counted by
+reason. Nothing a sender does reaches the rest of the app as an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+import zmq.asyncio
+
+from scope_app.collector import Collector
+from scope_common import wire
+from scope_common.bus import configure_subscriber
+
+log = logging.getLogger(__name__)
+
+#: At most one log line per reason in this many seconds: a broken probe sending every second must
+#: not flood the log; the counters say how many.
+_LOG_EVERY = 10.0
+
+
+class BusReceiver:
+    def __init__(self, collector: Collector, context: zmq.asyncio.Context, bind: str) -> None:
+        self._collector = collector
+        self._socket = context.socket(zmq.SUB)
+        configure_subscriber(self._socket)
+        self._socket.bind(bind)
+        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received = 0
+        self.received_bytes = 0
+        self.dropped: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+
+    async def run(self) -> None:
+        while True:
+            message = await self._socket.recv()
+            self.handle(message)
+
+    def handle(self, message: bytes) -> None:
+        self.received += 1
+        self.received_bytes += len(message)
+        try:
+            envelope = wire.decode(message)
+        except wire.DecodeError as exc:
+            self._drop(exc.reason, str(exc))
+            return
+        self._collector.add(envelope)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged_at[reason] = now
+            log.warning("dropped a report (%s); %d so far for this reason", detail, self.dropped[reason])
+
+    def close(self) -> None:
+        self._socket.close(linger=0)

@@ -1,0 +1,155 @@
+"""The app process: the bus receiver, the collector, the renderer and the web server in one loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import secrets
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import tornado.httpserver
+import tornado.web
+import zmq.asyncio
+
+from scope_app.api import AppContext, api_routes, not_found_route
+from scope_app.collector import Collector
+from scope_app.ingest import BusReceiver
+from scope_app.render import Renderer
+from scope_app.websocket import FeedHub, TopologyWebSocket
+from scope_common import __version__
+from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
+from scope_common.config import env_flag, parse_duration
+from scope_common.report import Report
+
+log = logging.getLogger("scope.app")
+
+#: Browsers send nothing big; the limit stops a client from making the app buffer a huge frame.
+WEBSOCKET_MAX_MESSAGE = 64 * 1024
+
+
+def static_dir() -> str:
+    """Where the UI's files are: the installed `scope_static` package, or static/ in a checkout."""
+    spec = importlib.util.find_spec("scope_static")
+    if spec is not None and spec.submodule_search_locations:
+        return str(next(iter(spec.submodule_search_locations)))
+    return str(Path(__file__).resolve().parent.parent / "static")
+
+
+class ScopeApp:
+    """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
+
+    def __init__(self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset()) -> None:
+        self.app_id = secrets.token_hex(8)
+        self.renderer = Renderer()
+        self.hub = FeedHub(self.renderer)
+        self.collector = Collector(self._merged, window=window)
+        self._zmq = zmq.asyncio.Context()
+        self.receiver = BusReceiver(self.collector, self._zmq, bus)
+        self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
+        self.web = tornado.web.Application(
+            [
+                *api_routes(self.context),
+                (
+                    r"/api/topology/([^/]+)/ws",
+                    TopologyWebSocket,
+                    {"hub": self.hub, "allowed_origins": allowed_origins},
+                ),
+                not_found_route(self.context),
+                (
+                    r"/(.*)",
+                    tornado.web.StaticFileHandler,
+                    {"path": static_dir(), "default_filename": "index.html"},
+                ),
+            ],
+            websocket_ping_interval=10,
+            websocket_ping_timeout=30,
+            websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
+            compress_response=True,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: tornado.httpserver.HTTPServer | None = None
+
+    def _merged(self, report: Report, version: int) -> None:
+        self.renderer.update(report, version)
+        self.hub.changed()
+
+    def start(self, listen_host: str, listen_port: int) -> None:
+        self._server = self.web.listen(listen_port, listen_host, xheaders=False)
+        self._tasks = [
+            asyncio.create_task(self.receiver.run(), name="bus"),
+            asyncio.create_task(self.collector.expire_forever(), name="expiry"),
+        ]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.receiver.close()
+        self._zmq.term()
+
+
+def split_address(text: str, default_port: int) -> tuple[str, int]:
+    """`host:port`, `:port` or `host` (port defaulted); IPv6 in brackets."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    if not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}")
+    return host, int(port)
+
+
+def bus_endpoint(text: str) -> str:
+    host, port = split_address(text.removeprefix("tcp://"), DEFAULT_BUS_PORT)
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def add_app_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("app")
+    env_flag(group, "--listen", default=f"0.0.0.0:{DEFAULT_HTTP_PORT}", help="HTTP address for the UI and API")
+    env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
+    env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
+    env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scope app", description="Merge probes' reports and serve the map.")
+    add_app_flags(parser)
+    env_flag(parser, "--log-level", default="info", help="debug, info, warning or error")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
+    origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+    app = ScopeApp(bus_endpoint(args.bus), args.window, origins)
+    log.info("app starting, version %s, ID %s", __version__, app.app_id)
+    app.start(listen_host, listen_port)
+    log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    await app.stop()
+    log.info("app exiting")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(args))
+    except (OSError, zmq.ZMQError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

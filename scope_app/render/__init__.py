@@ -1,0 +1,210 @@
+"""Topology views of the merged report, rendered once per merged report and options, then shared.
+
+`Renderer.view(topology, options)` is what the API and the websockets call. The first call after a
+new merged report renders; every other caller (each browser, each request) gets the same `View`, whose
+JSON is also built once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scope_app.render.base import ConnectionGraph, Json, RenderedNode, ViewOptions
+from scope_app.render.containers import (
+    render_containers,
+    render_containers_by_hostname,
+    render_containers_by_image,
+)
+from scope_app.render.hosts import render_hosts
+from scope_app.render.processes import render_processes, render_processes_by_name
+from scope_common.report import CMDLINE, CONTAINER_NAME, NAME, PID, Report
+
+RenderFunction = Callable[[ConnectionGraph, ViewOptions], tuple[dict[str, RenderedNode], int]]
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A view the API offers."""
+
+    id: str
+    name: str
+    render: RenderFunction
+    options: tuple[str, ...]
+
+
+TOPOLOGIES: dict[str, Topology] = {
+    t.id: t
+    for t in (
+        Topology("containers", "Containers", render_containers, ("system", "stopped", "pseudo")),
+        Topology(
+            "containers-by-image",
+            "Containers by image",
+            render_containers_by_image,
+            ("system", "stopped", "pseudo"),
+        ),
+        Topology(
+            "containers-by-hostname",
+            "Containers by hostname",
+            render_containers_by_hostname,
+            ("system", "stopped", "pseudo"),
+        ),
+        Topology("processes", "Processes", render_processes, ("unconnected", "pseudo")),
+        Topology("processes-by-name", "Processes by name", render_processes_by_name, ("unconnected", "pseudo")),
+        Topology("hosts", "Hosts", render_hosts, ("pseudo",)),
+    )
+}
+
+_OPTION_DEFAULTS = {"system": "hide", "stopped": "hide", "unconnected": "hide", "pseudo": "show"}
+
+#: Views for different option sets are cached side by side; this bounds how many.
+MAX_CACHED_VIEWS = 64
+
+
+@dataclass
+class View:
+    """One rendered topology: its nodes, their JSON, and the numbers the topology list shows."""
+
+    topology: str
+    nodes: dict[str, RenderedNode]
+    filtered_nodes: int
+    graph: ConnectionGraph
+    _summaries: dict[str, Json] | None = field(default=None, repr=False)
+    _json: str | None = field(default=None, repr=False)
+
+    @property
+    def summaries(self) -> dict[str, Json]:
+        if self._summaries is None:
+            self._summaries = {node_id: node.summary() for node_id, node in self.nodes.items()}
+        return self._summaries
+
+    @property
+    def json(self) -> str:
+        """`{"nodes": {...}}`, serialised once however many clients ask."""
+        if self._json is None:
+            self._json = json.dumps({"nodes": self.summaries}, separators=(",", ":"))
+        return self._json
+
+    @property
+    def edge_count(self) -> int:
+        return sum(len(node.edges) for node in self.nodes.values())
+
+    def details(self, node_id: str) -> Json | None:
+        """Everything about one node (docs/design.md, NodeDetails), or None if it is not here."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return None
+        details = dict(self.summaries[node_id])
+        details["connections"] = {
+            "in": [
+                _connection_row(self.nodes[source], node_id)
+                for source in sorted(self.nodes)
+                if node_id in self.nodes[source].edges
+            ],
+            "out": [_connection_row(node, target, self.nodes[target]) for target in sorted(node.edges)],
+        }
+        details["children"] = [self._children(topology, child_ids) for topology, child_ids in node.children.items()]
+        details["controls"] = []
+        return details
+
+    def _children(self, topology: str, child_ids: list[str]) -> Json:
+        rows: list[Json] = []
+        if topology == "processes":
+            for child_id in sorted(child_ids):
+                process = self.graph.processes.get(child_id)
+                if process is not None:
+                    rows.append(
+                        {
+                            "id": child_id,
+                            "label": process.get(NAME) or child_id,
+                            "metadata": [
+                                {"id": "pid", "label": "PID", "value": process.get(PID) or ""},
+                                {"id": "cmdline", "label": "Command", "value": process.get(CMDLINE) or ""},
+                            ],
+                        }
+                    )
+        else:
+            for child_id in sorted(child_ids):
+                container = self.graph.containers.get(child_id)
+                label = (container.get(CONTAINER_NAME) if container else None) or child_id
+                rows.append({"id": child_id, "label": label, "metadata": []})
+        return {"topologyId": topology, "label": topology.replace("-", " ").capitalize(), "nodes": rows}
+
+
+def _connection_row(source: RenderedNode, target_id: str, target: RenderedNode | None = None) -> Json:
+    edge = source.edges[target_id]
+    other = target if target is not None else source
+    return {
+        "id": other.id,
+        "label": other.label_major,
+        "port": ", ".join(str(p) for p in sorted(edge.ports)),
+        "count": edge.count,
+    }
+
+
+def view_options(query: Mapping[str, str]) -> ViewOptions:
+    """The options of a view from query arguments, defaults filled in; raises ValueError."""
+    return ViewOptions.parse({**_OPTION_DEFAULTS, **{k: v for k, v in query.items() if k in _OPTION_DEFAULTS}})
+
+
+class Renderer:
+    """Caches views of one merged report; `update` moves it to the next report."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._report = Report()
+        self._graph: ConnectionGraph | None = None
+        self._views: OrderedDict[tuple[str, ViewOptions], View] = OrderedDict()
+
+    def update(self, report: Report, version: int) -> None:
+        self._report = report
+        self.version = version
+        self._graph = None
+        self._views.clear()
+
+    @property
+    def graph(self) -> ConnectionGraph:
+        if self._graph is None:
+            self._graph = ConnectionGraph(self._report)
+        return self._graph
+
+    def view(self, topology_id: str, options: ViewOptions) -> View:
+        """The view, rendered now if this report has not been rendered with these options yet.
+
+        Raises KeyError for an unknown topology.
+        """
+        topology = TOPOLOGIES[topology_id]
+        key = (topology_id, options)
+        view = self._views.get(key)
+        if view is None:
+            nodes, filtered = topology.render(self.graph, options)
+            view = self._views[key] = View(topology_id, nodes, filtered, self.graph)
+            while len(self._views) > MAX_CACHED_VIEWS:
+                self._views.popitem(last=False)
+        else:
+            self._views.move_to_end(key)
+        return view
+
+    def topology_list(self) -> list[dict[str, Any]]:
+        """Every topology with its default view's counts."""
+        result = []
+        for rank, topology in enumerate(TOPOLOGIES.values()):
+            view = self.view(topology.id, view_options({}))
+            result.append(
+                {
+                    "id": topology.id,
+                    "name": topology.name,
+                    "url": f"/api/topology/{topology.id}",
+                    "rank": rank,
+                    "options": [{"id": o, "default": _OPTION_DEFAULTS[o]} for o in topology.options],
+                    "stats": {
+                        "node_count": len(view.nodes),
+                        "edge_count": view.edge_count,
+                        "filtered_nodes": view.filtered_nodes,
+                    },
+                }
+            )
+        return result

@@ -1,0 +1,221 @@
+"""The containers, containers-by-image and containers-by-hostname views.
+
+A connection reaches a container by one of three ways, tried in order:
+1. its endpoint belongs to a process, and the process runs in the container (from /proc);
+2. its address is the container's own IP (conntrack saw a connection no process holds any more);
+3. its address is one of the host's and its port one the container publishes (`-p`), for connections
+   conntrack saw to a published port.
+An address or published port claimed by two containers joins neither: a wrong edge is worse than none.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+
+from scope_app.render.base import (
+    ConnectionGraph,
+    RenderedNode,
+    ViewOptions,
+    connect_nodes,
+    filter_view,
+    process_container,
+    uncontained_id,
+)
+from scope_app.render.group import group_nodes
+from scope_app.render.labels import host_label, host_parent
+from scope_common import ids
+from scope_common.report import (
+    CONTAINER_COMMAND,
+    CONTAINER_CREATED,
+    CONTAINER_HOSTNAME,
+    CONTAINER_ID,
+    CONTAINER_IPS,
+    CONTAINER_IPS_WITH_SCOPES,
+    CONTAINER_NAME,
+    CONTAINER_NETWORKS,
+    CONTAINER_PORTS,
+    CONTAINER_RESTART_COUNT,
+    CONTAINER_STATE,
+    CONTAINER_STATE_HUMAN,
+    CPU_USAGE,
+    HOST_NODE_ID,
+    IMAGE_NAME,
+    LABEL_PREFIX,
+    MEMORY_USAGE,
+    Node,
+)
+
+#: Containers of scope itself and of weave are plumbing, hidden unless `system=show`.
+SYSTEM_NAMES = ("weavescope", "weave", "weaveproxy", "weavedns", "weavewait", "weaveplugin", "weavevolumes")
+SYSTEM_LABEL = ("works.weave.role", "system")
+RUNNING_STATES = ("running", "paused", "restarting")
+
+
+def image_name(container: Node) -> str:
+    """The image a container runs, without its tag: what containers-by-image groups by."""
+    name = container.get(IMAGE_NAME) or "?"
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name
+
+
+def image_group_id(name: str) -> str:
+    return f"{name};<image_name>"
+
+
+def hostname_group_id(name: str) -> str:
+    return f"{name};<container_hostname>"
+
+
+def is_system(container: Node) -> bool:
+    name = container.get(CONTAINER_NAME) or ""
+    if name in SYSTEM_NAMES or name.startswith("weave"):
+        return True
+    return container.get(LABEL_PREFIX + SYSTEM_LABEL[0]) == SYSTEM_LABEL[1]
+
+
+def container_node(graph: ConnectionGraph, container: Node) -> RenderedNode:
+    name = container.get(CONTAINER_NAME) or (container.get(CONTAINER_ID) or container.id)[:12]
+    host = host_label(graph, container)
+    image = container.get(IMAGE_NAME) or ""
+    state = container.get(CONTAINER_STATE) or ""
+    metadata = [
+        ("image", "Image", image),
+        ("state", "State", container.get(CONTAINER_STATE_HUMAN) or state),
+        ("host", "Host", host),
+        ("id", "ID", (container.get(CONTAINER_ID) or "")[:12]),
+        ("command", "Command", container.get(CONTAINER_COMMAND) or ""),
+        ("created", "Created", _time(container.get(CONTAINER_CREATED))),
+        ("ips", "IPs", ", ".join(container.sets.get(CONTAINER_IPS, ()))),
+        ("ports", "Ports", ", ".join(container.sets.get(CONTAINER_PORTS, ()))),
+        ("networks", "Networks", ", ".join(container.sets.get(CONTAINER_NETWORKS, ()))),
+        ("restart_count", "Restart count", container.get(CONTAINER_RESTART_COUNT) or ""),
+    ]
+    metadata.extend(
+        (f"label_{key[len(LABEL_PREFIX) :]}", f"Label {key[len(LABEL_PREFIX) :]}", value)
+        for key, (_, value) in sorted(container.latest.items())
+        if key.startswith(LABEL_PREFIX)
+    )
+    parents = host_parent(graph, container)
+    if image:
+        parents.append((image_group_id(image_name(container)), image_name(container), "containers-by-image"))
+    return RenderedNode(
+        container.id,
+        "container",
+        name,
+        host,
+        rank=image_name(container),
+        shape="hexagon",
+        metadata=[row for row in metadata if row[2]],
+        metrics={k: m for k, m in container.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE)},
+        parents=parents,
+        system=is_system(container),
+        stopped=state not in RUNNING_STATES,
+    )
+
+
+def _time(value: str | None) -> str:
+    """An ISO time for a Unix timestamp; anything else as it came."""
+    if not value:
+        return ""
+    try:
+        return datetime.datetime.fromtimestamp(float(value), datetime.UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError):
+        return value
+
+
+class ContainerIndex:
+    """Which container owns an address, or a published port of a host."""
+
+    def __init__(self, containers: Iterable[Node]) -> None:
+        by_ip: dict[str, set[str]] = {}
+        by_port: dict[tuple[str, int], set[str]] = {}
+        for container in containers:
+            if container.get(CONTAINER_STATE) not in RUNNING_STATES:
+                continue
+            for scoped_ip in container.sets.get(CONTAINER_IPS_WITH_SCOPES, ()):
+                by_ip.setdefault(scoped_ip, set()).add(container.id)
+            host = container.get(HOST_NODE_ID)
+            for mapping in container.sets.get(CONTAINER_PORTS, ()):
+                published = _published_port(mapping)
+                if host and published is not None:
+                    by_port.setdefault((host, published), set()).add(container.id)
+        self._by_ip = {k: next(iter(v)) for k, v in by_ip.items() if len(v) == 1}
+        self._by_port = {k: next(iter(v)) for k, v in by_port.items() if len(v) == 1}
+
+    def owner(self, graph: ConnectionGraph, endpoint: Node) -> str | None:
+        parsed = ids.parse_endpoint_id(endpoint.id)
+        if parsed is None:
+            return None
+        found = self._by_ip.get(f"{parsed.scope};{parsed.addr}")
+        if found is not None:
+            return found
+        if parsed.scope:
+            host = ids.host_id(parsed.scope.partition("/")[0])
+        else:
+            host = graph.host_addresses.get(parsed.addr, "")
+        return self._by_port.get((host, parsed.port))
+
+
+def _published_port(mapping: str) -> int | None:
+    """The host port of `0.0.0.0:8080->80/tcp`; None for an exposed but unpublished port."""
+    published, arrow, _ = mapping.partition("->")
+    if not arrow:
+        return None
+    port = published.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    nodes = {c.id: container_node(graph, c) for c in graph.containers.values()}
+    index = ContainerIndex(graph.containers.values())
+    for process in graph.processes.values():
+        container_id = process_container(process)
+        if container_id in nodes:
+            nodes[container_id].children.setdefault("processes", []).append(process.id)
+
+    def owner(endpoint: Node) -> str | None:
+        process = graph.process_of(endpoint)
+        if process is None:
+            return index.owner(graph, endpoint)
+        container_id = process_container(process)
+        if container_id is not None and container_id in nodes:
+            return container_id
+        host_node_id = process.get(HOST_NODE_ID) or ""
+        pseudo_id = uncontained_id(host_node_id)
+        if pseudo_id not in nodes:
+            nodes[pseudo_id] = RenderedNode(
+                pseudo_id,
+                "pseudo",
+                "Uncontained",
+                host_label(graph, process),
+                shape="square",
+                pseudo=True,
+                parents=host_parent(graph, process),
+            )
+        return pseudo_id
+
+    connect_nodes(graph, nodes, owner)
+    return nodes, filter_view(nodes, options, drop_unconnected=False)
+
+
+def render_containers_by_image(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    containers, filtered = render_containers(graph, options)
+
+    def group(node: RenderedNode) -> RenderedNode | None:
+        name = node.rank
+        return RenderedNode(image_group_id(name), "image", name, rank=name, shape="hexagon")
+
+    return group_nodes(containers, group, child_topology="containers", noun=("container", "containers")), filtered
+
+
+def render_containers_by_hostname(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    containers, filtered = render_containers(graph, options)
+
+    def group(node: RenderedNode) -> RenderedNode | None:
+        container = graph.containers.get(node.id)
+        name = (container.get(CONTAINER_HOSTNAME) if container else None) or node.label_major
+        return RenderedNode(hostname_group_id(name), "container", name, rank=name, shape="hexagon")
+
+    return group_nodes(containers, group, child_topology="containers", noun=("container", "containers")), filtered

@@ -1,0 +1,59 @@
+"""The hosts view."""
+
+from __future__ import annotations
+
+import datetime
+
+from scope_app.render.base import ConnectionGraph, RenderedNode, ViewOptions, connect_nodes, filter_view
+from scope_common.report import (
+    CPU_USAGE,
+    HOST_NODE_ID,
+    HOSTNAME,
+    KERNEL_VERSION,
+    LOAD1,
+    LOCAL_NETWORKS,
+    MEMORY_USAGE,
+    OS,
+    UPTIME,
+    Node,
+)
+
+
+def host_node(host: Node) -> RenderedNode:
+    name = host.get(HOSTNAME) or host.id
+    uptime = host.get(UPTIME)
+    return RenderedNode(
+        host.id,
+        "host",
+        name,
+        f"{host.get(OS) or ''} {host.get(KERNEL_VERSION) or ''}".strip(),
+        rank=name,
+        shape="circle",
+        metadata=[
+            row
+            for row in (
+                ("host", "Host", name),
+                ("os", "OS", host.get(OS) or ""),
+                ("kernel_version", "Kernel", host.get(KERNEL_VERSION) or ""),
+                ("uptime", "Uptime", str(datetime.timedelta(seconds=int(uptime))) if uptime else ""),
+                ("local_networks", "Networks", ", ".join(host.sets.get(LOCAL_NETWORKS, ()))),
+            )
+            if row[2]
+        ],
+        metrics={k: m for k, m in host.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE, LOAD1)},
+    )
+
+
+def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    nodes = {h.id: host_node(h) for h in graph.hosts.values()}
+    for container in graph.containers.values():
+        host = container.get(HOST_NODE_ID)
+        if host in nodes:
+            nodes[host].children.setdefault("containers", []).append(container.id)
+
+    def owner(endpoint: Node) -> str | None:
+        host = graph.host_of(endpoint)
+        return host if host in nodes else None
+
+    connect_nodes(graph, nodes, owner)
+    return nodes, filter_view(nodes, options, drop_unconnected=False)

@@ -1,0 +1,32 @@
+"""Recent samples of a reporter's metrics, so that each report carries a sparkline's worth."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from scope_common.report import MAX_SAMPLES, Metric, Sample
+
+
+class MetricHistory:
+    """The last MAX_SAMPLES samples of each (node, metric), forgetting nodes not seen in a while.
+
+    The app keeps only the latest report of each probe, so history lives here, bounded: a node's
+    samples are dropped by `forget_except` once the node is gone.
+    """
+
+    def __init__(self, size: int = MAX_SAMPLES) -> None:
+        self._size = size
+        self._samples: dict[tuple[str, str], deque[Sample]] = {}
+
+    def add(self, node_id: str, metric: str, timestamp: float, value: float, max_value: float) -> Metric:
+        """Record a sample and return the metric with its history."""
+        samples = self._samples.get((node_id, metric))
+        if samples is None:
+            samples = self._samples[(node_id, metric)] = deque(maxlen=self._size)
+        samples.append(Sample(timestamp, value))
+        return Metric.from_samples(samples, max_value)
+
+    def forget_except(self, node_ids: set[str]) -> None:
+        """Drop the history of every node not in `node_ids`."""
+        for key in [k for k in self._samples if k[0] not in node_ids]:
+            del self._samples[key]

@@ -1,0 +1,240 @@
+"""The probe process: gathers reports from every reporter and publishes them to every app.
+
+Two clocks drive it: the spy tick (default 1 s) asks every reporter for a fresh report, the publish
+tick (default 3 s) sends the merged result. A reporter that sees a change between ticks (a container
+started) wakes the loop, which then refreshes that reporter alone and publishes at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+
+import zmq
+
+from scope_common import __version__, wire
+from scope_common.config import env_flag, parse_duration
+from scope_common.report import Report, merge_reports
+from scope_probe.addresses import AddressScopes
+from scope_probe.endpoint import EndpointReporter
+from scope_probe.host import HostReporter
+from scope_probe.peers import WEAVE_DNS_NAME, PeerResolver, parse_peer
+from scope_probe.process import ProcessReporter
+from scope_probe.publisher import Publisher
+from scope_probe.reporter import ProbeContext, Reporter
+
+log = logging.getLogger("scope.probe")
+
+
+class Probe:
+    """Runs the reporters and the publisher until `stop()`."""
+
+    def __init__(
+        self,
+        ctx: ProbeContext,
+        reporters: Sequence[Reporter],
+        publisher: Publisher,
+        resolver: PeerResolver,
+        *,
+        spy_interval: float = 1.0,
+        publish_interval: float = 3.0,
+        resolve_interval: float = 10.0,
+    ) -> None:
+        self.ctx = ctx
+        self._reporters = list(reporters)
+        self._publisher = publisher
+        self._resolver = resolver
+        self._spy_interval = spy_interval
+        self._publish_interval = publish_interval
+        self._resolve_interval = resolve_interval
+        self._latest: dict[str, Report] = {}
+        self._woken: set[str] = set()
+        self._wake_lock = threading.Lock()
+        self._wake_event = threading.Event()
+        self._stopping = threading.Event()
+        self._apps: set[str] | None = None
+        self._seq = 0
+        self.failures: dict[str, int] = {}
+
+    def wake(self, reporter: str) -> None:
+        """Ask for `reporter` to be refreshed and a report to be published now. Any thread."""
+        with self._wake_lock:
+            self._woken.add(reporter)
+        self._wake_event.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake_event.set()
+
+    def run(self) -> None:
+        for reporter in self._reporters:
+            reporter.start(self.wake)
+        discovery = threading.Thread(target=self._discover, name="discovery", daemon=True)
+        discovery.start()
+        try:
+            self._loop()
+        finally:
+            for reporter in self._reporters:
+                reporter.stop()
+            self._publisher.close()
+
+    def _loop(self) -> None:
+        next_spy = next_publish = time.monotonic()
+        while not self._stopping.is_set():
+            self._apply_discovery()
+            now = time.monotonic()
+            if now >= next_spy:
+                self._gather(self._reporters)
+                next_spy = _next_tick(next_spy, self._spy_interval, now)
+            if now >= next_publish:
+                self._publish()
+                next_publish = _next_tick(next_publish, self._publish_interval, now)
+            timeout = max(0.0, min(next_spy, next_publish) - time.monotonic())
+            if self._wake_event.wait(timeout):
+                self._wake_event.clear()
+                with self._wake_lock:
+                    woken, self._woken = self._woken, set()
+                if woken and not self._stopping.is_set():
+                    self._gather([r for r in self._reporters if r.name in woken])
+                    self._publish()
+
+    def _gather(self, reporters: Sequence[Reporter]) -> None:
+        now = time.time()
+        for reporter in reporters:
+            try:
+                self._latest[reporter.name] = reporter.report(now)
+            except Exception:
+                # One broken source must not silence the others; its last good report stands.
+                self.failures[reporter.name] = self.failures.get(reporter.name, 0) + 1
+                if self.failures[reporter.name] in (1, 10, 100) or self.failures[reporter.name] % 1000 == 0:
+                    log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
+
+    def _publish(self) -> None:
+        self._seq += 1
+        envelope = wire.Envelope(
+            probe_id=self.ctx.probe_id,
+            host_id=self.ctx.host_id,
+            seq=self._seq,
+            sent_at=time.time(),
+            report=merge_reports(self._latest.values()),
+            version=__version__,
+        )
+        try:
+            message = wire.encode(envelope)
+        except wire.EncodeError as exc:
+            log.error("report not sent: %s", exc)
+            return
+        self._publisher.send(message)
+
+    def _discover(self) -> None:
+        """Re-resolves the apps forever; the main loop applies what it finds (it owns the socket)."""
+        while not self._stopping.is_set():
+            apps = self._resolver.resolve()
+            with self._wake_lock:
+                self._apps = apps
+            self._wake_event.set()
+            self._stopping.wait(self._resolve_interval)
+
+    def _apply_discovery(self) -> None:
+        with self._wake_lock:
+            apps, self._apps = self._apps, None
+        if apps is not None:
+            self._publisher.set_apps(apps)
+
+
+def _next_tick(previous: float, interval: float, now: float) -> float:
+    """The next tick after `now` on the grid of `interval`: a slow round skips ticks, never bunches."""
+    missed = max(0, int((now - previous) // interval))
+    return previous + (missed + 1) * interval
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scope probe", description="Gather this host's processes, connections and containers."
+    )
+    add_probe_flags(parser)
+    return parser
+
+
+def add_probe_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "peers",
+        nargs="*",
+        help="apps to publish to: host, ip, host:port or ip:port (default port 4030); env SCOPE_PEERS, space-separated",
+    )
+    group = parser.add_argument_group("probe")
+    env_flag(group, "--hostname", default=socket.gethostname(), help="name of this host in the map")
+    env_flag(group, "--spy-interval", default="1s", type=parse_duration, help="how often to gather")
+    env_flag(group, "--publish-interval", default="3s", type=parse_duration, help="how often to publish")
+    env_flag(group, "--resolve-interval", default="10s", type=parse_duration, help="how often to look apps up")
+    env_flag(
+        group,
+        "--weave-dns-name",
+        default=WEAVE_DNS_NAME,
+        help="DNS name whose A records are apps; empty: off",
+    )
+    env_flag(
+        group,
+        "--weave-dns-server",
+        default="",
+        help="DNS server for that name, ip[:port]; empty: the system's",
+    )
+    env_flag(group, "--proc-root", default="/proc", help="the host's /proc")
+    env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
+
+
+def probe_from_args(args: argparse.Namespace) -> Probe:
+    peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
+    nameserver, _, ns_port = args.weave_dns_server.partition(":") if args.weave_dns_server else ("", "", "")
+    ctx = ProbeContext(host_id=args.hostname, probe_id=secrets.token_hex(8), proc_root=args.proc_root)
+    addresses = AddressScopes(ctx.host_id)
+    reporters: list[Reporter] = [
+        HostReporter(ctx, addresses),
+        ProcessReporter(ctx),
+        EndpointReporter(ctx, addresses),
+    ]
+    resolver = PeerResolver(
+        peers,
+        weave_name=args.weave_dns_name or None,
+        nameserver=nameserver or None,
+        nameserver_port=int(ns_port or 53),
+    )
+    return Probe(
+        ctx,
+        reporters,
+        Publisher(zmq.Context.instance()),
+        resolver,
+        spy_interval=args.spy_interval,
+        publish_interval=args.publish_interval,
+        resolve_interval=args.resolve_interval,
+    )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        probe = probe_from_args(args)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("probe starting, version %s, ID %s", __version__, probe.ctx.probe_id)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: probe.stop())
+    probe.run()
+    log.info("probe exiting")
+    return 0

@@ -1,0 +1,48 @@
+"""The interface every data source of the probe implements.
+
+One reporter per source (host, processes, endpoints, Docker, conntrack), as glances has one plugin
+per source: each can fail, be missing or be slow on its own without taking the others down. The probe
+asks each for a report every spy tick and merges them; a reporter that learns of a change between
+ticks (a Docker event) calls `wake` so that a report goes out at once.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from scope_common.report import Report
+
+#: Called by a reporter with its own name to ask for a report to be published now.
+Wake = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ProbeContext:
+    """What every reporter needs to know about where it runs."""
+
+    host_id: str
+    probe_id: str
+    #: Where the host's /proc is: `/proc` normally, also in a `--pid=host` container.
+    proc_root: str = "/proc"
+    #: Where the host's cgroup file system is mounted.
+    cgroup_root: str = "/sys/fs/cgroup"
+    docker_url: str = field(default="unix:///var/run/docker.sock")
+
+
+class Reporter(abc.ABC):
+    """A source of one part of the report."""
+
+    #: Short stable name, used in logs and counters.
+    name: str = ""
+
+    def start(self, wake: Wake) -> None:  # noqa: B027 - most reporters have nothing to start
+        """Start background work (event streams). `wake(self.name)` requests an immediate report."""
+
+    def stop(self) -> None:  # noqa: B027 - most reporters have nothing to stop
+        """Stop background work; called once at exit."""
+
+    @abc.abstractmethod
+    def report(self, now: float) -> Report:
+        """What this source knows now. Must not block for long: it runs on every spy tick."""
