@@ -1,0 +1,99 @@
+"""Websockets: a full view first, then only changes, pushed as soon as a report arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+
+from scope_common import ids
+from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
+from tests.fixtures.scope import App, ReportSender, Scope
+
+
+def _report(*names: str) -> Report:
+    report = Report()
+    for name in names:
+        container = name.ljust(64, "0")
+        report.add(
+            Node.build(
+                ids.container_id(container),
+                "container",
+                timestamp=time.time(),
+                latest={CONTAINER_ID: container, CONTAINER_NAME: name, IMAGE_NAME: "img", CONTAINER_STATE: "running"},
+            )
+        )
+    return report
+
+
+async def _connect(app: App, path: str, origin: str | None = None) -> tornado.websocket.WebSocketClientConnection:
+    headers = {"Origin": origin} if origin else {}
+    request = tornado.httpclient.HTTPRequest(f"ws://127.0.0.1:{app.http_port}{path}", headers=headers)
+    return await tornado.websocket.websocket_connect(request)
+
+
+async def _next(ws: tornado.websocket.WebSocketClientConnection, timeout: float = 5.0) -> dict[str, Any]:
+    message = await asyncio.wait_for(ws.read_message(), timeout)
+    assert isinstance(message, str), "the socket closed"
+    decoded: dict[str, Any] = json.loads(message)
+    return decoded
+
+
+def test_reset_then_add_update_remove(scope: Scope) -> None:
+    app = scope.app()
+    sender = ReportSender(app)
+    sender.send_until(_report("alpha"), lambda: app.nodes("containers"))
+
+    async def scenario() -> None:
+        ws = await _connect(app, "/api/topology/containers/ws")
+        first = await _next(ws)
+        assert first["reset"] is True
+        assert [n["label_major"] for n in first["add"]] == ["alpha"]
+
+        started = time.monotonic()
+        sender.send(_report("alpha", "beta"))
+        delta = await _next(ws)
+        assert [n["label_major"] for n in delta["add"]] == ["beta"]
+        assert delta["remove"] == []
+        assert time.monotonic() - started < 2.0, "a change is pushed at once, not on a timer"
+
+        sender.send(_report("beta"))
+        delta = await _next(ws)
+        assert delta["remove"] == [ids.container_id("alpha".ljust(64, "0"))]
+        ws.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sender.close()
+
+
+def test_a_page_from_another_origin_is_refused(scope: Scope) -> None:
+    app = scope.app()
+
+    async def scenario() -> None:
+        with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+            await _connect(app, "/api/topology/containers/ws", origin="http://evil.example")
+        assert info.value.code == 403
+        ws = await _connect(app, "/api/topology/containers/ws", origin=f"http://127.0.0.1:{app.http_port}")
+        assert (await _next(ws))["reset"] is True
+        ws.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("path", "status"), [("/api/topology/nope/ws", 404), ("/api/topology/hosts/ws?pseudo=x", 400)])
+def test_bad_websocket_requests_get_clear_errors(scope: Scope, path: str, status: int) -> None:
+    app = scope.app()
+
+    async def scenario() -> None:
+        with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+            await _connect(app, path)
+        assert info.value.code == status
+
+    asyncio.run(scenario())
