@@ -138,7 +138,7 @@ def _unpack(data: bytes, limit: int) -> Any:
 
 
 def _str(value: object) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise DecodeError("malformed", f"expected a string, got {type(value).__name__}")
     return value
 
@@ -204,9 +204,10 @@ def _node_from_wire(topology: str, raw: Any) -> Node:
 
 def _num(value: object) -> float | int:
     """A finite number: NaN would break the orderings that make merging order-independent."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise DecodeError("malformed", f"expected a finite number, got {type(value).__name__}")
-    return value
+    kind = type(value)
+    if (kind is float or kind is int) and math.isfinite(value):  # type: ignore[arg-type]
+        return value  # type: ignore[return-value]
+    raise DecodeError("malformed", f"expected a finite number, got {kind.__name__}")
 
 
 def _optional_int(value: object) -> int | None:
@@ -214,9 +215,13 @@ def _optional_int(value: object) -> int | None:
 
 
 def _sorted_strs(values: object) -> tuple[str, ...]:
-    if not isinstance(values, list):
+    if type(values) is not list:
         raise DecodeError("malformed", "expected a list of strings")
-    return tuple(sorted({_str(v) for v in values}))
+    unique = set(values)  # TypeError for unhashable items, reported as malformed by the caller
+    for value in unique:
+        if type(value) is not str:
+            raise DecodeError("malformed", "expected a list of strings")
+    return tuple(sorted(unique))
 
 
 def _edge_from_wire(raw: Any) -> EdgeMetadata:

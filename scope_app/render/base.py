@@ -176,7 +176,7 @@ class ConnectionGraph:
                 server = self.endpoints.get(target)
                 if server is not None and server is not node:
                     self.connections.append(Connection(node, server))
-        self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
         #: Which host has which address, for joining a published port to its container.
         self.host_addresses: dict[str, str] = {}
         for host in self.hosts.values():
@@ -185,8 +185,10 @@ class ConnectionGraph:
                     interface = ipaddress.ip_interface(text)
                 except ValueError:
                     continue
-                self._local_networks.append(interface.network)
+                networks.add(interface.network)
                 self.host_addresses[str(interface.ip)] = host.id
+        self._local_networks = sorted(networks, key=lambda n: (n.version, n.prefixlen))
+        self._local_cache: dict[str, bool] = {}
 
     def process_of(self, endpoint: Node) -> Node | None:
         """The process that owns an endpoint, if any probe saw it."""
@@ -207,11 +209,16 @@ class ConnectionGraph:
         parsed = ids.parse_endpoint_id(endpoint.id)
         if parsed is None or parsed.scope:
             return True
-        try:
-            ip = ipaddress.ip_address(parsed.addr)
-        except ValueError:
-            return True
-        return any(ip in net for net in self._local_networks)
+        known = self._local_cache.get(parsed.addr)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(parsed.addr)
+            except ValueError:
+                known = True
+            else:
+                known = any(ip in net for net in self._local_networks)
+            self._local_cache[parsed.addr] = known
+        return known
 
     def pseudo_for(self, endpoint: Node, as_client: bool) -> RenderedNode:
         """The pseudo node an endpoint no probe owns stands as: the Internet, or its address."""
@@ -233,27 +240,56 @@ class ConnectionGraph:
 
 #: Maps an endpoint to the id of the view node it belongs to, or None when no real node owns it.
 EndpointMapper = Callable[[Node], str | None]
+#: Edges of a view by id: client -> server -> what runs along the edge.
+Edges = dict[str, dict[str, EdgeInfo]]
 
 
-def connect_nodes(graph: ConnectionGraph, nodes: dict[str, RenderedNode], owner: EndpointMapper) -> None:
-    """Add every connection of `graph` to `nodes` as an edge between the nodes owning its ends.
+def collect_edges(graph: ConnectionGraph, owner: EndpointMapper, pseudo: dict[str, RenderedNode]) -> Edges:
+    """Every connection of `graph` as an edge between the ids owning its ends.
 
-    An end no node owns becomes a pseudo node, but only when the other end is owned: two unknown
-    addresses talking is not something this view can place.
+    Works on ids only, so a view builds nodes for just the ids it shows. An end no node owns becomes
+    a pseudo node (added to `pseudo`), but only when the other end is owned: two unknown addresses
+    talking is not something a view can place.
     """
+    edges: Edges = {}
     for conn in graph.connections:
         client_id = owner(conn.client)
         server_id = owner(conn.server)
         if client_id is None and server_id is None:
             continue
         if client_id is None:
-            client_id = _ensure(nodes, graph.pseudo_for(conn.client, as_client=True))
+            client_id = _ensure(pseudo, graph.pseudo_for(conn.client, as_client=True))
         if server_id is None:
-            server_id = _ensure(nodes, graph.pseudo_for(conn.server, as_client=False))
-        if client_id == server_id or client_id not in nodes or server_id not in nodes:
+            server_id = _ensure(pseudo, graph.pseudo_for(conn.server, as_client=False))
+        if client_id == server_id:
             continue
+        targets = edges.get(client_id)
+        if targets is None:
+            targets = edges[client_id] = {}
+        edge = targets.get(server_id)
+        if edge is None:
+            edge = targets[server_id] = EdgeInfo()
+        edge.count += 1
         parsed = ids.parse_endpoint_id(conn.server.id)
-        nodes[client_id].connect(server_id, parsed.port if parsed else None)
+        if parsed is not None:
+            edge.ports.add(parsed.port)
+    return edges
+
+
+def connected_ids(edges: Edges) -> set[str]:
+    """Every id at either end of an edge."""
+    found = set(edges)
+    for targets in edges.values():
+        found.update(targets)
+    return found
+
+
+def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:
+    """Give each node its edges to other nodes of the view."""
+    for source, targets in edges.items():
+        node = nodes.get(source)
+        if node is not None:
+            node.edges = {target: edge for target, edge in targets.items() if target in nodes}
 
 
 def _ensure(nodes: dict[str, RenderedNode], node: RenderedNode) -> str:

@@ -17,7 +17,8 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
-    connect_nodes,
+    attach_edges,
+    collect_edges,
     filter_view,
     process_container,
     uncontained_id,
@@ -184,8 +185,8 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
             return container_id
         host_node_id = process.get(HOST_NODE_ID) or ""
         pseudo_id = uncontained_id(host_node_id)
-        if pseudo_id not in nodes:
-            nodes[pseudo_id] = RenderedNode(
+        if pseudo_id not in pseudo:
+            pseudo[pseudo_id] = RenderedNode(
                 pseudo_id,
                 "pseudo",
                 "Uncontained",
@@ -196,7 +197,10 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
             )
         return pseudo_id
 
-    connect_nodes(graph, nodes, owner)
+    pseudo: dict[str, RenderedNode] = {}
+    edges = collect_edges(graph, owner, pseudo)
+    nodes.update(pseudo)
+    attach_edges(nodes, edges)
     return nodes, filter_view(nodes, options, drop_unconnected=False)
 
 

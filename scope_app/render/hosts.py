@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import datetime
 
-from scope_app.render.base import ConnectionGraph, RenderedNode, ViewOptions, connect_nodes, filter_view
+from scope_app.render.base import (
+    ConnectionGraph,
+    RenderedNode,
+    ViewOptions,
+    attach_edges,
+    collect_edges,
+    filter_view,
+)
 from scope_common.report import (
     CPU_USAGE,
     HOST_NODE_ID,
@@ -55,5 +62,8 @@ def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str
         host = graph.host_of(endpoint)
         return host if host in nodes else None
 
-    connect_nodes(graph, nodes, owner)
+    pseudo: dict[str, RenderedNode] = {}
+    edges = collect_edges(graph, owner, pseudo)
+    nodes.update(pseudo)
+    attach_edges(nodes, edges)
     return nodes, filter_view(nodes, options, drop_unconnected=False)

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from scope_app.render.base import ConnectionGraph, RenderedNode, ViewOptions, connect_nodes, filter_view
+from scope_app.render.base import (
+    ConnectionGraph,
+    RenderedNode,
+    ViewOptions,
+    attach_edges,
+    collect_edges,
+    connected_ids,
+    filter_view,
+)
 from scope_app.render.group import group_nodes
 from scope_app.render.labels import container_label, host_label, host_parent
 from scope_common.report import CMDLINE, CPU_USAGE, MEMORY_USAGE, NAME, OPEN_FILES, PID, PPID, THREADS, Node
@@ -38,14 +46,18 @@ def process_node(graph: ConnectionGraph, process: Node) -> RenderedNode:
 
 
 def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
-    nodes = {p.id: process_node(graph, p) for p in graph.processes.values()}
-
     def owner(endpoint: Node) -> str | None:
         process = graph.process_of(endpoint)
         return process.id if process is not None else None
 
-    connect_nodes(graph, nodes, owner)
-    return nodes, filter_view(nodes, options, drop_unconnected=True)
+    nodes: dict[str, RenderedNode] = {}
+    edges = collect_edges(graph, owner, nodes)
+    # Most processes have no connections and are hidden by default: build nodes only for those shown.
+    shown = graph.processes.keys() if options.unconnected else connected_ids(edges) & graph.processes.keys()
+    hidden = len(graph.processes) - len(shown)
+    nodes.update((process_id, process_node(graph, graph.processes[process_id])) for process_id in shown)
+    attach_edges(nodes, edges)
+    return nodes, hidden + filter_view(nodes, options, drop_unconnected=True)
 
 
 def process_name_group_id(name: str) -> str:
