@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from scope_app.render.base import ConnectionGraph, Json, RenderedNode, ViewOptions
+from scope_app.render.base import ConnectionGraph, Json, RenderedNode, ViewOptions, metric_json
 from scope_app.render.containers import (
     render_containers,
     render_containers_by_hostname,
@@ -98,6 +98,7 @@ class View:
         if node is None:
             return None
         details = dict(self.summaries[node_id])
+        details["metrics"] = [metric_json(key, metric) for key, metric in node.metrics.items()]
         details["connections"] = {
             "in": [
                 _connection_row(self.nodes[source], node_id)

@@ -114,7 +114,7 @@ class RenderedNode:
             "pseudo": self.pseudo,
             "adjacency": sorted(self.edges),
             "metadata": [{"id": i, "label": label, "value": v} for i, label, v in self.metadata],
-            "metrics": [metric_json(key, metric) for key, metric in self.metrics.items()],
+            "metrics": [metric_json(key, metric, samples=False) for key, metric in self.metrics.items()],
             "parents": [{"id": i, "label": label, "topologyId": t} for i, label, t in self.parents],
         }
 
@@ -122,18 +122,22 @@ class RenderedNode:
 _METRIC_LABELS = {CPU_USAGE: ("cpu", "CPU", "percent"), MEMORY_USAGE: ("memory", "Memory", "filesize")}
 
 
-def metric_json(key: str, metric: Metric) -> Json:
+def metric_json(key: str, metric: Metric, *, samples: bool = True) -> Json:
+    """A metric row. Views leave the samples out (the map and table show the value; with them a
+    5,000-node view weighed 11 MB); node details keep them for the sparklines."""
     metric_id, label, fmt = _METRIC_LABELS.get(key, (key, key.replace("_", " ").capitalize(), "number"))
     last = metric.last
-    return {
+    row: Json = {
         "id": metric_id,
         "label": label,
         "format": fmt,
         "value": last.value if last else None,
         "min": metric.min,
         "max": metric.max,
-        "samples": [{"date": s.timestamp, "value": s.value} for s in metric.samples],
     }
+    if samples:
+        row["samples"] = [{"date": s.timestamp, "value": s.value} for s in metric.samples]
+    return row
 
 
 def sum_metrics(nodes: Iterable[RenderedNode]) -> dict[str, Metric]:
