@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from scope_app.render.base import EdgeInfo, RenderedNode, sum_metrics
@@ -23,7 +24,8 @@ def group_nodes(
     member_group: dict[str, str] = {}
     members: dict[str, list[RenderedNode]] = {}
     for node in nodes.values():
-        group = node if node.pseudo else group_of(node)
+        # A pseudo node stands for itself, as a fresh node: its edges are rebuilt below.
+        group = dataclasses.replace(node, edges={}) if node.pseudo else group_of(node)
         if group is None:
             continue
         group = groups.setdefault(group.id, group)

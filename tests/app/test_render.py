@@ -239,6 +239,22 @@ def test_containers_by_image_groups_containers_of_one_image() -> None:
     assert {n["id"] for n in details["children"][0]["nodes"]} == {a, b}
 
 
+def test_grouped_views_keep_pseudo_nodes_and_their_edges() -> None:
+    report = Report()
+    _host(report, "h1", "10.0.0.1/24")
+    web = _container(report, "h1", "a" * 64, "web", "nginx:1")
+    nginx = _process(report, "h1", 1, "nginx", "a" * 64)
+    _connect(report, ("", "93.184.216.34", 51000), ("h1", "172.17.0.2", 80), None, nginx)
+    _connect(report, ("", "10.0.0.1", 52000), ("", "1.1.1.1", 443), nginx, None)
+    by_image = _render(report, "containers-by-image")
+    group = next(s for s in by_image.summaries.values() if s["label_major"] == "nginx")
+    assert by_image.summaries[INTERNET_IN]["adjacency"] == [group["id"]]
+    assert group["adjacency"] == [INTERNET_OUT]
+    by_name = _render(report, "processes-by-name")
+    assert by_name.summaries[INTERNET_IN]["adjacency"] == ["nginx;<process_name>"]
+    assert web in _render(report, "containers").nodes
+
+
 def test_unknown_options_values_are_refused() -> None:
     try:
         view_options({"system": "maybe"})

@@ -1,0 +1,221 @@
+// Details panel: shows the NodeSummary at once (from the websocket store), then the full
+// NodeDetails from REST (connections, children, controls), and refetches when the node updates.
+import { uPlot } from "../vendor/uplot.js";
+import { fetchNodeDetails } from "./api.js";
+import { escapeHtml, formatMetric } from "./format.js";
+import { KIND_STYLE, styleFor } from "./shapes.js";
+
+const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
+
+function sparkline(target, m, color) {
+  const samples = (m.samples || []).filter((s) => Number.isFinite(s.date) && Number.isFinite(s.value));
+  if (samples.length < 2) return null;
+  samples.sort((a, b) => a.date - b.date);
+  const xs = samples.map((s) => s.date);
+  const ys = samples.map((s) => s.value);
+  // Scale to the data, not to m.max: a sparkline is for the trend (the value is printed above).
+  const maxY = Math.max(...ys) * 1.15 || 1;
+  return new uPlot(
+    {
+      width: target.clientWidth || 300,
+      height: 40,
+      pxAlign: false,
+      cursor: { show: false },
+      legend: { show: false },
+      select: { show: false },
+      scales: { x: { time: false }, y: { range: [0, maxY] } },
+      axes: [{ show: false }, { show: false }],
+      series: [{}, { stroke: color, width: 1.5, fill: `${color}33`, points: { show: false } }],
+    },
+    [xs, ys],
+    target,
+  );
+}
+
+export class DetailsPanel {
+  constructor(root, { onNavigate, onSelect, onClose }) {
+    this.root = root;
+    this.onNavigate = onNavigate; // (topologyId, nodeId) for parents and children
+    this.onSelect = onSelect; // (nodeId) within the current topology, for connections
+    this.onClose = onClose;
+    this.topology = "";
+    this.nodeId = "";
+    this.summary = null;
+    this.details = null;
+    this.error = "";
+    this.gone = false;
+    this.plots = [];
+    this.fetchSeq = 0;
+    this.lastFetch = 0;
+    this.refetchTimer = 0;
+    root.addEventListener("click", (event) => this._click(event));
+  }
+
+  get isOpen() {
+    return Boolean(this.nodeId);
+  }
+
+  open(topology, nodeId, summary) {
+    const same = this.topology === topology && this.nodeId === nodeId;
+    this.topology = topology;
+    this.nodeId = nodeId;
+    this.summary = summary || (same ? this.summary : null);
+    if (!same) {
+      this.details = null;
+      this.error = "";
+    }
+    this.gone = false;
+    this.root.hidden = false;
+    this.root.dataset.nodeId = nodeId;
+    this._render();
+    this._fetch();
+  }
+
+  close() {
+    if (!this.nodeId) return;
+    this.nodeId = "";
+    this.summary = null;
+    this.details = null;
+    clearTimeout(this.refetchTimer);
+    this._destroyPlots();
+    this.root.hidden = true;
+    delete this.root.dataset.nodeId;
+    this.root.innerHTML = "";
+  }
+
+  // Websocket told us the node changed: show the new summary now, refetch details soon.
+  nodeUpdated(summary) {
+    if (!this.nodeId || summary.id !== this.nodeId) return;
+    this.summary = summary;
+    this.gone = false;
+    this._render();
+    const wait = Math.max(0, REFRESH_MIN_MS - (performance.now() - this.lastFetch));
+    clearTimeout(this.refetchTimer);
+    this.refetchTimer = setTimeout(() => this._fetch(), wait);
+  }
+
+  nodeRemoved(id) {
+    if (id !== this.nodeId) return;
+    this.gone = true;
+    this._render();
+  }
+
+  async _fetch() {
+    const seq = ++this.fetchSeq;
+    const { topology, nodeId } = this;
+    this.lastFetch = performance.now();
+    try {
+      const body = await fetchNodeDetails(topology, nodeId);
+      if (seq !== this.fetchSeq || nodeId !== this.nodeId) return;
+      this.details = body.node;
+      this.error = "";
+    } catch (err) {
+      if (seq !== this.fetchSeq || nodeId !== this.nodeId) return;
+      this.error = err.status === 404 ? "This node is not in the current report." : `Could not load details: ${err.message}`;
+    }
+    this._render();
+  }
+
+  _click(event) {
+    const el = event.target.closest("[data-action]");
+    if (!el) return;
+    event.preventDefault();
+    const { action } = el.dataset;
+    if (action === "close") this.onClose();
+    else if (action === "navigate") this.onNavigate(el.dataset.topology, el.dataset.nodeId);
+    else if (action === "select") this.onSelect(el.dataset.nodeId);
+    // action === "control": rendered for the controls issue; intentionally does nothing yet.
+  }
+
+  _destroyPlots() {
+    for (const plot of this.plots) plot.destroy();
+    this.plots = [];
+  }
+
+  _render() {
+    if (!this.nodeId) return;
+    const node = this.details || this.summary || { id: this.nodeId };
+    const style = styleFor(node);
+    const kind = node.pseudo ? "pseudo" : node.kind;
+    const kindLabel = KIND_STYLE[kind]?.label || kind || "";
+    const parts = [];
+    parts.push(`
+      <header class="details-head" style="--c:${style.color}">
+        <span class="swatch big shape-${style.type}" style="--c:${style.color}"></span>
+        <div class="titles">
+          <h2 data-testid="details-title" title="${escapeHtml(node.label_major || node.id)}">${escapeHtml(node.label_major || node.id)}</h2>
+          <div class="subtitle" data-testid="details-subtitle">${escapeHtml(node.label_minor || "")}${kindLabel ? ` <span class="kind">${escapeHtml(kindLabel)}</span>` : ""}</div>
+        </div>
+        <button type="button" class="close" data-action="close" data-testid="details-close" title="Close (Esc)" aria-label="Close">&times;</button>
+      </header>`);
+    if (this.gone) parts.push(`<div class="notice" data-testid="details-gone">This node has left the view; showing its last known state.</div>`);
+    if (this.error) parts.push(`<div class="notice error" data-testid="details-error">${escapeHtml(this.error)}</div>`);
+
+    const controls = this.details?.controls || [];
+    if (controls.length) {
+      parts.push(`<div class="controls" data-testid="details-controls">${controls
+        .map((c) => `<button type="button" class="control" data-action="control" data-testid="details-control-${escapeHtml(c.id)}" data-control-id="${escapeHtml(c.id)}" data-probe-id="${escapeHtml(c.probeId)}" data-node-id="${escapeHtml(c.nodeId)}" title="${escapeHtml(c.human)}">${escapeHtml(c.human)}</button>`)
+        .join("")}</div>`);
+    }
+
+    const metrics = node.metrics || [];
+    if (metrics.length) {
+      parts.push(`<section><h3>Metrics</h3>${metrics
+        .map((m) => `<div class="metric" data-testid="details-metric-${escapeHtml(m.id)}"><div class="metric-head"><span>${escapeHtml(m.label || m.id)}</span><span class="value">${escapeHtml(formatMetric(m))}</span></div><div class="spark" data-metric="${escapeHtml(m.id)}"></div></div>`)
+        .join("")}</section>`);
+    }
+
+    const meta = node.metadata || [];
+    if (meta.length) {
+      parts.push(`<section><h3>Info</h3><table class="meta">${meta
+        .map((row) => `<tr data-testid="details-meta-${escapeHtml(row.id)}"><th>${escapeHtml(row.label || row.id)}</th><td title="${escapeHtml(row.value)}">${escapeHtml(row.value)}</td></tr>`)
+        .join("")}</table></section>`);
+    }
+
+    const parents = node.parents || [];
+    if (parents.length) {
+      parts.push(`<section><h3>Parents</h3><div class="parents">${parents
+        .map((p) => `<a href="#" class="chip" data-action="navigate" data-testid="details-parent" data-topology="${escapeHtml(p.topologyId)}" data-node-id="${escapeHtml(p.id)}">${escapeHtml(p.label)}</a>`)
+        .join("")}</div></section>`);
+    }
+
+    if (this.details) {
+      const conns = this.details.connections || {};
+      for (const [dir, title] of [["in", "Inbound"], ["out", "Outbound"]]) {
+        const list = conns[dir] || [];
+        parts.push(`<section data-testid="details-connections-${dir}"><h3>${title} <span class="count">${list.length}</span></h3>${
+          list.length
+            ? `<table class="conns"><tr><th>${dir === "in" ? "From" : "To"}</th><th>Port</th><th>#</th></tr>${list
+                .map((c) => `<tr><td><a href="#" data-action="select" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a></td><td>${escapeHtml(c.port ?? "")}</td><td>${escapeHtml(c.count ?? "")}</td></tr>`)
+                .join("")}</table>`
+            : `<div class="none">None</div>`
+        }</section>`);
+      }
+      for (const group of this.details.children || []) {
+        const nodes = group.nodes || [];
+        parts.push(`<section data-testid="details-children-${escapeHtml(group.topologyId)}"><h3>${escapeHtml(group.label)} <span class="count">${nodes.length}</span></h3>${
+          nodes.length
+            ? `<ul class="children">${nodes
+                .map((c) => `<li><a href="#" data-action="navigate" data-topology="${escapeHtml(group.topologyId)}" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a>${(c.metadata || []).map((m) => `<span class="minor">${escapeHtml(m.label || m.id)} ${escapeHtml(m.value)}</span>`).join("")}</li>`)
+                .join("")}</ul>`
+            : `<div class="none">None</div>`
+        }</section>`);
+      }
+    } else if (!this.error) {
+      parts.push(`<div class="loading">Loading details…</div>`);
+    }
+
+    // Keep the scroll position across refreshes: the panel re-renders on every update.
+    const scroll = this.root.scrollTop;
+    this._destroyPlots();
+    this.root.innerHTML = parts.join("");
+    this.root.scrollTop = scroll;
+    for (const m of metrics) {
+      const target = this.root.querySelector(`.spark[data-metric="${CSS.escape(String(m.id))}"]`);
+      const color = m.id === "memory" ? "#a98bf5" : "#4ea1f3";
+      const plot = target && sparkline(target, m, color);
+      if (plot) this.plots.push(plot);
+      else if (target) target.remove(); // fewer than two samples: no trend to draw
+    }
+  }
+}

@@ -1,0 +1,42 @@
+// Formatting shared by the table and the details panel.
+
+export function escapeHtml(value) {
+  return String(value ?? "")
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    .replace(/"/g, "&quot;")
+    .replace(/'/g, "&#39;");
+}
+
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+
+export function formatBytes(bytes) {
+  let value = Number(bytes);
+  if (!Number.isFinite(value)) return "";
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(value >= 100 || unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
+}
+
+export function formatMetric(metric) {
+  if (!metric || metric.value === undefined || metric.value === null) return "";
+  const value = Number(metric.value);
+  switch (metric.format) {
+    case "percent":
+      return `${value.toFixed(value >= 10 ? 0 : 1)}%`;
+    case "filesize":
+      return formatBytes(value);
+    case "integer":
+      return String(Math.round(value));
+    default:
+      return Number.isInteger(value) ? String(value) : value.toFixed(2);
+  }
+}
+
+export function formatCount(n) {
+  return Number(n || 0).toLocaleString("en-US");
+}
