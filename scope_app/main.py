@@ -22,7 +22,7 @@ from scope_app.render import Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
-from scope_common.config import env_flag, parse_duration
+from scope_common.config import env_flag, parse_duration, split_host_port
 from scope_common.report import Report
 
 log = logging.getLogger("scope.app")
@@ -95,14 +95,12 @@ class ScopeApp:
 
 
 def split_address(text: str, default_port: int) -> tuple[str, int]:
-    """`host:port`, `:port` or `host` (port defaulted); IPv6 in brackets."""
-    host, sep, port = text.rpartition(":")
-    if not sep or "]" in port:
-        host, port = text, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
-    if not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"invalid address {text!r}")
-    return host, int(port)
+    """A listening address: `host:port`, `:port` or `host` (port defaulted); IPv6 in brackets."""
+    try:
+        host, port = split_host_port(text, default_port)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid address {text!r}: {exc}") from None
+    return host or "0.0.0.0", port
 
 
 def bus_endpoint(text: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 from collections.abc import Callable
@@ -28,6 +29,8 @@ def parse_duration(text: str) -> float:
             raise argparse.ArgumentTypeError(f"invalid duration {text!r} (use e.g. 3s, 500ms, 1m)") from None
     if seconds < 0:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: negative")
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: not a finite number")
     return seconds
 
 
@@ -52,3 +55,26 @@ def env_flag(
         type=type,
         help=f"{help} (env {env}, default {default})",
     )
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """(host, port) from `host`, `host:port`, `:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+
+    The host may come back empty (`:4030`); the port defaults. Raises ValueError saying what is wrong
+    (a bad port, unbalanced brackets); callers add what the address was for.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError("unbalanced brackets")
+        port_text = rest[1:]
+    elif text.count(":") > 1:
+        host, port_text = text, ""  # a bare IPv6 address
+    else:
+        host, _, port_text = text.partition(":")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r}")
+    return host, int(port_text)

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 import zmq
 
 from scope_common import __version__, wire
-from scope_common.config import env_flag, parse_duration
+from scope_common.bus import DEFAULT_BUS_PORT
+from scope_common.config import env_flag, parse_duration, split_host_port
 from scope_common.report import Report, merge_reports
 from scope_probe.addresses import AddressScopes
 from scope_probe.endpoint import EndpointReporter
@@ -180,6 +181,7 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
         default=WEAVE_DNS_NAME,
         help="DNS name whose A records are apps; empty: off",
     )
+    env_flag(group, "--weave-port", default=str(DEFAULT_BUS_PORT), type=int, help="bus port of apps found in DNS")
     env_flag(
         group,
         "--weave-dns-server",
@@ -192,7 +194,7 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
 
 def probe_from_args(args: argparse.Namespace) -> Probe:
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
-    nameserver, _, ns_port = args.weave_dns_server.partition(":") if args.weave_dns_server else ("", "", "")
+    nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
     ctx = ProbeContext(host_id=args.hostname, probe_id=secrets.token_hex(8), proc_root=args.proc_root)
     addresses = AddressScopes(ctx.host_id)
     reporters: list[Reporter] = [
@@ -203,8 +205,9 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
     resolver = PeerResolver(
         peers,
         weave_name=args.weave_dns_name or None,
+        weave_port=args.weave_port,
         nameserver=nameserver or None,
-        nameserver_port=int(ns_port or 53),
+        nameserver_port=ns_port,
     )
     return Probe(
         ctx,

@@ -15,6 +15,7 @@ import dns.exception
 import dns.resolver
 
 from scope_common.bus import DEFAULT_BUS_PORT
+from scope_common.config import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +32,14 @@ class Peer:
 
 def parse_peer(text: str) -> Peer:
     """`host`, `ip`, `host:port`, `ip:port`, `[v6]:port` or a bare IPv6 address; port 4030 by default."""
-    text = text.strip()
-    if not text:
+    if not text.strip():
         raise ValueError("empty peer")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"invalid peer {text!r}")
-        port_text = rest[1:] if rest else ""
-    elif text.count(":") > 1:
-        host, port_text = text, ""  # a bare IPv6 address
-    else:
-        host, _, port_text = text.partition(":")
+    try:
+        host, port = split_host_port(text, DEFAULT_BUS_PORT)
+    except ValueError as exc:
+        raise ValueError(f"invalid peer {text.strip()!r}: {exc}") from None
     if not host:
-        raise ValueError(f"invalid peer {text!r}: no host")
-    port = DEFAULT_BUS_PORT
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"invalid peer {text!r}: bad port {port_text!r}")
-        port = int(port_text)
+        raise ValueError(f"invalid peer {text.strip()!r}: no host")
     return Peer(host, port)
 
 

@@ -111,6 +111,10 @@ class ProcessReporter(Reporter):
             elif now > known.read_at:
                 cpu_percent = (stat.cpu_ticks - known.cpu_ticks) / _CLOCK_TICKS / (now - known.read_at) * 100
                 known.cpu_ticks, known.read_at = stat.cpu_ticks, now
+            if stat.name != known.name:
+                # Same pid and start time but a new name: the process exec'd (an entrypoint script's
+                # `exec "$@"`) or renamed itself, so what was cached for its life is stale.
+                known.name, known.cmdline = stat.name, _read_cmdline(proc, pid)
             metrics = {MEMORY_USAGE: Metric.single(now, float(stat.rss_bytes), total_memory)}
             if cpu_percent is not None:
                 metrics[CPU_USAGE] = Metric.single(now, round(cpu_percent, 2), 100.0)
