@@ -224,13 +224,19 @@ class ConnectionGraph:
             self._local_cache[parsed.addr] = known
         return known
 
-    def pseudo_for(self, endpoint: Node, as_client: bool) -> RenderedNode:
-        """The pseudo node an endpoint no probe owns stands as: the Internet, or its address."""
+    def pseudo_for(self, endpoint: Node, as_client: bool) -> RenderedNode | None:
+        """The pseudo node an endpoint no probe owns stands as: the Internet, or its address.
+
+        None for a host-scoped address (loopback, a docker bridge) nobody owns: a socket whose process
+        has gone, or a connection conntrack saw; a node named 127.0.0.1 would only be noise.
+        """
+        parsed = ids.parse_endpoint_id(endpoint.id)
+        if parsed is not None and parsed.scope:
+            return None
         if not self.is_local(endpoint):
             node_id = INTERNET_IN if as_client else INTERNET_OUT
             minor = "Inbound" if as_client else "Outbound"
             return RenderedNode(node_id, "pseudo", INTERNET_LABEL, minor, shape="cloud", pseudo=True)
-        parsed = ids.parse_endpoint_id(endpoint.id)
         addr = parsed.addr if parsed else endpoint.id
         return RenderedNode(
             unknown_address_id(addr),
@@ -265,7 +271,7 @@ def collect_edges(graph: ConnectionGraph, owner: EndpointMapper, pseudo: dict[st
             client_id = _ensure(pseudo, graph.pseudo_for(conn.client, as_client=True))
         if server_id is None:
             server_id = _ensure(pseudo, graph.pseudo_for(conn.server, as_client=False))
-        if client_id == server_id:
+        if client_id is None or server_id is None or client_id == server_id:
             continue
         targets = edges.get(client_id)
         if targets is None:
@@ -296,7 +302,9 @@ def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:
             node.edges = {target: edge for target, edge in targets.items() if target in nodes}
 
 
-def _ensure(nodes: dict[str, RenderedNode], node: RenderedNode) -> str:
+def _ensure(nodes: dict[str, RenderedNode], node: RenderedNode | None) -> str | None:
+    if node is None:
+        return None
     if node.id not in nodes:
         nodes[node.id] = node
     return node.id

@@ -162,6 +162,15 @@ def test_an_unknown_local_address_is_a_pseudo_node_of_its_own() -> None:
     assert view.summaries[target]["label_major"] == "10.0.0.9"
 
 
+def test_an_unowned_loopback_address_is_not_drawn() -> None:
+    report = Report()
+    _host(report, "h1", "10.0.0.1/24")
+    app = _process(report, "h1", 1, "app")
+    _connect(report, ("h1", "127.0.0.1", 52000), ("h1", "127.0.0.1", 6379), app, None)
+    view = _render(report, "processes")
+    assert view.nodes == {}, "a connection to a loopback port nobody owns has no pseudo node"
+
+
 def test_containers_join_through_processes_container_ips_and_published_ports() -> None:
     report = Report()
     _host(report, "h1", "192.168.1.10/24")
