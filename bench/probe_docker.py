@@ -124,12 +124,14 @@ def measure(
 ) -> None:
     me = psutil.Process()
     tick_times: list[float] = []
+    tick_cpu: list[float] = []
     wall0, cpu0, engine0 = time.monotonic(), time.process_time(), cpu_seconds(engine)
     next_tick = wall0
     while time.monotonic() - wall0 < args.seconds:
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.thread_time()
         report = reporter.report(time.time())
         tick_times.append(time.perf_counter() - began)
+        tick_cpu.append(time.thread_time() - began_cpu)
         next_tick += 1.0
         time.sleep(max(0.0, next_tick - time.monotonic()))
     wall = time.monotonic() - wall0
@@ -156,11 +158,15 @@ def measure(
 
     event = statistics.median(latencies)
     print(f"--- run {run_index + 1}: {nodes} containers in the report")
-    print(f"report() on 1 s ticks (cgroup reads): median {statistics.median(tick_times) * 1000:.2f} ms")
+    print(
+        f"report() on 1 s ticks (cgroup reads): median {statistics.median(tick_times) * 1000:.2f} ms wall, "
+        f"{statistics.median(tick_cpu) * 1000:.2f} ms CPU"
+    )
     print(f"report() back to back (samples reused): median {statistics.median(burst) * 1000:.2f} ms")
     print(f"probe CPU over {wall:.0f}s of 1 s ticks: {probe_cpu:.2f} % of a core ({ratio(probe_cpu, GO_PROBE_CPU)})")
     print(
-        f"dockerd CPU over the same time: {engine_cpu:.2f} % of a core, {engine_cpu - idle_cpu:.2f} % above idle "
+        f"dockerd CPU over the same time: {engine_cpu:.2f} % of a core, {max(engine_cpu - idle_cpu, 0.0):.2f} % "
+        "above idle "
         f"({ratio(max(engine_cpu - idle_cpu, 0.0), GO_DOCKERD_CPU)})"
     )
     print(f"probe RSS: {rss_mib:.0f} MiB ({ratio(rss_mib, GO_PROBE_RSS_MIB)})")

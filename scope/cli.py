@@ -30,6 +30,12 @@ _PROBE_FLAGS = (
     "weave_dns_name",
     "weave_dns_server",
     "proc_root",
+    "docker_url",
+    "cgroup_root",
+    "conntrack",
+    "conntrack_linger",
+    "reverse_dns",
+    "weave_port",
     "log_level",
 )
 

@@ -78,3 +78,13 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port {port_text!r}")
     return host, int(port_text)
+
+
+def on_off(text: str) -> bool:
+    """A switch written `on`/`off` (also true/false, yes/no, 1/0)."""
+    value = text.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid switch {text!r} (use on or off)")

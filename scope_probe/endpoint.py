@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from scope_common import ids
-from scope_common.report import HOST_NODE_ID, PID, PROCSPIED, Node, Report
+from scope_common.report import HOST_NODE_ID, PID, PROCSPIED, REVERSE_DNS, Node, Report
 from scope_probe.addresses import AddressScopes
 from scope_probe.reporter import ProbeContext, Reporter
+from scope_probe.resolver import ReverseResolver
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ def parse_tcp_table(text: str, table: SocketTable) -> None:
 class EndpointReporter(Reporter):
     name = "endpoint"
 
-    def __init__(self, ctx: ProbeContext, addresses: AddressScopes) -> None:
+    def __init__(self, ctx: ProbeContext, addresses: AddressScopes, resolver: ReverseResolver | None = None) -> None:
         self._ctx = ctx
         self._addresses = addresses
+        self._resolver = resolver
         self._host_node = ids.host_id(ctx.host_id)
         self._inode_pids: dict[int, int] = {}
 
@@ -135,11 +137,14 @@ class EndpointReporter(Reporter):
             # client, so the edge (client -> server) starts at the remote end.
             adjacency=() if conn.local_port in listening else (remote_id,),
         )
+        remote_name = None
+        if self._resolver is not None and remote_id.startswith(";"):  # unscoped: another machine
+            remote_name = self._resolver.lookup(conn.remote_addr)
         remote = Node.build(
             remote_id,
             "endpoint",
             timestamp=now,
-            latest={PROCSPIED: "true"},
+            latest={PROCSPIED: "true", REVERSE_DNS: remote_name},
             adjacency=(local_id,) if conn.local_port in listening else (),
         )
         report.add(local)

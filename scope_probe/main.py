@@ -15,21 +15,24 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq
 
 from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
-from scope_common.config import env_flag, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port
 from scope_common.report import Report, merge_reports
 from scope_probe.addresses import AddressScopes
+from scope_probe.conntrack import ConntrackReporter
+from scope_probe.docker import DockerReporter
 from scope_probe.endpoint import EndpointReporter
 from scope_probe.host import HostReporter
 from scope_probe.peers import WEAVE_DNS_NAME, PeerResolver, parse_peer
 from scope_probe.process import ProcessReporter
 from scope_probe.publisher import Publisher
 from scope_probe.reporter import ProbeContext, Reporter
+from scope_probe.resolver import ReverseResolver
 
 log = logging.getLogger("scope.probe")
 
@@ -47,6 +50,7 @@ class Probe:
         spy_interval: float = 1.0,
         publish_interval: float = 3.0,
         resolve_interval: float = 10.0,
+        cleanups: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.ctx = ctx
         self._reporters = list(reporters)
@@ -55,6 +59,7 @@ class Probe:
         self._spy_interval = spy_interval
         self._publish_interval = publish_interval
         self._resolve_interval = resolve_interval
+        self._cleanups = list(cleanups)
         self._latest: dict[str, Report] = {}
         self._woken: set[str] = set()
         self._wake_lock = threading.Lock()
@@ -84,6 +89,8 @@ class Probe:
         finally:
             for reporter in self._reporters:
                 reporter.stop()
+            for cleanup in self._cleanups:
+                cleanup()
             self._publisher.close()
 
     def _loop(self) -> None:
@@ -189,19 +196,34 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
         help="DNS server for that name, ip[:port]; empty: the system's",
     )
     env_flag(group, "--proc-root", default="/proc", help="the host's /proc")
+    env_flag(group, "--docker-url", default="unix:///var/run/docker.sock", help="the Docker engine's API")
+    env_flag(group, "--cgroup-root", default="/sys/fs/cgroup", help="the host's cgroup file system")
+    env_flag(group, "--conntrack", default="on", type=on_off, help="follow conntrack for short-lived connections")
+    env_flag(group, "--conntrack-linger", default="15s", type=parse_duration, help="keep ended connections this long")
+    env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
 
 
 def probe_from_args(args: argparse.Namespace) -> Probe:
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
     nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
-    ctx = ProbeContext(host_id=args.hostname, probe_id=secrets.token_hex(8), proc_root=args.proc_root)
+    ctx = ProbeContext(
+        host_id=args.hostname,
+        probe_id=secrets.token_hex(8),
+        proc_root=args.proc_root,
+        cgroup_root=args.cgroup_root,
+        docker_url=args.docker_url,
+    )
     addresses = AddressScopes(ctx.host_id)
+    names = ReverseResolver() if args.reverse_dns else None
     reporters: list[Reporter] = [
         HostReporter(ctx, addresses),
         ProcessReporter(ctx),
-        EndpointReporter(ctx, addresses),
+        EndpointReporter(ctx, addresses, resolver=names),
+        DockerReporter(ctx, addresses),
     ]
+    if args.conntrack:
+        reporters.append(ConntrackReporter(ctx, addresses, linger=args.conntrack_linger, resolver=names))
     resolver = PeerResolver(
         peers,
         weave_name=args.weave_dns_name or None,
@@ -217,6 +239,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         spy_interval=args.spy_interval,
         publish_interval=args.publish_interval,
         resolve_interval=args.resolve_interval,
+        cleanups=[names.stop] if names is not None else [],
     )
 
 

@@ -156,12 +156,14 @@ def test_busy_process_shows_cpu_after_two_reports(procs: list[subprocess.Popen[s
     ended = time.time()
     nodes = reporter.report(ended).nodes("process")
     cpu = nodes[ids.process_id(HOST, busy.pid)].metrics[CPU_USAGE]
-    assert cpu.last is not None and cpu.last.value > 30, f"busy loop at {cpu.last}"
-    # What the process really used over about the same interval, as psutil measures it.
+    assert cpu.last is not None
+    # What the process really used over about the same interval, as psutil measures it: on a loaded
+    # machine the busy loop gets less than a core, so compare with that rather than a fixed figure.
     assert abs(cpu.last.value - used / (ended - started) * 100) < 15
     assert cpu.max == 100.0
     idle_cpu = nodes[ids.process_id(HOST, idle.pid)].metrics[CPU_USAGE]
     assert idle_cpu.last is not None and idle_cpu.last.value < 10
+    assert cpu.last.value > idle_cpu.last.value + 10, f"busy loop at {cpu.last}, idle at {idle_cpu.last}"
 
 
 def test_gone_processes_leave_the_report(procs: list[subprocess.Popen[str]]) -> None:

@@ -1,0 +1,352 @@
+"""The conntrack reporter: TCP connections as the kernel's connection tracker sees them.
+
+/proc/net/tcp only shows connections open at the moment it is read, so one that lasts a few milliseconds
+between two ticks is never seen. The connection tracker announces every connection as it is made, so
+following its events (`conntrack -E`) catches them all, including those between containers on a Docker
+bridge (with br_netfilter's bridge-nf-call-iptables on). It also knows NAT: a connection to a published
+port (`-p 8080:80`) is answered by the container, and the edge goes to the container's address.
+
+A flow is reported from when its handshake completes until LINGER_SECONDS after it closed, so a client
+that connects once a second draws a steady edge rather than one that blinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from scope_common.report import ADDR, CONNTRACKED, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
+from scope_probe.addresses import AddressScopes
+from scope_probe.reporter import ProbeContext, Reporter, Wake
+from scope_probe.resolver import ReverseResolver
+
+log = logging.getLogger(__name__)
+
+LINGER_SECONDS = 15.0
+MAX_FLOWS = 50_000
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+#: A stream that ran this long before failing restarts without waiting.
+HEALTHY_RUN_SECONDS = 60.0
+#: Netlink receive buffer asked of conntrack, so bursts of events are not lost.
+BUFFER_BYTES = 8 << 20
+
+#: TCP states of a connection that was open and is closing or closed.
+_CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
+_TCP_STATES = frozenset({"SYN_SENT", "SYN_RECV", "ESTABLISHED", "SYN_SENT2", "NONE"}) | _CLOSING
+_EVENT_KINDS = {"[NEW]": "new", "[UPDATE]": "update", "[DESTROY]": "destroy"}
+_LOST_EVENTS = ("ENOBUFS", "No buffer space available")
+_NO_PERMISSION = ("Operation not permitted", "CAP_NET_ADMIN")
+
+
+class Address(NamedTuple):
+    addr: str
+    port: int
+
+
+class FlowEvent(NamedTuple):
+    """One line of conntrack's output: an event (`kind` new/update/destroy) or a dumped flow (`kind` "")."""
+
+    kind: str
+    state: str
+    src: Address
+    dst: Address
+    reply_src: Address
+    assured: bool
+
+
+def parse_flow(line: str) -> FlowEvent | None:
+    """A TCP flow from one line of `conntrack -E` or `conntrack -L` (default format); None otherwise.
+
+    The first src/dst/sport/dport are the original direction, the second the reply direction.
+    """
+    kind = ""
+    state = ""
+    assured = False
+    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": []}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            values = fields.get(key)
+            if values is not None:
+                values.append(value)
+        elif token in _EVENT_KINDS:
+            kind = _EVENT_KINDS[token]
+        elif token in _TCP_STATES:
+            state = token
+        elif token == "[ASSURED]":
+            assured = True
+    src, dst, sport, dport = fields["src"], fields["dst"], fields["sport"], fields["dport"]
+    if not state or len(src) < 2 or len(dst) < 2 or len(sport) < 2 or len(dport) < 2:
+        return None
+    try:
+        return FlowEvent(
+            kind,
+            state,
+            Address(src[0], int(sport[0])),
+            Address(dst[0], int(dport[0])),
+            Address(src[1], int(sport[1])),
+            assured,
+        )
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class _Flow:
+    client: Address
+    server: Address
+    ended: float | None  # monotonic time it closed, None while open
+
+
+class ConntrackReporter(Reporter):
+    """Endpoints joined by the TCP connections conntrack saw open, NAT undone, lingering a while.
+
+    With a `resolver`, remote (unscoped) endpoints carry their reverse DNS name once it is known.
+    """
+
+    name = "conntrack"
+
+    def __init__(
+        self,
+        ctx: ProbeContext,
+        scopes: AddressScopes | None = None,
+        *,
+        linger: float = LINGER_SECONDS,
+        max_flows: int = MAX_FLOWS,
+        binary: str = "conntrack",
+        resolver: ReverseResolver | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._scopes = scopes or AddressScopes(ctx.host_id)
+        self._proc_root = ctx.proc_root
+        self._linger = linger
+        self._max_flows = max_flows
+        self._binary = binary
+        self._lock = threading.Lock()
+        # Keyed by the original direction's (src, dst); insertion order is age, for dropping the oldest.
+        self._flows: OrderedDict[tuple[Address, Address], _Flow] = OrderedDict()
+        self._dropped = 0
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._following = threading.Event()
+
+    @property
+    def dropped(self) -> int:
+        """Flows forgotten before their time because MAX_FLOWS were already kept."""
+        with self._lock:
+            return self._dropped
+
+    @property
+    def following(self) -> bool:
+        """Whether the event stream is up (the initial dump done)."""
+        return self._following.is_set()
+
+    def start(self, wake: Wake) -> None:
+        """Follow conntrack events in a thread. Without the tool, log once and report nothing."""
+        path = shutil.which(self._binary)
+        if path is None:
+            log.warning("conntrack: %r not found; short-lived connections will be missed", self._binary)
+            return
+        self._check_bridge_netfilter()
+        self._thread = threading.Thread(target=self._follow, args=(path,), name="conntrack", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            proc = self._proc
+        if proc is not None:
+            proc.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _check_bridge_netfilter(self) -> None:
+        """Say so when connections between containers on one bridge will not be seen: bridged packets
+        only pass through netfilter (and conntrack) with br_netfilter's bridge-nf-call-iptables on."""
+        path = os.path.join(self._proc_root, "sys/net/bridge/bridge-nf-call-iptables")
+        try:
+            with open(path) as f:
+                enabled = f.read().strip() == "1"
+        except OSError:
+            enabled = False
+        if not enabled:
+            log.warning(
+                "conntrack: %s is not 1 (modprobe br_netfilter; sysctl net.bridge.bridge-nf-call-iptables=1): "
+                "connections between containers on the same bridge will be missed",
+                path,
+            )
+
+    def report(self, now: float) -> Report:
+        """Client endpoints with an edge to each server they connected to; the servers too."""
+        cutoff = time.monotonic() - self._linger
+        counts: dict[Address, dict[Address, int]] = {}
+        with self._lock:
+            for key in [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]:
+                del self._flows[key]
+            for flow in self._flows.values():
+                servers = counts.setdefault(flow.client, {})
+                servers[flow.server] = servers.get(flow.server, 0) + 1
+        report = Report()
+        node_ids: dict[Address, str] = {}
+
+        def node_id(address: Address) -> str:
+            found = node_ids.get(address)
+            if found is None:
+                found = node_ids[address] = self._scopes.endpoint_id(address.addr, address.port)
+            return found
+
+        def latest(address: Address) -> dict[str, object]:
+            facts: dict[str, object] = {CONNTRACKED: "true", ADDR: address.addr, PORT: address.port}
+            if self._resolver is not None and node_id(address).startswith(";"):  # remote: unscoped
+                facts[REVERSE_DNS] = self._resolver.lookup(address.addr)
+            return facts
+
+        all_servers: set[Address] = set()
+        for client, servers in counts.items():
+            edges = {node_id(server): EdgeMetadata(connection_count=n) for server, n in servers.items()}
+            report.add(
+                Node.build(
+                    node_id(client), ENDPOINT, timestamp=now, latest=latest(client), adjacency=edges, edges=edges
+                )
+            )
+            all_servers.update(servers)
+        for server in all_servers:
+            report.add(Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server)))
+        return report
+
+    # ------------------------------------------------------------------------------- flow table
+
+    def handle(self, event: FlowEvent, mono: float) -> bool:
+        """Apply one event or dumped flow to the table (`mono`: time.monotonic() when it was read).
+
+        True when the flow is in the table afterwards.
+        """
+        key = (event.src, event.dst)
+        closing = event.kind == "destroy" or event.state in _CLOSING
+        with self._lock:
+            flow = self._flows.get(key)
+            if flow is None:
+                # Only connections that were answered count: a SYN to a closed port is not an edge.
+                # One first seen closing in a dump or a destroy event closed at an unknown time, maybe
+                # long before the probe started: leave it out.
+                if not (event.assured or event.state == "ESTABLISHED") or (closing and event.kind != "update"):
+                    return False
+                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None)
+                if len(self._flows) > self._max_flows:
+                    self._flows.popitem(last=False)
+                    self._dropped += 1
+                    if self._dropped == 1:
+                        log.warning("conntrack: more than %d flows; forgetting the oldest", self._max_flows)
+            elif closing and flow.ended is None:
+                flow.ended = mono
+            return True
+
+    def _end_missing(self, seen: set[tuple[Address, Address]], mono: float) -> None:
+        """After a dump: open flows it did not list ended while events were lost."""
+        with self._lock:
+            for key, flow in self._flows.items():
+                if flow.ended is None and key not in seen:
+                    flow.ended = mono
+
+    # ------------------------------------------------------------------------------------ stream
+
+    def _follow(self, path: str) -> None:
+        """Run `conntrack -E` (then dump the table, so nothing open is missed) until stopped; restart it
+        with backoff when it dies or loses events."""
+        backoff = BACKOFF_FIRST
+        last_reason = ""
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            reason = self._run_once(path)
+            if self._stopping.is_set():
+                break
+            if any(marker in reason for marker in _NO_PERMISSION):
+                log.warning("conntrack: no permission (%s); short-lived connections will be missed", reason)
+                return
+            if time.monotonic() - began >= HEALTHY_RUN_SECONDS:
+                backoff = BACKOFF_FIRST
+            if reason != last_reason:
+                log.warning("conntrack: event stream stopped (%s); restarting in %.1fs", reason, backoff)
+            else:
+                log.debug("conntrack: event stream stopped again (%s)", reason)
+            last_reason = reason
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _run_once(self, path: str) -> str:
+        """One life of the event stream; returns why it ended."""
+        argv = [path, "-E", "-p", "tcp", "-e", "NEW,UPDATE,DESTROY", "-b", str(BUFFER_BYTES)]
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        except OSError as exc:
+            return f"cannot run {path}: {exc}"
+        with self._lock:
+            self._proc = proc
+        try:
+            if self._stopping.is_set():
+                return "stopping"
+            dump_error = self._dump(path)
+            if dump_error:
+                return dump_error
+            self._following.set()
+            assert proc.stdout is not None
+            last_other = ""
+            for line in proc.stdout:
+                event = parse_flow(line)
+                if event is not None:
+                    self.handle(event, time.monotonic())
+                elif any(marker in line for marker in _LOST_EVENTS):
+                    return "events lost: " + line.strip()
+                elif line.strip():
+                    last_other = line.strip()
+            return f"conntrack exited with {proc.wait()}" + (f": {last_other}" if last_other else "")
+        finally:
+            self._following.clear()
+            with self._lock:
+                self._proc = None
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def _dump(self, path: str) -> str:
+        """Load the flows open now (`conntrack -L`), streamed; an error message, or "" on success."""
+        try:
+            proc = subprocess.Popen(
+                [path, "-L", "-p", "tcp"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as exc:
+            return f"cannot run {path} -L: {exc}"
+        assert proc.stdout is not None and proc.stderr is not None
+        mono = time.monotonic()
+        seen: set[tuple[Address, Address]] = set()
+        with proc.stdout, proc.stderr:
+            for line in proc.stdout:
+                event = parse_flow(line)
+                if event is not None and self.handle(event, mono):
+                    seen.add((event.src, event.dst))
+            error = proc.stderr.read(4096).strip()
+        if proc.wait() != 0:
+            return f"conntrack -L exited with {proc.returncode}: {error}"
+        self._end_missing(seen, mono)
+        return ""
