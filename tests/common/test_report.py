@@ -43,9 +43,7 @@ _node_fields = st.fixed_dictionaries(
     }
 )
 _topology_nodes = st.dictionaries(_ids, _node_fields, max_size=4)
-_reports_fields = st.dictionaries(
-    st.sampled_from(["process", "host", "endpoint"]), _topology_nodes, max_size=3
-)
+_reports_fields = st.dictionaries(st.sampled_from(["process", "host", "endpoint"]), _topology_nodes, max_size=3)
 
 
 def _report(fields: dict[str, dict[str, dict[str, Any]]]) -> Report:

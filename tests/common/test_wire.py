@@ -101,9 +101,7 @@ def test_arbitrary_bytes_never_raise_anything_but_decode_error(data: bytes) -> N
         wire.decode(data)
 
 
-_leaves = (
-    st.none() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=5) | st.binary(max_size=5)
-)
+_leaves = st.none() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=5) | st.binary(max_size=5)
 _values = st.recursive(
     _leaves,
     lambda inner: st.lists(inner, max_size=7) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
