@@ -25,6 +25,7 @@ DEBIAN_PACKAGES=(
     fonts-dejavu-core
     fonts-liberation
     util-linux
+    debootstrap
 )
 
 missing_packages() {

@@ -206,7 +206,24 @@ class ConnectionGraph:
         """The host node id of an endpoint that some probe saw as its own."""
         process = self.process_of(endpoint)
         source = process if process is not None else endpoint
-        return source.get(HOST_NODE_ID)
+        return source.get(HOST_NODE_ID) or self.own_address_host(endpoint)
+
+    def own_address_host(self, endpoint: Node) -> str | None:
+        """The host whose own address (loopback, or an interface's) an endpoint is on, if any.
+
+        Conntrack sees connections no process holds any more, or held by the host itself (docker-proxy
+        on the docker0 gateway address): they belong to the host.
+        """
+        parsed = ids.parse_endpoint_id(endpoint.id)
+        if parsed is None:
+            return None
+        scope_host = parsed.scope.partition("/")[0]
+        host = self.host_addresses.get(parsed.addr)
+        if host is not None and (not scope_host or host == ids.host_id(scope_host)):
+            return host
+        if (scope_host and parsed.addr.startswith("127.")) or parsed.addr == "::1":
+            return ids.host_id(scope_host) if scope_host else None
+        return None
 
     def is_local(self, endpoint: Node) -> bool:
         """Whether the address is on a network some host of the report is on (or host-scoped)."""

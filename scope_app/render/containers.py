@@ -41,6 +41,7 @@ from scope_common.report import (
     CONTAINER_STATE_HUMAN,
     CPU_USAGE,
     HOST_NODE_ID,
+    HOSTNAME,
     IMAGE_NAME,
     LABEL_PREFIX,
     MEMORY_USAGE,
@@ -179,21 +180,30 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
     def owner(endpoint: Node) -> str | None:
         process = graph.process_of(endpoint)
         if process is None:
-            return index.owner(graph, endpoint)
+            owner_id = index.owner(graph, endpoint)
+            if owner_id is not None:
+                return owner_id
+            host_node_id = graph.own_address_host(endpoint)
+            return uncontained(host_node_id) if host_node_id else None
         container_id = process_container(process)
         if container_id is not None and container_id in nodes:
             return container_id
-        host_node_id = process.get(HOST_NODE_ID) or ""
+        return uncontained(process.get(HOST_NODE_ID) or "")
+
+    def uncontained(host_node_id: str) -> str:
+        """The pseudo node of a host's processes outside containers."""
         pseudo_id = uncontained_id(host_node_id)
         if pseudo_id not in pseudo:
+            host = graph.hosts.get(host_node_id)
+            label = (host.get(HOSTNAME) if host else None) or ids.parse_host_id(host_node_id) or host_node_id
             pseudo[pseudo_id] = RenderedNode(
                 pseudo_id,
                 "pseudo",
                 "Uncontained",
-                host_label(graph, process),
+                label,
                 shape="square",
                 pseudo=True,
-                parents=host_parent(graph, process),
+                parents=[(host_node_id, label, "hosts")],
             )
         return pseudo_id
 

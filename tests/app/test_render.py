@@ -207,6 +207,16 @@ def test_containers_join_through_processes_container_ips_and_published_ports() -
     assert {p["topologyId"] for p in details["parents"]} == {"hosts", "containers-by-image"}
 
 
+def test_a_connection_from_the_hosts_own_bridge_address_is_uncontained() -> None:
+    # docker-proxy (or any host process already gone) on the docker0 gateway, seen only by conntrack.
+    report = Report()
+    _host(report, "h1", "192.168.1.10/24", "172.17.0.1/16")
+    web = _container(report, "h1", "a" * 64, "web", ips=("172.17.0.2",))
+    _connect(report, ("h1", "172.17.0.1", 40000), ("h1", "172.17.0.2", 80))
+    view = _render(report, "containers")
+    assert view.summaries[uncontained_id(ids.host_id("h1"))]["adjacency"] == [web]
+
+
 def test_an_address_claimed_by_two_containers_joins_neither() -> None:
     report = Report()
     _host(report, "h1", "192.168.1.10/24")
