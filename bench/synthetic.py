@@ -103,10 +103,10 @@ def host_report(
         )
     pids = list(range(100, 100 + processes))
     for n, pid in enumerate(pids):
-        container = container_ids[n % containers] if containers and n % 2 == 0 else None
+        process_container: str | None = container_ids[n % containers] if containers and n % 2 == 0 else None
         parents = {"host": [host_node]}
-        if container:
-            parents["container"] = [ids.container_id(container)]
+        if process_container:
+            parents["container"] = [ids.container_id(process_container)]
         name = _NAMES[n % len(_NAMES)]
         report.add(
             Node.build(
@@ -119,7 +119,7 @@ def host_report(
                     NAME: name,
                     CMDLINE: f"/usr/bin/{name} --config /etc/{name}.conf --workers 4",
                     HOST_NODE_ID: host_node,
-                    CONTAINER_ID: container,
+                    CONTAINER_ID: process_container,
                 },
                 metrics={
                     CPU_USAGE: Metric.single(now, rng.uniform(0, 10), 100.0),

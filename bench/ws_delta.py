@@ -15,13 +15,14 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import tornado.websocket
 
 from bench.synthetic import host_report
 from scope_app.render import Renderer, view_options
 from scope_app.websocket import view_delta
-from scope_common.report import merge_reports
+from scope_common.report import Report, merge_reports
 from tests.fixtures.scope import App, ReportSender
 
 
@@ -32,7 +33,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    def report(index: int, containers: int) -> object:
+    def report(index: int, containers: int) -> Report:
         return host_report(index, args.hosts, processes=20, endpoints=40, containers=containers)
 
     reports = [report(i, args.containers) for i in range(args.hosts)]
@@ -40,12 +41,12 @@ def main() -> None:
     senders = [ReportSender(app, probe_id=f"probe-{i}", host_id=f"host-{i}") for i in range(args.hosts)]
     try:
         for sender, r in zip(senders, reports, strict=True):
-            sender.send_until(r, lambda: True, timeout=5)  # type: ignore[arg-type]
+            sender.send_until(r, lambda: True, timeout=5)
         expected = args.hosts * args.containers
         deadline = time.monotonic() + 60
         while len(app.nodes("containers")) < expected and time.monotonic() < deadline:
             for sender, r in zip(senders, reports, strict=True):
-                sender.send(r)  # type: ignore[arg-type]
+                sender.send(r)
             time.sleep(1)
         print(f"containers view: {len(app.nodes('containers'))} nodes")
         latencies = asyncio.run(_measure(app, senders[0], args, report))
@@ -58,11 +59,11 @@ def main() -> None:
             sender.close()
         app.terminate()
 
-    merged = merge_reports(reports)  # type: ignore[arg-type]
+    merged = merge_reports(reports)
     renderer = Renderer()
     renderer.update(merged, 1)
     old = renderer.view("containers", view_options({})).summaries
-    changed = merge_reports([report(0, args.containers + 1), *reports[1:]])  # type: ignore[list-item]
+    changed = merge_reports([report(0, args.containers + 1), *reports[1:]])
     times = []
     for version in range(2, 2 + args.runs):
         start = time.perf_counter()
@@ -73,24 +74,33 @@ def main() -> None:
     print(f"in-process render + diff + JSON of the delta: median {statistics.median(times) * 1000:.0f} ms")
 
 
-async def _measure(app: App, sender: ReportSender, args: argparse.Namespace, report: object) -> list[float]:
+async def _measure(
+    app: App, sender: ReportSender, args: argparse.Namespace, report: Callable[[int, int], Report]
+) -> list[float]:
     ws = await tornado.websocket.websocket_connect(f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws")
-    first = json.loads(await ws.read_message())  # type: ignore[arg-type]
+    first = json.loads(await _read(ws, 30))
     print(f"websocket reset: {len(first['add'])} nodes")
     latencies = []
     for run in range(args.runs):
         containers = args.containers + 1 + run % 2  # alternate so every send changes the view
         changed = report(0, containers)
         start = time.perf_counter()
-        sender.send(changed)  # type: ignore[arg-type]
+        sender.send(changed)
         while True:
-            delta = json.loads(await asyncio.wait_for(ws.read_message(), 30))  # type: ignore[arg-type]
+            delta = json.loads(await _read(ws, 30))
             if delta["add"] or delta["remove"]:
                 break
         latencies.append(time.perf_counter() - start)
         await asyncio.sleep(0.5)
     ws.close()
     return latencies
+
+
+async def _read(ws: tornado.websocket.WebSocketClientConnection, timeout: float) -> str:
+    message = await asyncio.wait_for(ws.read_message(), timeout)
+    if not isinstance(message, str):
+        raise RuntimeError("the websocket closed")
+    return message
 
 
 if __name__ == "__main__":
