@@ -155,6 +155,7 @@ class DockerReporter(Reporter):
     """Containers (running and stopped) and the images they run, with CPU and memory from cgroups."""
 
     name = "docker"
+    samples_every_tick = True
 
     def __init__(
         self,

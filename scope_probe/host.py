@@ -29,6 +29,7 @@ from scope_probe.reporter import ProbeContext, Reporter
 
 class HostReporter(Reporter):
     name = "host"
+    samples_every_tick = True
 
     def __init__(self, ctx: ProbeContext, addresses: AddressScopes) -> None:
         self._ctx = ctx

@@ -1,8 +1,10 @@
 """The probe process: gathers reports from every reporter and publishes them to every app.
 
-Two clocks drive it: the spy tick (default 1 s) asks every reporter for a fresh report, the publish
-tick (default 3 s) sends the merged result. A reporter that sees a change between ticks (a container
-started) wakes the loop, which then refreshes that reporter alone and publishes at once.
+Two clocks drive it: the spy tick (default 1 s) samples the reporters that keep metric history (host,
+containers), the publish tick (default 3 s) gathers the rest (processes, connections) and sends the
+merged result; gathering those every spy tick would throw two reports in three away. A reporter that
+sees a change between ticks (a container started) wakes the loop, which then refreshes that reporter
+alone and publishes at once.
 """
 
 from __future__ import annotations
@@ -99,9 +101,10 @@ class Probe:
             self._apply_discovery()
             now = time.monotonic()
             if now >= next_spy:
-                self._gather(self._reporters)
+                self._gather([r for r in self._reporters if r.samples_every_tick])
                 next_spy = _next_tick(next_spy, self._spy_interval, now)
             if now >= next_publish:
+                self._gather([r for r in self._reporters if not r.samples_every_tick])
                 self._publish()
                 next_publish = _next_tick(next_publish, self._publish_interval, now)
             timeout = max(0.0, min(next_spy, next_publish) - time.monotonic())

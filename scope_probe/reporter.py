@@ -36,6 +36,9 @@ class Reporter(abc.ABC):
 
     #: Short stable name, used in logs and counters.
     name: str = ""
+    #: True for reporters that sample metric history and so want every spy tick; the others (processes,
+    #: connections) are only gathered right before a report is published, when they are used.
+    samples_every_tick: bool = False
 
     def start(self, wake: Wake) -> None:  # noqa: B027 - most reporters have nothing to start
         """Start background work (event streams). `wake(self.name)` requests an immediate report."""

@@ -240,3 +240,34 @@ def test_connection_between_namespaces_has_unscoped_endpoints(netns: Netns) -> N
     assert client_id not in server_node.adjacency
     assert client_node.parents["process"] == (ids.process_id(HOST, client.pid),)
     assert server_node.parents["process"] == (ids.process_id(HOST, server.pid),)
+
+
+def test_a_quiet_namespace_is_not_read_again_but_a_new_connection_in_it_is_seen(netns: Netns) -> None:
+    host = netns.create()
+    reporter = _reporter()
+    with _connected_pair("127.0.0.1", "127.0.0.1", host) as (_, _, first_client, first_port):
+        ns = _netns_inode(first_client.pid)
+        scope = f"{HOST}/{ns}"
+        assert ids.endpoint_id(scope, "127.0.0.1", first_port) in reporter.report(time.time()).nodes("endpoint")
+        reads = reporter.table_reads
+        report = reporter.report(time.time())
+        # Only namespaces whose TCP counters moved were read again (the host's own may be busy).
+        assert reporter.table_reads - reads < _namespace_count()
+        assert ids.endpoint_id(scope, "127.0.0.1", first_port) in report.nodes("endpoint"), "cached table kept"
+        quiet_reads = reporter.table_reads
+        report = reporter.report(time.time())
+        with _connected_pair("127.0.0.1", "127.0.0.1", host) as (_, _, _, second_port):
+            report = reporter.report(time.time())
+            assert ids.endpoint_id(scope, "127.0.0.1", second_port) in report.nodes("endpoint")
+        assert reporter.table_reads > quiet_reads
+
+
+def _namespace_count() -> int:
+    namespaces = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                namespaces.add(os.stat(f"/proc/{name}/ns/net").st_ino)
+            except OSError:
+                continue
+    return len(namespaces)
