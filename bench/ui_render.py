@@ -1,11 +1,14 @@
 """Benchmark: how long the browser UI takes to lay out and draw a view, measured in headless Chromium.
 
+    python -m bench.ui_render [--nodes 1000 --nodes 5000] [--runs 5]
     python -m bench.ui_render --url http://127.0.0.1:4040/ [--view 'processes?unconnected=show'] [--runs 5]
 
-Needs a running app whose view already holds the nodes to measure (for example an app fed synthetic
-reports by bench.synthetic); the figures say how many nodes and edges the view had. Each run opens
-the page afresh (so the layout starts from nothing), waits for the websocket's reset message and
-reads the page's own clock through `window.scopeUI`:
+Without --url, for each --nodes N (default 1,000 and 5,000) it starts a real app subprocess, publishes
+synthetic reports (bench.synthetic.host_report: N / 500 hosts of 500 processes, with containers and
+connections) to its bus as that many probes would, waits until `processes?unconnected=show` holds every
+process, and measures that view. With --url it measures a running app's views as they are; the figures
+say how many nodes and edges the view had. Each run opens the page afresh (so the layout starts from
+nothing), waits for the websocket's reset message and reads the page's own clock through `window.scopeUI`:
 
 - first draw: from the arrival of the reset message (before JSON parsing) to the end of the first
   sigma render that contains its nodes;
@@ -25,6 +28,9 @@ import argparse
 import json
 import statistics
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,6 +77,12 @@ def measure_once(browser: Any, url: str, timeout_s: float, viewport: tuple[int, 
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url)
+        # Chromium aborts requests in flight when network interfaces change (every container start or
+        # stop on this host adds or removes one): a page that lost a module script that way is reloaded.
+        for _ in range(2):
+            if page.evaluate("() => window.scopeUI !== undefined"):
+                break
+            page.reload()
         page.wait_for_function("window.scopeUI && window.scopeUI.stats().resets >= 1", timeout=timeout_s * 1000)
         page.wait_for_function("window.scopeUI.whenSettled().then(() => true)", timeout=timeout_s * 1000, polling=250)
         stats = page.evaluate("window.scopeUI.stats()")
@@ -144,14 +156,84 @@ def summarize(view: str, runs: list[Run]) -> dict[str, Any]:
     }
 
 
+SYNTHETIC_VIEW = "processes?unconnected=show"
+
+
+@contextmanager
+def synthetic_app(nodes: int, per_host: int = 500, timeout_s: float = 120.0) -> Iterator[tuple[str, int]]:
+    """A real app subprocess holding ~`nodes` process nodes from synthetic probes; yields (URL, process count).
+
+    Reports are sent once each (the app keeps them for its whole --window) and carry fixed timestamps,
+    so the view does not change while it is measured.
+    """
+    from bench.synthetic import host_report
+    from tests.fixtures.scope import App, ReportSender
+
+    hosts = max(1, round(nodes / per_host))
+    now = time.time()
+    reports = [
+        host_report(i, hosts, processes=per_host, endpoints=4 * per_host, containers=50, now=now) for i in range(hosts)
+    ]
+    app = App(window="3600s")
+    senders = [ReportSender(app, probe_id=f"bench-probe-{i}", host_id=f"host-{i}") for i in range(hosts)]
+    try:
+        expected = hosts * per_host
+        probes: set[str] = set()
+        deadline = time.monotonic() + timeout_s
+        # A PUB socket drops what it sends before the app's subscription reaches it: resend until each
+        # probe is known to the app.
+        while len(probes) < hosts:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the app heard of {len(probes)} of {hosts} synthetic probes")
+            for i, (sender, report) in enumerate(zip(senders, reports, strict=True)):
+                if f"bench-probe-{i}" not in probes:
+                    sender.send(report)
+            time.sleep(0.5)
+            probes = {p["id"] for p in app.get("/api/probes")}
+        while True:
+            processes = sum(1 for n in app.nodes("processes", unconnected="show").values() if n["kind"] == "process")
+            if processes >= expected:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the view holds {processes} of {expected} processes")
+            time.sleep(0.5)
+        yield app.url, processes
+    finally:
+        for sender in senders:
+            sender.close()
+        app.terminate()
+
+
+def report_summary(view: str, runs: list[Run], renderer: str, as_json: bool) -> dict[str, Any]:
+    summary = summarize(view, runs)
+    summary["webgl_renderer"] = renderer
+    print(
+        f"{view}: {summary['nodes']} nodes, {summary['edges']} edges, median of {len(runs)}: "
+        f"first draw {summary['first_draw_ms']:.0f} ms, settled {summary['settled_ms']:.0f} ms, "
+        f"layout CPU {summary['layout_cpu_ms']:.0f} ms, redraw {summary['redraw_js_ms']:.1f} ms JS / "
+        f"{summary['redraw_frame_ms']:.0f} ms to frame (WebGL: {renderer})",
+        flush=True,
+    )
+    if as_json:
+        print(json.dumps({**summary, "all_runs": [asdict(r) for r in runs]}))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", required=True, help="base URL of a running app, e.g. http://127.0.0.1:4040/")
+    parser.add_argument("--url", help="base URL of a running app, e.g. http://127.0.0.1:4040/ (default: synthetic)")
     parser.add_argument(
         "--view",
         action="append",
-        help="topology and options as in the page's hash, e.g. 'processes?unconnected=show' (repeatable)",
+        help="with --url: topology and options as in the page's hash, e.g. 'processes?unconnected=show' (repeatable)",
     )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        action="append",
+        help="without --url: size of a synthetic processes view (repeatable; default 1000 and 5000)",
+    )
+    parser.add_argument("--per-host", type=int, default=500, help="synthetic processes per host")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--expect-nodes", type=int, help="fail unless the view has exactly this many nodes")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per page load")
@@ -162,21 +244,32 @@ def main(argv: list[str] | None = None) -> int:
     width, height = (int(v) for v in args.viewport.lower().split("x"))
 
     status = 0
-    for view in args.view or ["processes?unconnected=show"]:
+    if args.url is None:
+        if args.view:
+            parser.error("--view needs --url; the synthetic app is measured on " + SYNTHETIC_VIEW)
+        for nodes in args.nodes or [1000, 5000]:
+            with synthetic_app(nodes, args.per_host) as (url, processes):
+                print(
+                    f"synthetic app at {url}: {SYNTHETIC_VIEW} holds {processes} processes "
+                    f"({args.runs} runs, viewport {width}x{height})",
+                    flush=True,
+                )
+                renderer, runs = measure_view(
+                    url,
+                    SYNTHETIC_VIEW,
+                    args.runs,
+                    timeout_s=args.timeout,
+                    viewport=(width, height),
+                    chromium=args.chromium,
+                )
+                report_summary(SYNTHETIC_VIEW, runs, renderer, args.json)
+        return status
+    for view in args.view or [SYNTHETIC_VIEW]:
         print(f"view {view} at {args.url} ({args.runs} runs, viewport {width}x{height})", flush=True)
         renderer, runs = measure_view(
             args.url, view, args.runs, timeout_s=args.timeout, viewport=(width, height), chromium=args.chromium
         )
-        summary = summarize(view, runs)
-        summary["webgl_renderer"] = renderer
-        print(
-            f"{view}: {summary['nodes']} nodes, {summary['edges']} edges, median of {len(runs)}: "
-            f"first draw {summary['first_draw_ms']:.0f} ms, settled {summary['settled_ms']:.0f} ms, "
-            f"layout CPU {summary['layout_cpu_ms']:.0f} ms, redraw {summary['redraw_js_ms']:.1f} ms JS / "
-            f"{summary['redraw_frame_ms']:.0f} ms to frame (WebGL: {renderer})"
-        )
-        if args.json:
-            print(json.dumps({**summary, "all_runs": [asdict(r) for r in runs]}))
+        summary = report_summary(view, runs, renderer, args.json)
         if args.expect_nodes is not None and summary["nodes"] != args.expect_nodes:
             print(f"expected {args.expect_nodes} nodes, the view had {summary['nodes']}", file=sys.stderr)
             status = 1

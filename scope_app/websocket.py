@@ -10,6 +10,7 @@ view when it catches up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -33,23 +34,27 @@ def view_delta(old: dict[str, Json], new: dict[str, Json]) -> Json:
     }
 
 
+#: Messages a watcher may have unsent before it counts as behind. One is normal (a write's future
+#: completes a loop turn later); two in flight means the browser is not reading fast enough.
+MAX_UNSENT = 2
+
+
 class Watcher:
     """One browser's websocket, as a feed sees it."""
 
     def __init__(self, send: Callable[[str], Any]) -> None:
         self._send = send
-        self._pending: asyncio.Future[None] | None = None
+        self._unsent: list[asyncio.Future[None]] = []
         self.behind = False
 
     @property
     def busy(self) -> bool:
-        return self._pending is not None and not self._pending.done()
+        self._unsent = [f for f in self._unsent if not f.done()]
+        return len(self._unsent) >= MAX_UNSENT
 
     def send(self, message: str) -> None:
-        try:
-            self._pending = self._send(message)
-        except tornado.websocket.WebSocketClosedError:
-            self._pending = None  # on_close removes it
+        with contextlib.suppress(tornado.websocket.WebSocketClosedError):  # on_close removes it
+            self._unsent.append(self._send(message))
 
 
 class ViewFeed:

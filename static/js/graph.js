@@ -5,7 +5,7 @@ import { IncrementalLayout } from "./layout.js";
 import { SHAPE_PROGRAMS, styleFor } from "./shapes.js";
 
 const COLORS = {
-  edge: "#4a5d77",
+  edge: "#5b7191",
   edgeHighlight: "#8fb8e8",
   dimNode: "#273241",
   label: "#d5dde7",
@@ -120,7 +120,7 @@ export class GraphView {
       defaultDrawNodeLabel: drawLabel,
       defaultDrawNodeHover: drawHover,
       minEdgeThickness: 1.2,
-      stagePadding: 40,
+      stagePadding: 100, // room for the labels (centred under the node) of the outermost nodes
       zIndex: true,
       nodeReducer: (node, data) => this._nodeReducer(node, data),
       edgeReducer: (edge, data) => this._edgeReducer(edge, data),
@@ -151,6 +151,7 @@ export class GraphView {
         this.resetAt = 0;
       }
       if (this.settledPendingDraw && !this.layout.running) {
+        if (this._growFrame()) return; // redrawn in the larger frame first; that draw counts as settled
         this.settledPendingDraw = false;
         if (this.resetToSettleFrom) {
           this.timing.resetToSettledMs = now - this.resetToSettleFrom;
@@ -178,6 +179,20 @@ export class GraphView {
       this.container.style.cursor = "";
       this.sigma.refresh({ skipIndexation: true });
     });
+  }
+
+  // The frame is frozen after a full layout, but a node laid out beyond it (new isolated nodes start
+  // on a ring just outside the picture) must not stay off-screen: widen the frame just enough.
+  _growFrame() {
+    const frame = this.sigma.getCustomBBox();
+    const extent = this.sigma.getBBox();
+    if (!frame || this.graph.order === 0) return false;
+    const x = [Math.min(frame.x[0], extent.x[0]), Math.max(frame.x[1], extent.x[1])];
+    const y = [Math.min(frame.y[0], extent.y[0]), Math.max(frame.y[1], extent.y[1])];
+    if (x[0] === frame.x[0] && x[1] === frame.x[1] && y[0] === frame.y[0] && y[1] === frame.y[1]) return false;
+    this.sigma.setCustomBBox({ x, y });
+    this.sigma.scheduleRefresh(); // the normalisation to the frame is only recomputed by a refresh
+    return true;
   }
 
   _nodeReducer(node, data) {

@@ -97,3 +97,38 @@ def test_bad_websocket_requests_get_clear_errors(scope: Scope, path: str, status
         assert info.value.code == status
 
     asyncio.run(scenario())
+
+
+def test_a_browser_that_does_not_read_gets_no_backlog_then_one_fresh_view() -> None:
+    """Memory stays bounded for a slow browser: at most MAX_UNSENT messages wait for it, the deltas it
+    misses are dropped, and it gets the whole view again once it reads."""
+    from scope_app.render import Renderer
+    from scope_app.render.base import ViewOptions
+    from scope_app.websocket import MAX_UNSENT, FeedHub, Watcher
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        renderer = Renderer()
+        hub = FeedHub(renderer)
+        sent: list[tuple[asyncio.Future[None], dict[str, Any]]] = []
+
+        def send(message: str) -> asyncio.Future[None]:
+            future: asyncio.Future[None] = loop.create_future()  # never completes: the browser is stuck
+            sent.append((future, json.loads(message)))
+            return future
+
+        feed = hub.feed("containers", ViewOptions())
+        feed.add(Watcher(send))
+        for version, names in enumerate([("a",), ("a", "b"), ("a", "b", "c"), ("b", "c"), ("c",)], start=1):
+            renderer.update(_report(*names), version)
+            hub.changed()
+        assert len(sent) == MAX_UNSENT, "nothing more is queued for a browser that does not read"
+        for future, _ in sent:
+            future.set_result(None)
+        renderer.update(_report("c", "d"), 99)
+        hub.changed()
+        fresh = sent[-1][1]
+        assert fresh["reset"] is True
+        assert sorted(n["label_major"] for n in fresh["add"]) == ["c", "d"]
+
+    asyncio.run(scenario())
