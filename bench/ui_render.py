@@ -34,17 +34,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.synthetic import host_report
+from tests.fixtures.browser import CHROMIUM_ARGS
+from tests.fixtures.scope import App, ReportSender
+
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 
 _RENDERER_JS = """() => {
   const gl = document.createElement("canvas").getContext("webgl");
@@ -166,8 +160,6 @@ def synthetic_app(nodes: int, per_host: int = 500, timeout_s: float = 120.0) -> 
     Reports are sent once each (the app keeps them for its whole --window) and carry fixed timestamps,
     so the view does not change while it is measured.
     """
-    from bench.synthetic import host_report
-    from tests.fixtures.scope import App, ReportSender
 
     hosts = max(1, round(nodes / per_host))
     now = time.time()

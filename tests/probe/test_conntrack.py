@@ -6,7 +6,7 @@ import logging
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -20,6 +20,7 @@ from scope_probe.resolver import ReverseResolver
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.waiting import wait_for
 
 HOST = "testhost"
 CONNTRACK = "/usr/sbin/conntrack"
@@ -53,14 +54,6 @@ REFUSED = (
     " [UPDATE] tcp      6 10 CLOSE src=127.0.0.1 dst=127.0.0.1 sport=41000 dport=9 "
     "src=127.0.0.1 dst=127.0.0.1 sport=9 dport=41000"
 )
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def new_reporter(

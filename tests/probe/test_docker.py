@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +41,10 @@ from scope_probe.docker import DockerReporter, human_duration
 from scope_probe.reporter import ProbeContext
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port
+from tests.fixtures.waiting import wait_for
 
 HOST = "testhost"
 DOCKER_SOCKET = "/var/run/docker.sock"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Wakes:
