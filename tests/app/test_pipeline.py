@@ -10,8 +10,10 @@ from typing import Any
 import msgpack
 import zmq
 
+from scope_common import wire
+from scope_common.report import Node, Report
 from tests.fixtures.ports import free_port
-from tests.fixtures.scope import Scope, wait_for
+from tests.fixtures.scope import ReportSender, Scope, wait_for
 
 HOST = "pipeline-host"
 
@@ -124,3 +126,27 @@ def test_probe_reaches_an_app_started_after_it(scope: Scope) -> None:
     app = scope.app(bus_port=port)
     wait_for(lambda: "early-host;<host>" in app.nodes("hosts"), timeout=15, what="the probe to reach the late app")
     assert probe.process.poll() is None
+
+
+def test_a_report_over_the_node_limit_is_dropped_and_the_app_keeps_its_picture(scope: Scope) -> None:
+    app = scope.app()
+    scope.probe([app.bus], hostname="steady-host")
+    wait_for(lambda: "steady-host;<host>" in app.nodes("hosts"), timeout=10, what="the steady probe")
+    huge = Report()
+    for i in range(wire.MAX_NODES + 1):
+        huge.add(Node.build(f"huge;{i}", "process", latest={"name": "x"}))
+    sender = ReportSender(app, probe_id="huge-probe", host_id="huge")
+    body = msgpack.packb(wire.report_to_wire(huge), use_bin_type=True)
+    envelope = {"v": 1, "probe_id": "huge-probe", "host_id": "huge", "seq": 1, "sent_at": 1.0, "encoding": "none"}
+    message = msgpack.packb({**envelope, "report": body}, use_bin_type=True)
+    try:
+
+        def dropped() -> bool:
+            sender.send_raw(message)
+            return bool(app.get("/api/stats")["reports_dropped"].get("too_many_nodes"))
+
+        wait_for(dropped, timeout=20, interval=1.0, what="the oversized report to be dropped")
+    finally:
+        sender.close()
+    assert [p["hostname"] for p in app.get("/api/probes")] == ["steady-host"]
+    assert "steady-host;<host>" in app.nodes("hosts")
