@@ -11,7 +11,7 @@ import tornado.web
 
 from scope_app.collector import Collector
 from scope_app.ingest import BusReceiver
-from scope_app.render import TOPOLOGIES, Renderer, view_options
+from scope_app.render import TOPOLOGIES, Renderer, View, view_options
 from scope_app.render.base import metric_json
 from scope_common import __version__
 from scope_common.report import Report
@@ -68,7 +68,7 @@ class TopologyHandler(ApiHandler):
     def get(self, topology: str) -> None:
         self.finish(self._view(topology).json)
 
-    def _view(self, topology: str) -> Any:
+    def _view(self, topology: str) -> View:
         if topology not in TOPOLOGIES:
             raise tornado.web.HTTPError(404, "unknown topology %r", topology[:60])
         try:
