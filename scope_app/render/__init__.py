@@ -99,6 +99,9 @@ class View:
             return None
         details = dict(self.summaries[node_id])
         details["metrics"] = [metric_json(key, metric) for key, metric in node.metrics.items()]
+        details["metadata"] = details["metadata"] + [
+            {"id": i, "label": label, "value": v} for i, label, v in node.detail_metadata if v
+        ]
         details["connections"] = {
             "in": [
                 _connection_row(self.nodes[source], node_id)

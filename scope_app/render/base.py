@@ -85,6 +85,9 @@ class RenderedNode:
     shape: str = "circle"
     pseudo: bool = False
     metadata: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Rows only the details carry: long or rarely compared facts (a command line) would weigh down
+    #: every view of thousands of nodes.
+    detail_metadata: list[tuple[str, str, str]] = field(default_factory=list)
     metrics: dict[str, Metric] = field(default_factory=dict)
     parents: list[tuple[str, str, str]] = field(default_factory=list)
     edges: dict[str, EdgeInfo] = field(default_factory=dict)

@@ -27,13 +27,12 @@ def process_node(graph: ConnectionGraph, process: Node) -> RenderedNode:
         f"{host} ({pid})",
         rank=name,
         shape="square",
-        metadata=[
-            ("pid", "PID", pid),
+        metadata=[("pid", "PID", pid), ("host", "Host", host)],
+        detail_metadata=[
             ("ppid", "Parent PID", process.get(PPID) or ""),
             ("cmdline", "Command", process.get(CMDLINE) or ""),
             ("threads", "Threads", process.get(THREADS) or ""),
             ("open_files", "Open files", process.get(OPEN_FILES) or ""),
-            ("host", "Host", host),
         ],
         metrics={k: m for k, m in process.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE)},
         parents=host_parent(graph, process),
