@@ -286,8 +286,15 @@ class ConntrackReporter(Reporter):
         """One life of the event stream; returns why it ended."""
         argv = [path, "-E", "-p", "tcp", "-e", "NEW,UPDATE,DESTROY", "-b", str(BUFFER_BYTES)]
         try:
+            # Its own session: a Ctrl-C in the terminal is the probe's to handle; the tool is stopped
+            # by stop(), not killed first and then mourned in the log as a broken stream.
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
             )
         except OSError as exc:
             return f"cannot run {path}: {exc}"
@@ -334,6 +341,7 @@ class ConntrackReporter(Reporter):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                start_new_session=True,
             )
         except OSError as exc:
             return f"cannot run {path} -L: {exc}"
