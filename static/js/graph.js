@@ -4,6 +4,9 @@ import { Graph, Sigma, createEdgeArrowProgram } from "../vendor/graph-libs.js";
 import { IncrementalLayout } from "./layout.js";
 import { SHAPE_PROGRAMS, styleFor } from "./shapes.js";
 
+// Up to this many nodes every label is drawn; beyond, sigma's label grid picks which to show.
+const SMALL_MAP = 150;
+
 const COLORS = {
   edge: "#5b7191",
   edgeHighlight: "#8fb8e8",
@@ -197,6 +200,9 @@ export class GraphView {
 
   _nodeReducer(node, data) {
     const out = { ...data, size: data.size * this.sizeScale };
+    // A small map has room for every label: sigma's label grid would otherwise hide one of two
+    // neighbours, which reads as an anonymous node. Culling is for the big maps.
+    if (this.graph.order <= SMALL_MAP) out.forceLabel = true;
     if (this.hoverSet && !this.hoverSet.has(node)) {
       out.color = COLORS.dimNode;
       out.label = "";
