@@ -12,6 +12,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$SCOPE_REPO_ROOT"
 
 # dnsmasq-base, not dnsmasq: it ships only the binary, no system service that would grab port 53.
+# By hand, the same is: apt-get install docker.io conntrack dnsmasq-base busybox-static iproute2 iptables chromium
+#   procps ca-certificates fonts-dejavu-core fonts-liberation util-linux debootstrap
 DEBIAN_PACKAGES=(
     docker.io
     conntrack
