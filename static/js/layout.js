@@ -23,7 +23,8 @@ function settingsFor(order) {
     edgeWeightInfluence: 1,
     scalingRatio: 8,
     strongGravityMode: true,
-    gravity: 0.08,
+    // Small maps: pull separate groups together, or a handful of nodes spreads over the whole screen.
+    gravity: order <= 200 ? 0.6 : 0.08,
     slowDown: 1 + Math.log(Math.max(order, 1)),
     barnesHutOptimize: order > 300,
     // Coarser Barnes-Hut for big views: ~3x faster per iteration, no visible difference at that scale.
