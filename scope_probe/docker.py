@@ -16,9 +16,8 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,15 +53,14 @@ from scope_common.report import (
     IMAGE_SIZE,
     IMAGE_TAG,
     LABEL_PREFIX,
-    MAX_SAMPLES,
     MEMORY_USAGE,
     Metric,
     Node,
     Report,
-    Sample,
 )
 from scope_probe.addresses import AddressScopes
 from scope_probe.cgroup import CgroupFiles, CgroupLocator, read_cpu_usage_ns, read_memory
+from scope_probe.history import MetricHistory
 from scope_probe.reporter import ProbeContext, Reporter, Wake
 
 log = logging.getLogger(__name__)
@@ -140,12 +138,10 @@ class _Image:
 
 @dataclass(slots=True)
 class _History:
-    """Recent metric samples of one running container, and where its cgroup files are."""
+    """Where one running container's cgroup files are, and its last readings (samples: MetricHistory)."""
 
     pid: int
     files: CgroupFiles | None
-    cpu: deque[Sample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
-    memory: deque[Sample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     last_cpu: tuple[int, float] | None = None
     last_read: float = float("-inf")
     limit: int | None = None
@@ -180,6 +176,7 @@ class DockerReporter(Reporter):
 
         self._report_lock = threading.Lock()  # guards the metric histories and scoped IPs
         self._histories: dict[str, _History] = {}
+        self._samples = MetricHistory()
         self._cgroup_missing_logged = False
         # `scope;ip` of container IPs, valid while the host's bridge networks stay the same.
         self._scoped: dict[str, str] = {}
@@ -302,17 +299,18 @@ class DockerReporter(Reporter):
             history = self._histories.get(c.id)
             if history is None or history.pid != c.pid:
                 history = self._histories[c.id] = _History(c.pid, None)
+                self._samples.forget(c.id)
             if mono - history.last_read >= MIN_SAMPLE_INTERVAL:
                 self._read_cgroup(c, history, now, mono)
-            metrics: dict[str, Metric] = {}
-            if history.cpu:
-                metrics[CPU_USAGE] = Metric.from_samples(history.cpu, 100.0)
-            if history.memory:
-                limit = history.limit if history.limit is not None else self._host_memory
-                metrics[MEMORY_USAGE] = Metric.from_samples(history.memory, float(min(limit, self._host_memory)))
-            result[c.id] = metrics
+            limit = history.limit if history.limit is not None else self._host_memory
+            found = {
+                CPU_USAGE: self._samples.metric(c.id, CPU_USAGE, 100.0),
+                MEMORY_USAGE: self._samples.metric(c.id, MEMORY_USAGE, float(min(limit, self._host_memory))),
+            }
+            result[c.id] = {key: metric for key, metric in found.items() if metric is not None}
         for gone in set(self._histories) - live:
             del self._histories[gone]
+        self._samples.forget_except(live)
         return result
 
     def _read_cgroup(self, c: _Container, history: _History, now: float, mono: float) -> None:
@@ -338,9 +336,10 @@ class DockerReporter(Reporter):
         if history.last_cpu is not None:
             last_usage, last_mono = history.last_cpu
             if usage >= last_usage and mono > last_mono:
-                history.cpu.append(Sample(now, 100.0 * (usage - last_usage) / ((mono - last_mono) * 1e9)))
+                cpu = 100.0 * (usage - last_usage) / ((mono - last_mono) * 1e9)
+                self._samples.record(c.id, CPU_USAGE, now, cpu)
         history.last_cpu = (usage, mono)
-        history.memory.append(Sample(now, float(memory.usage)))
+        self._samples.record(c.id, MEMORY_USAGE, now, float(memory.usage))
         history.limit = memory.limit
 
     # ------------------------------------------------------------------------------------- threads

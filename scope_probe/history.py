@@ -20,11 +20,24 @@ class MetricHistory:
 
     def add(self, node_id: str, metric: str, timestamp: float, value: float, max_value: float) -> Metric:
         """Record a sample and return the metric with its history."""
+        self.record(node_id, metric, timestamp, value)
+        return Metric.from_samples(self._samples[(node_id, metric)], max_value)
+
+    def record(self, node_id: str, metric: str, timestamp: float, value: float) -> None:
         samples = self._samples.get((node_id, metric))
         if samples is None:
             samples = self._samples[(node_id, metric)] = deque(maxlen=self._size)
         samples.append(Sample(timestamp, value))
-        return Metric.from_samples(samples, max_value)
+
+    def metric(self, node_id: str, metric: str, max_value: float) -> Metric | None:
+        """The metric with its recorded history, or None before its first sample."""
+        samples = self._samples.get((node_id, metric))
+        return Metric.from_samples(samples, max_value) if samples else None
+
+    def forget(self, node_id: str) -> None:
+        """Drop one node's history (a restarted container starts a new one)."""
+        for key in [k for k in self._samples if k[0] == node_id]:
+            del self._samples[key]
 
     def forget_except(self, node_ids: set[str]) -> None:
         """Drop the history of every node not in `node_ids`."""
