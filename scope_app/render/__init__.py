@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +58,7 @@ TOPOLOGIES: dict[str, Topology] = {
     )
 }
 
-_OPTION_DEFAULTS = {"system": "hide", "stopped": "hide", "unconnected": "hide", "pseudo": "show"}
+_DEFAULT_OPTIONS = ViewOptions()
 
 #: Views for different option sets are cached side by side; this bounds how many.
 MAX_CACHED_VIEWS = 64
@@ -149,9 +149,8 @@ def _connection_row(source: RenderedNode, target_id: str, target: RenderedNode |
     }
 
 
-def view_options(query: Mapping[str, str]) -> ViewOptions:
-    """The options of a view from query arguments, defaults filled in; raises ValueError."""
-    return ViewOptions.parse({**_OPTION_DEFAULTS, **{k: v for k, v in query.items() if k in _OPTION_DEFAULTS}})
+#: The options of a view from query arguments (`show`/`hide`, defaults for the rest); raises ValueError.
+view_options = ViewOptions.parse
 
 
 class Renderer:
@@ -196,14 +195,14 @@ class Renderer:
         """Every topology with its default view's counts."""
         result = []
         for rank, topology in enumerate(TOPOLOGIES.values()):
-            view = self.view(topology.id, view_options({}))
+            view = self.view(topology.id, _DEFAULT_OPTIONS)
             result.append(
                 {
                     "id": topology.id,
                     "name": topology.name,
                     "url": f"/api/topology/{topology.id}",
                     "rank": rank,
-                    "options": [{"id": o, "default": _OPTION_DEFAULTS[o]} for o in topology.options],
+                    "options": [{"id": o, "default": _DEFAULT_OPTIONS.shown(o)} for o in topology.options],
                     "stats": {
                         "node_count": len(view.nodes),
                         "edge_count": view.edge_count,

@@ -8,6 +8,7 @@ connections between them. Views are cached per merged report, so none of this ru
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ class ViewOptions:
     def parse(cls, query: Mapping[str, str]) -> ViewOptions:
         """Options from query arguments (`show`/`hide`). Raises ValueError on anything else."""
         values: dict[str, bool] = {}
-        for name in ("system", "stopped", "unconnected", "pseudo"):
+        for name in cls.names():
             raw = query.get(name)
             if raw is None:
                 continue
@@ -63,6 +64,14 @@ class ViewOptions:
                 raise ValueError(f"option {name} must be show or hide, not {raw[:20]!r}")
             values[name] = raw == "show"
         return cls(**values)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def shown(self, name: str) -> str:
+        """`show` or `hide`, as the query writes it."""
+        return "show" if getattr(self, name) else "hide"
 
 
 @dataclass(slots=True)
