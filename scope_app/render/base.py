@@ -331,6 +331,20 @@ def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:
             node.edges = {target: edge for target, edge in targets.items() if target in nodes}
 
 
+def connect_nodes(
+    graph: ConnectionGraph,
+    nodes: dict[str, RenderedNode],
+    owner: EndpointMapper,
+    pseudo: dict[str, RenderedNode] | None = None,
+) -> None:
+    """Edges between `nodes`, with the pseudo nodes their connections need added (into `pseudo` first,
+    for an `owner` that makes pseudo nodes of its own)."""
+    pseudo = {} if pseudo is None else pseudo
+    edges = collect_edges(graph, owner, pseudo)
+    nodes.update(pseudo)
+    attach_edges(nodes, edges)
+
+
 def _ensure(nodes: dict[str, RenderedNode], node: RenderedNode | None) -> str | None:
     if node is None:
         return None

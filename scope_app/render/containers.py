@@ -17,8 +17,7 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
-    attach_edges,
-    collect_edges,
+    connect_nodes,
     filter_view,
     process_container,
     uncontained_id,
@@ -208,9 +207,7 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
         return pseudo_id
 
     pseudo: dict[str, RenderedNode] = {}
-    edges = collect_edges(graph, owner, pseudo)
-    nodes.update(pseudo)
-    attach_edges(nodes, edges)
+    connect_nodes(graph, nodes, owner, pseudo)
     return nodes, filter_view(nodes, options, drop_unconnected=False)
 
 

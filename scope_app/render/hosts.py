@@ -8,8 +8,7 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
-    attach_edges,
-    collect_edges,
+    connect_nodes,
     filter_view,
 )
 from scope_common.report import (
@@ -62,8 +61,5 @@ def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str
         host = graph.host_of(endpoint)
         return host if host in nodes else None
 
-    pseudo: dict[str, RenderedNode] = {}
-    edges = collect_edges(graph, owner, pseudo)
-    nodes.update(pseudo)
-    attach_edges(nodes, edges)
+    connect_nodes(graph, nodes, owner)
     return nodes, filter_view(nodes, options, drop_unconnected=False)
