@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scope_common.delta import ProbeNodes
 from scope_common.report import Report, merge_reports
 from scope_common.wire import Envelope
 
@@ -31,7 +32,7 @@ class ProbeRecord:
     probe_id: str
     host_id: str
     version: str
-    seq: int
+    nodes: ProbeNodes
     report: Report
     last_seen: float  # wall clock, for the API
     received_at: float  # monotonic, for expiry
@@ -59,23 +60,24 @@ class Collector:
         if known is None and len(self.probes) >= MAX_PROBES:
             self._reject("too_many_probes")
             return False
-        if known is not None and envelope.seq <= known.seq:
+        if known is not None and envelope.seq <= known.nodes.seq:
             # ZeroMQ keeps order per connection, but a probe connected twice (two addresses of one
             # app) delivers each report twice: the older copy must not replace the newer.
             self._reject("stale")
             return False
         if known is None:
             log.info("probe %s on host %s connected", envelope.probe_id, envelope.host_id)
-        self.probes[envelope.probe_id] = ProbeRecord(
-            envelope.probe_id,
-            envelope.host_id,
-            envelope.version,
-            envelope.seq,
-            envelope.report,
-            time.time(),
-            self._clock(),
-        )
-        self._schedule_merge()
+            known = ProbeRecord(envelope.probe_id, envelope.host_id, envelope.version, ProbeNodes(), Report(), 0, 0)
+            self.probes[envelope.probe_id] = known
+        known.last_seen = time.time()
+        known.received_at = self._clock()
+        applied = known.nodes.apply(envelope)
+        if not applied.used:
+            self._reject("missed_delta")
+            return False
+        if applied.before:
+            known.report = known.nodes.report()
+            self._schedule_merge()
         return True
 
     def expire(self) -> int:

@@ -37,6 +37,15 @@ def image_id(image: str) -> str:
     return f"{image};{IMAGE_TAG}"
 
 
+MAX_PORT = 65535
+
+
+def is_decimal(text: str, max_digits: int) -> bool:
+    """Whether `text` is 1 to `max_digits` ASCII digits. `str.isdigit` is not enough: it accepts `²`,
+    which `int()` refuses, so a value it let through once broke every view."""
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
+
+
 def parse_host_id(node_id: str) -> str | None:
     """The host of a host node id, or None when `node_id` is not one."""
     host, sep, tag = node_id.rpartition(";")
@@ -46,7 +55,7 @@ def parse_host_id(node_id: str) -> str | None:
 def parse_process_id(node_id: str) -> tuple[str, int] | None:
     """(host, pid) of a process node id, or None when `node_id` is not one."""
     host, sep, pid = node_id.rpartition(";")
-    if not sep or not pid.isdigit():
+    if not sep or not is_decimal(pid, 10):
         return None
     return host, int(pid)
 
@@ -65,7 +74,7 @@ def parse_endpoint_id(node_id: str) -> Endpoint | None:
     """
     scope, sep, rest = node_id.partition(";")
     addr, sep2, port = rest.rpartition(";")
-    if not sep or not sep2 or not port.isdigit():
+    if not sep or not sep2 or not is_decimal(port, 5) or int(port) > MAX_PORT:
         return None
     return Endpoint(scope, addr, int(port))
 
@@ -78,3 +87,19 @@ def parse_container_id(node_id: str) -> str | None:
 def parse_image_id(node_id: str) -> str | None:
     image, sep, tag = node_id.rpartition(";")
     return image if sep and tag == IMAGE_TAG else None
+
+
+_PARSERS = {
+    "host": parse_host_id,
+    "process": parse_process_id,
+    "endpoint": parse_endpoint_id,
+    "container": parse_container_id,
+    "container_image": parse_image_id,
+}
+
+
+def is_valid(topology: str, node_id: str) -> bool:
+    """Whether `node_id` has the form of its topology's ids. Ids of topologies not named here (a plugin's)
+    are free-form."""
+    parser = _PARSERS.get(topology)
+    return parser is None or parser(node_id) is not None

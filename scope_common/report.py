@@ -59,6 +59,21 @@ REVERSE_DNS = "reverse_dns"
 ADDR = "addr"
 PORT = "port"
 
+#: Well-known `latest` keys whose values are whole numbers, with the most digits each may have: checked
+#: when a report is decoded, so that the views can read them without guarding every use.
+INTEGER_LATEST_KEYS = {
+    PID: 10,
+    PPID: 10,
+    THREADS: 10,
+    OPEN_FILES: 10,
+    UPTIME: 10,
+    CONTAINER_UPTIME: 10,
+    CONTAINER_PID: 10,
+    CONTAINER_RESTART_COUNT: 10,
+    IMAGE_SIZE: 15,
+    PORT: 5,
+}
+
 # Well-known `sets` keys.
 #: The host's addresses with their networks, as `10.0.0.5/24`.
 LOCAL_NETWORKS = "local_networks"
@@ -115,7 +130,7 @@ class Metric:
         if self is other or self == other:
             return self
         return Metric(
-            _merge_samples(self.samples, other.samples),
+            merge_metric_samples(self.samples, other.samples),
             min(self.min, other.min),
             max(self.max, other.max),
         )
@@ -123,10 +138,10 @@ class Metric:
 
 def canonical_samples(samples: tuple[Sample, ...]) -> tuple[Sample, ...]:
     """`samples` ordered by time, one per timestamp, at most MAX_SAMPLES."""
-    return _merge_samples((), samples)
+    return merge_metric_samples((), samples)
 
 
-def _merge_samples(a: tuple[Sample, ...], b: tuple[Sample, ...]) -> tuple[Sample, ...]:
+def merge_metric_samples(a: tuple[Sample, ...], b: tuple[Sample, ...]) -> tuple[Sample, ...]:
     """Union by timestamp (the larger value wins a tie), the newest MAX_SAMPLES kept, oldest first."""
     by_time: dict[float, float] = {}
     for sample in (*a, *b):

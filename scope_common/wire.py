@@ -1,23 +1,43 @@
-"""The wire format: a versioned msgpack envelope around a compressed msgpack report.
+"""The wire format: a versioned msgpack envelope around a compressed stream of node records.
 
 The envelope carries what the app needs before it looks inside the report (who sent it, in which
-order, when), so a probe can be tracked, counted and forgotten without decoding its nodes. Decoding
-trusts nothing: anything malformed, oversized or of an unknown version raises `DecodeError`, which the
-receive loop counts and logs; it never sees any other exception. There is no pickle anywhere.
+order, when, and whether it is a full report or a delta), so a probe can be tracked, counted and
+forgotten without decoding its nodes.
+
+The report inside is a stream of msgpack `bin` objects, one record each: a node, or the ids of nodes a
+delta removes. Records rather than one nested structure, because a decoder then never builds more
+than one record's objects at a time: a zlib-compressed msgpack array of millions of empty maps (a few
+KB on the wire) would otherwise be allocated whole before any limit could be checked. Each record is
+unpacked with limits no larger than its own size, so the memory a message costs is bounded by a
+small multiple of its decompressed size, and a bad record costs only itself: it is left out and
+counted, the rest of the report stands.
+
+Decoding trusts nothing: anything malformed, oversized or of an unknown version raises `DecodeError`,
+which the receive loop counts and logs; it never sees any other exception. There is no pickle anywhere.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 
-from scope_common.report import EdgeMetadata, Metric, Node, Report, Sample, Topology, canonical_samples
+from scope_common import ids
+from scope_common.report import (
+    INTEGER_LATEST_KEYS,
+    EdgeMetadata,
+    Metric,
+    Node,
+    Report,
+    Sample,
+    canonical_samples,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Largest message accepted on the wire. The probe refuses to send more; the app's SUB socket drops
 #: more (ZMQ_MAXMSGSIZE) before it is even buffered.
@@ -26,6 +46,8 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_REPORT_BYTES = 64 * 1024 * 1024
 #: Largest number of nodes in one report, all topologies together.
 MAX_NODES = 100_000
+#: Largest record: one node with all its facts. A container with many labels is a few KB.
+MAX_RECORD_BYTES = 256 * 1024
 
 ENCODING_ZLIB = "zlib"
 ENCODING_NONE = "none"
@@ -45,7 +67,7 @@ class EncodeError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One report as sent by a probe."""
+    """One message from a probe: a full report, or a delta on top of the message `base_seq`."""
 
     probe_id: str
     host_id: str
@@ -53,11 +75,24 @@ class Envelope:
     sent_at: float
     report: Report
     version: str = ""
+    #: A full report replaces all the app holds from this probe; a delta replaces only the nodes it
+    #: carries and removes those in `removed`.
+    full: bool = True
+    #: For a delta, the seq of the message it follows: applied on any other base, the picture would
+    #: miss what the lost message carried, so the app then waits for the next full report.
+    base_seq: int = 0
+    #: Node ids a delta removes, by topology.
+    removed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Records left out while decoding, by reason: a bad node costs itself, not the report.
+    rejected: Mapping[str, int] = field(default_factory=dict)
 
 
 def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     """The bytes of one message. Raises EncodeError past MAX_MESSAGE_BYTES."""
-    body = msgpack.packb(report_to_wire(envelope.report), use_bin_type=True)
+    packer = msgpack.Packer(use_bin_type=True)
+    records = [packer.pack(_node_record(node)) for node in _all_nodes(envelope.report)]
+    records.extend(packer.pack([name, list(removed)]) for name, removed in envelope.removed.items() if removed)
+    body = b"".join(packer.pack(record) for record in records)
     if compress:
         body = zlib.compress(body, 1)
     message: bytes = msgpack.packb(
@@ -68,6 +103,8 @@ def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
             "seq": envelope.seq,
             "sent_at": envelope.sent_at,
             "version": envelope.version,
+            "full": envelope.full,
+            "base_seq": envelope.base_seq,
             "encoding": ENCODING_ZLIB if compress else ENCODING_NONE,
             "report": body,
         },
@@ -76,6 +113,11 @@ def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     if len(message) > MAX_MESSAGE_BYTES:
         raise EncodeError(f"report is {len(message)} bytes, over the {MAX_MESSAGE_BYTES} limit")
     return message
+
+
+def _all_nodes(report: Report) -> Iterator[Node]:
+    for topology in report.topologies.values():
+        yield from topology.nodes.values()
 
 
 def decode(message: bytes) -> Envelope:
@@ -93,20 +135,29 @@ def decode(message: bytes) -> Envelope:
         seq = head["seq"]
         sent_at = head["sent_at"]
         version = _str(head.get("version", ""))
+        full = head["full"]
+        base_seq = head["base_seq"]
         encoding = head["encoding"]
         body = head["report"]
     except (KeyError, TypeError) as exc:
         raise DecodeError("malformed", f"envelope field {exc}") from None
-    if not isinstance(seq, int) or not isinstance(sent_at, int | float) or not isinstance(body, bytes):
+    if (
+        type(seq) is not int
+        or type(base_seq) is not int
+        or type(full) is not bool
+        or not isinstance(body, bytes)
+        or type(sent_at) not in (int, float)
+        or not math.isfinite(sent_at)
+    ):
         raise DecodeError("malformed", "envelope field types")
-    if not probe_id or not host_id:
-        raise DecodeError("malformed", "empty probe or host id")
+    if not probe_id or not host_id or len(probe_id) > 128 or len(host_id) > 256:
+        raise DecodeError("malformed", "empty or overlong probe or host id")
     if encoding == ENCODING_ZLIB:
         body = _decompress(body)
     elif encoding != ENCODING_NONE:
         raise DecodeError("malformed", f"unknown encoding {str(encoding)[:20]!r}")
-    report = report_from_wire(_unpack(body, MAX_REPORT_BYTES))
-    return Envelope(probe_id, host_id, seq, float(sent_at), report, version)
+    report, removed, rejected = _decode_records(body)
+    return Envelope(probe_id, host_id, seq, float(sent_at), report, version, full, base_seq, removed, rejected)
 
 
 def _decompress(body: bytes) -> bytes:
@@ -137,23 +188,70 @@ def _unpack(data: bytes, limit: int) -> Any:
         raise DecodeError("malformed", f"msgpack: {type(exc).__name__}") from None
 
 
+def _records(body: bytes) -> Iterator[bytes]:
+    """The records of a report body: a stream of bins, and nothing else, so the only objects built
+    here are the records' bytes."""
+    stream = msgpack.Unpacker(
+        raw=False,
+        max_buffer_size=max(len(body), 1),
+        max_bin_len=MAX_RECORD_BYTES,
+        max_str_len=0,
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    stream.feed(body)
+    count = 0
+    try:
+        for record in stream:
+            if type(record) is not bytes:
+                raise DecodeError("malformed", "report record is not a bin")
+            count += 1
+            if count > MAX_NODES:
+                raise DecodeError("too_many_nodes", f"over {MAX_NODES} records")
+            yield record
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise DecodeError("malformed", f"report stream: {type(exc).__name__}") from None
+
+
+def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int]]:
+    report = Report()
+    removed: dict[str, tuple[str, ...]] = {}
+    rejected: dict[str, int] = {}
+    for record in _records(body):
+        try:
+            fields = _unpack(record, len(record))
+            if type(fields) is not list:
+                raise DecodeError("malformed", "record is not a list")
+            if len(fields) == 2:
+                name = _str(fields[0])
+                removed[name] = removed.get(name, ()) + _sorted_strs(fields[1])
+                continue
+            node = _node_from_record(fields)
+        except DecodeError as exc:
+            reason = f"node_{exc.reason}"
+            rejected[reason] = rejected.get(reason, 0) + 1
+            continue
+        report.add(node)
+    return report, removed, rejected
+
+
 def _str(value: object) -> str:
     if type(value) is not str:
         raise DecodeError("malformed", f"expected a string, got {type(value).__name__}")
     return value
 
 
-# A node on the wire is a list, by position: [id, latest, sets, adjacency, edges, metrics, parents].
+# A node record is a list, by position: [topology, id, latest, sets, adjacency, edges, metrics, parents].
 # latest: {key: [timestamp, value]}; sets/parents: {key: [str...]}; edges: {target: [count, out, in]};
 # metrics: {key: [min, max, [t0, v0, t1, v1, ...]]}.
 
 
-def report_to_wire(report: Report) -> dict[str, list[list[Any]]]:
-    return {name: [_node_to_wire(n) for n in t.nodes.values()] for name, t in report.topologies.items()}
-
-
-def _node_to_wire(node: Node) -> list[Any]:
+def _node_record(node: Node) -> list[Any]:
     return [
+        node.topology,
         node.id,
         {k: [ts, v] for k, (ts, v) in node.latest.items()},
         {k: list(v) for k, v in node.sets.items()},
@@ -164,42 +262,37 @@ def _node_to_wire(node: Node) -> list[Any]:
     ]
 
 
-def report_from_wire(data: object) -> Report:
-    """A report from its wire form, checking every field's type. Raises DecodeError."""
-    if not isinstance(data, dict):
-        raise DecodeError("malformed", "report is not a map")
-    total = sum(len(v) for v in data.values() if isinstance(v, list))
-    if total > MAX_NODES:
-        raise DecodeError("too_many_nodes", f"{total} nodes")
-    report = Report()
-    for name, nodes in data.items():
-        if not isinstance(nodes, list):
-            raise DecodeError("malformed", f"topology {str(name)[:40]!r} is not a list")
-        topology = Topology(name)
-        for raw in nodes:
-            node = _node_from_wire(name, raw)
-            topology.add(node)
-        report.topologies[name] = topology
-    return report
-
-
-def _node_from_wire(topology: str, raw: Any) -> Node:
+def _node_from_record(fields: list[Any]) -> Node:
+    """A node from its record, every field's kind checked, and the well-known ones' values too: a
+    node that would break a view (a port `int()` refuses, an uptime too large for a date) is refused
+    here, where it costs only itself."""
+    if len(fields) != 8:
+        raise DecodeError("malformed", f"node record of {len(fields)} fields")
+    topology = _str(fields[0])
+    node_id = _str(fields[1])
+    if not ids.is_valid(topology, node_id):
+        raise DecodeError("bad_id", f"{topology[:40]} id {node_id[:80]!r}")
     try:
-        node_id, latest, sets, adjacency, edges, metrics, parents = raw
-        return Node(
-            _str(node_id),
+        latest = {_str(k): (float(_num(ts)), _str(v)) for k, (ts, v) in fields[2].items()}
+        node = Node(
+            node_id,
             topology,
-            {_str(k): (float(_num(ts)), _str(v)) for k, (ts, v) in latest.items()},
-            {_str(k): _sorted_strs(v) for k, v in sets.items()},
-            _sorted_strs(adjacency),
-            {_str(k): _edge_from_wire(v) for k, v in edges.items()},
-            {_str(k): _metric_from_wire(v) for k, v in metrics.items()},
-            {_str(k): _sorted_strs(v) for k, v in parents.items()},
+            latest,
+            {_str(k): _sorted_strs(v) for k, v in fields[3].items()},
+            _sorted_strs(fields[4]),
+            {_str(k): _edge(v) for k, v in fields[5].items()},
+            {_str(k): _metric(v) for k, v in fields[6].items()},
+            {_str(k): _sorted_strs(v) for k, v in fields[7].items()},
         )
     except DecodeError:
         raise
     except (TypeError, ValueError, AttributeError) as exc:
         raise DecodeError("malformed", f"node in {topology[:40]!r}: {type(exc).__name__}") from None
+    for key, digits in INTEGER_LATEST_KEYS.items():
+        entry = latest.get(key)
+        if entry is not None and not ids.is_decimal(entry[1], digits):
+            raise DecodeError("bad_value", f"{key} {entry[1][:20]!r}")
+    return node
 
 
 def _num(value: object) -> float | int:
@@ -215,24 +308,26 @@ def _optional_int(value: object) -> int | None:
 
 
 def _sorted_strs(values: object) -> tuple[str, ...]:
-    if type(values) is not list:
+    if type(values) is not list or not all(type(value) is str for value in values):
         raise DecodeError("malformed", "expected a list of strings")
-    unique = set(values)  # TypeError for unhashable items, reported as malformed by the caller
-    for value in unique:
-        if type(value) is not str:
-            raise DecodeError("malformed", "expected a list of strings")
-    return tuple(sorted(unique))
+    return tuple(sorted(set(values)))
 
 
-def _edge_from_wire(raw: Any) -> EdgeMetadata:
+def _edge(raw: Any) -> EdgeMetadata:
     count, egress, ingress = raw
     return EdgeMetadata(int(_num(count)), _optional_int(egress), _optional_int(ingress))
 
 
-def _metric_from_wire(raw: Any) -> Metric:
+def _metric(raw: Any) -> Metric:
     low, high, flat = raw
     if not isinstance(flat, list) or len(flat) % 2:
         raise DecodeError("malformed", "metric samples")
     samples = tuple(Sample(float(_num(flat[i])), float(_num(flat[i + 1]))) for i in range(0, len(flat), 2))
     # Canonical order and length, whatever the sender did, so that merging stays order-independent.
     return Metric(canonical_samples(samples), float(_num(low)), float(_num(high)))
+
+
+def report_records(nodes: Iterable[Node]) -> bytes:
+    """The uncompressed report body for `nodes`: for tests and tools that build messages by hand."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return b"".join(packer.pack(packer.pack(_node_record(node))) for node in nodes)

@@ -165,7 +165,7 @@ def _published_port(mapping: str) -> int | None:
     if not arrow:
         return None
     port = published.rpartition(":")[2]
-    return int(port) if port.isdigit() else None
+    return int(port) if ids.is_decimal(port, 5) else None
 
 
 def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:

@@ -136,8 +136,11 @@ def test_a_report_over_the_node_limit_is_dropped_and_the_app_keeps_its_picture(s
     for i in range(wire.MAX_NODES + 1):
         huge.add(Node.build(f"huge;{i}", "process", latest={"name": "x"}))
     sender = ReportSender(app, probe_id="huge-probe", host_id="huge")
-    body = msgpack.packb(wire.report_to_wire(huge), use_bin_type=True)
-    envelope = {"v": 1, "probe_id": "huge-probe", "host_id": "huge", "seq": 1, "sent_at": 1.0, "encoding": "none"}
+    body = wire.report_records(huge.nodes("process").values())
+    envelope = {
+        "v": wire.FORMAT_VERSION, "probe_id": "huge-probe", "host_id": "huge", "seq": 1, "sent_at": 1.0,
+        "full": True, "base_seq": 0, "encoding": "none",
+    }  # fmt: skip
     message = msgpack.packb({**envelope, "report": body}, use_bin_type=True)
     try:
 

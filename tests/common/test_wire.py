@@ -57,41 +57,77 @@ def test_oversized_message_is_refused_before_decoding() -> None:
     assert info.value.reason == "too_large"
 
 
+def _message(body: bytes, *, encoding: str = "none", **fields: object) -> bytes:
+    envelope = {
+        "v": wire.FORMAT_VERSION, "probe_id": "p", "host_id": "h", "seq": 1, "sent_at": 1.0,
+        "full": True, "base_seq": 0, "encoding": encoding, "report": body, **fields,
+    }  # fmt: skip
+    return msgpack.packb(envelope, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _records(*records: object) -> bytes:
+    """A report body of hand-made records (each packed, then wrapped as a bin)."""
+    return b"".join(msgpack.packb(msgpack.packb(r, use_bin_type=True), use_bin_type=True) for r in records)
+
+
 def test_zip_bomb_is_refused() -> None:
     bomb = zlib.compress(b"\x00" * (wire.MAX_REPORT_BYTES + 10), 9)
-    envelope = {
-        "v": 1, "probe_id": "p", "host_id": "h", "seq": 1, "sent_at": 1.0,
-        "encoding": "zlib", "report": bomb,
-    }  # fmt: skip
     with pytest.raises(DecodeError) as info:
-        wire.decode(msgpack.packb(envelope, use_bin_type=True))
+        wire.decode(_message(bomb, encoding="zlib"))
     assert info.value.reason == "too_large"
 
 
 def test_report_over_the_node_limit_is_refused() -> None:
-    many = {"process": [[f"h;{i}", {}, {}, [], {}, {}, {}] for i in range(wire.MAX_NODES + 1)]}
+    many = wire.report_records(Node.build(f"h;{i}", "process") for i in range(wire.MAX_NODES + 1))
     with pytest.raises(DecodeError) as info:
-        wire.report_from_wire(many)
+        wire.decode(_message(many))
     assert info.value.reason == "too_many_nodes"
 
 
+def test_millions_of_empty_maps_in_a_few_kilobytes_cost_nothing() -> None:
+    """The attack that took an app from 46 to 618 MiB: a compressed array of millions of empty maps.
+    Only bins may stand at the top of a report, so it is refused before one map is built."""
+    array = b"\xdd" + (4_000_000).to_bytes(4, "big") + b"\x80" * 4_000_000
+    bomb = zlib.compress(array, 9)
+    assert len(bomb) < 8_000
+    with pytest.raises(DecodeError) as info:
+        wire.decode(_message(bomb, encoding="zlib"))
+    assert info.value.reason == "malformed"
+    good = ["process", "h;1", {}, {}, [], {}, {}, {}]
+    inner = zlib.compress(_records(good, [{}] * 100))
+    decoded = wire.decode(_message(inner, encoding="zlib"))
+    assert decoded.rejected == {"node_malformed": 1}, "a record of 100 maps is one bad node, counted"
+    assert list(decoded.report.nodes("process")) == ["h;1"]
+
+
 @pytest.mark.parametrize(
-    "node",
+    ("record", "reason"),
     [
-        ["id"],
-        [1, {}, {}, [], {}, {}, {}],
-        ["id", {"k": "not a pair"}, {}, [], {}, {}, {}],
-        ["id", {"k": ["ts", "v"]}, {}, [], {}, {}, {}],
-        ["id", {}, {"s": "abc"}, [], {}, {}, {}],
-        ["id", {}, {}, [1, 2], {}, {}, {}],
-        ["id", {}, {}, [], {"t": [1]}, {}, {}],
-        ["id", {}, {}, [], {}, {"m": [0, 1, [1.0]]}, {}],
-        ["id", {}, {}, [], {}, {}, None],
+        (["process", "id"], "node_malformed"),
+        (["process", 1, {}, {}, [], {}, {}, {}], "node_malformed"),
+        ([b"process", "h;1", {}, {}, [], {}, {}, {}], "node_malformed"),
+        (["process", "h;1", {"k": "not a pair"}, {}, [], {}, {}, {}], "node_malformed"),
+        (["process", "h;1", {"k": ["ts", "v"]}, {}, [], {}, {}, {}], "node_malformed"),
+        (["process", "h;1", {}, {"s": "abc"}, [], {}, {}, {}], "node_malformed"),
+        (["process", "h;1", {}, {}, [1, 2], {}, {}, {}], "node_malformed"),
+        (["process", "h;1", {}, {}, [], {"t": [1]}, {}, {}], "node_malformed"),
+        (["process", "h;1", {}, {}, [], {}, {"m": [0, 1, [1.0]]}, {}], "node_malformed"),
+        (["process", "h;1", {}, {}, [], {}, {}, None], "node_malformed"),
+        (["process", "h;²", {}, {}, [], {}, {}, {}], "node_bad_id"),
+        (["endpoint", ";10.0.0.1;²", {}, {}, [], {}, {}, {}], "node_bad_id"),
+        (["endpoint", ";10.0.0.1;70000", {}, {}, [], {}, {}, {}], "node_bad_id"),
+        (["host", "h1", {}, {}, [], {}, {}, {}], "node_bad_id"),
+        (["host", "h1;<host>", {"uptime": [1.0, "1e400"]}, {}, [], {}, {}, {}], "node_bad_value"),
+        (["host", "h1;<host>", {"uptime": [1.0, "9" * 40]}, {}, [], {}, {}, {}], "node_bad_value"),
+        (["process", "h;1", {"pid": [1.0, "²"]}, {}, [], {}, {}, {}], "node_bad_value"),
     ],
 )
-def test_malformed_nodes_are_decode_errors(node: object) -> None:
-    with pytest.raises(DecodeError):
-        wire.report_from_wire({"process": [node]})
+def test_a_bad_node_is_left_out_and_counted_and_the_rest_stands(record: list[object], reason: str) -> None:
+    good = ["host", "h1;<host>", {"hostname": [1.0, "h1"]}, {}, [], {}, {}, {}]
+    decoded = wire.decode(_message(_records(good, record)))
+    assert decoded.rejected == {reason: 1}
+    assert list(decoded.report.nodes("host")) == ["h1;<host>"]
+    assert "h;1" not in decoded.report.nodes("process")
 
 
 @settings(max_examples=300)
@@ -108,15 +144,15 @@ _values = st.recursive(
     max_leaves=25,
 )
 # Node-shaped lists reach the field checks, which random structures rarely do.
-_node_like = st.lists(_values, min_size=7, max_size=7)
+_node_like = st.tuples(st.sampled_from(["process", "host", "endpoint", "x"]), _values).map(list) | st.lists(
+    _values, min_size=8, max_size=8
+)
 
 
-@settings(max_examples=200)
-@given(_values | st.dictionaries(st.text(max_size=8), st.lists(_node_like | _values, max_size=3), max_size=2))
-def test_arbitrary_structures_in_the_report_never_raise_anything_but_decode_error(body: object) -> None:
-    envelope = {
-        "v": 1, "probe_id": "p", "host_id": "h", "seq": 1, "sent_at": 1.0,
-        "encoding": "none", "report": msgpack.packb(body, use_bin_type=True),
-    }  # fmt: skip
+@settings(max_examples=300)
+@given(st.lists(_node_like | _values, max_size=4), _values)
+def test_arbitrary_records_never_raise_anything_but_decode_error(records: list[object], stray: object) -> None:
     with contextlib.suppress(DecodeError):
-        wire.decode(msgpack.packb(envelope, use_bin_type=True))
+        wire.decode(_message(_records(*records)))
+    with contextlib.suppress(DecodeError):
+        wire.decode(_message(_records(*records) + msgpack.packb(stray, use_bin_type=True)))

@@ -1,0 +1,228 @@
+"""Full reports and deltas: what a probe sends, and how the receiving side rebuilds the probe's report.
+
+A probe's report changes little between two publishes: a few connections, some metric samples. So a
+probe sends a full report now and then (and whenever an app may have missed one: a new connection,
+a dropped message) and, in between, a delta: only the nodes that changed since the previous message,
+the ids of those that went, and of each metric only the samples the app has not had yet. The app's
+decoding, merging and rendering then all cost what changed, not what exists.
+
+Two rules make "changed" mean something:
+- A `latest` value that did not change keeps the timestamp it was first sent with, and a metric whose
+  values did not change keeps its samples (for up to `RESEND_METRICS_AFTER`): a probe stamps every
+  fact of every report with the time it gathered it, and without this every node would differ from
+  its previous version in every report.
+- Metric samples accumulate on the receiving side: a node's new version keeps the samples its previous
+  version had (newest `MAX_SAMPLES`), so a delta need only carry the new ones.
+
+`ProbeNodes` is the receiving side: the report of one probe, rebuilt from its messages, and the nodes
+each message changed. The same rules apply to full reports, so a full report and the deltas before it
+lead to the same picture.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from scope_common import wire
+from scope_common.report import Metric, Node, Report, merge_metric_samples
+
+#: A metric whose values stay the same is still sent again this often, so its samples do not end long
+#: before the present.
+RESEND_METRICS_AFTER = 10.0
+
+NodeKey = tuple[str, str]  # (topology, node id)
+
+
+class DeltaEncoder:
+    """A probe's messages: full reports every `full_every` messages, deltas in between.
+
+    Call `request_full()` when a message may not have reached an app (a new app connected, a message
+    was dropped): the next one is then full.
+    """
+
+    def __init__(
+        self,
+        probe_id: str,
+        host_id: str,
+        version: str = "",
+        *,
+        full_every: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.probe_id = probe_id
+        self.host_id = host_id
+        self.version = version
+        self.full_every = max(1, full_every)
+        self._clock = clock
+        self._seq = 0
+        self._since_full = 0
+        self._full_requested = True
+        self._sent: dict[NodeKey, Node] = {}
+        self.last_was_full = False
+
+    def request_full(self) -> None:
+        self._full_requested = True
+
+    def encode(self, report: Report, sent_at: float | None = None) -> bytes:
+        """The next message for `report`. Raises wire.EncodeError (and changes nothing) when too large."""
+        stable: dict[NodeKey, Node] = {}
+        changed: list[Node] = []
+        for topology in report.topologies.values():
+            for node in topology.nodes.values():
+                key = (node.topology, node.id)
+                previous = self._sent.get(key)
+                if previous is None:
+                    stable[key] = node
+                    changed.append(node)
+                    continue
+                node = _stabilize(node, previous)
+                stable[key] = node
+                if node != previous:
+                    changed.append(_new_samples_only(node, previous))
+        full = self._full_requested or self._since_full + 1 >= self.full_every
+        seq = self._seq + 1
+        when = self._clock() if sent_at is None else sent_at
+        if full:
+            envelope = wire.Envelope(
+                self.probe_id, self.host_id, seq, when, _report_of(stable.values()), self.version, full=True
+            )
+        else:
+            removed: dict[str, list[str]] = {}
+            for name, node_id in self._sent.keys() - stable.keys():
+                removed.setdefault(name, []).append(node_id)
+            envelope = wire.Envelope(
+                self.probe_id,
+                self.host_id,
+                seq,
+                when,
+                _report_of(changed),
+                self.version,
+                full=False,
+                base_seq=self._seq,
+                removed={name: tuple(sorted(node_ids)) for name, node_ids in removed.items()},
+            )
+        message = wire.encode(envelope)
+        self._seq = seq
+        self._sent = stable
+        self._since_full = 0 if full else self._since_full + 1
+        self._full_requested = False
+        self.last_was_full = full
+        return message
+
+
+def _report_of(nodes: Iterable[Node]) -> Report:
+    report = Report()
+    for node in nodes:
+        report.add(node)
+    return report
+
+
+def _stabilize(node: Node, previous: Node) -> Node:
+    """`node` with the timestamps and samples of `previous` wherever the values are the same."""
+    latest = {
+        key: old if (old := previous.latest.get(key)) is not None and old[1] == entry[1] else entry
+        for key, entry in node.latest.items()
+    }
+    metrics = {key: _same_metric(metric, previous.metrics.get(key)) for key, metric in node.metrics.items()}
+    return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
+
+
+def _same_metric(metric: Metric, previous: Metric | None) -> Metric:
+    if previous is None or metric.min != previous.min or metric.max != previous.max:
+        return metric
+    last, previous_last = metric.last, previous.last
+    if last is None or previous_last is None or last.timestamp - previous_last.timestamp >= RESEND_METRICS_AFTER:
+        return metric
+    if [s.value for s in metric.samples] != [s.value for s in previous.samples]:
+        return metric
+    return previous
+
+
+def _new_samples_only(node: Node, previous: Node) -> Node:
+    """`node` with only the metric samples `previous` did not have: the receiver keeps those."""
+    metrics: dict[str, Metric] = {}
+    for key, metric in node.metrics.items():
+        old = previous.metrics.get(key)
+        if old is None or metric is old:
+            metrics[key] = metric
+            continue
+        sent = {s.timestamp for s in old.samples}
+        metrics[key] = Metric(tuple(s for s in metric.samples if s.timestamp not in sent), metric.min, metric.max)
+    return Node(node.id, node.topology, node.latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
+
+
+def with_earlier_samples(node: Node, previous: Node | None) -> Node:
+    """`node` with the samples of `previous` (the same node's last version from the same probe) added."""
+    if previous is None or not node.metrics or not previous.metrics:
+        return node
+    metrics: dict[str, Metric] = {}
+    for key, metric in node.metrics.items():
+        old = previous.metrics.get(key)
+        if old is None or old is metric or not old.samples:
+            metrics[key] = metric
+        else:
+            metrics[key] = Metric(merge_metric_samples(old.samples, metric.samples), metric.min, metric.max)
+    return Node(node.id, node.topology, node.latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
+
+
+@dataclass
+class Applied:
+    """What one message did to a probe's report: the nodes it added, replaced or removed."""
+
+    #: (topology, id) -> the node's version before the message (None: it is new).
+    before: dict[NodeKey, Node | None] = field(default_factory=dict)
+    #: Whether the message was used; a delta on a base this side never had is not.
+    used: bool = True
+    full: bool = False
+
+
+class ProbeNodes:
+    """One probe's report, rebuilt from its full reports and deltas."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[NodeKey, Node] = {}
+        self.seq = 0
+        #: False until a full report arrives, and again after a lost message: deltas are then set aside.
+        self.complete = False
+
+    def apply(self, envelope: wire.Envelope) -> Applied:
+        """Apply one message; `Applied.before` says which nodes changed (their previous versions)."""
+        if self.complete and envelope.seq <= self.seq:
+            return Applied(used=False)  # a copy (a probe connected twice) or out of order: nothing new
+        if not envelope.full and (not self.complete or envelope.base_seq != self.seq):
+            self.complete = False
+            self.seq = envelope.seq
+            return Applied(used=False)
+        changes = Applied(full=envelope.full)
+        incoming: dict[NodeKey, Node] = {}
+        for topology in envelope.report.topologies.values():
+            for node in topology.nodes.values():
+                incoming[(node.topology, node.id)] = node
+        if envelope.full:
+            for key in self.nodes.keys() - incoming.keys():
+                changes.before[key] = self.nodes.pop(key)
+        else:
+            for topology_name, node_ids in envelope.removed.items():
+                for node_id in node_ids:
+                    key = (topology_name, node_id)
+                    if key not in incoming and key in self.nodes:
+                        changes.before[key] = self.nodes.pop(key)
+        # After a lost message the samples held may be of a node that went and came back since: a full
+        # report then starts afresh rather than guess.
+        resume = self.complete and envelope.seq == self.seq + 1
+        for key, node in incoming.items():
+            previous = self.nodes.get(key)
+            if resume:
+                node = with_earlier_samples(node, previous)
+            if previous is not None and node == previous:
+                continue
+            changes.before[key] = previous
+            self.nodes[key] = node
+        self.seq = envelope.seq
+        self.complete = True
+        return changes
+
+    def report(self) -> Report:
+        return _report_of(self.nodes.values())

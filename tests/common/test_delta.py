@@ -1,0 +1,146 @@
+"""Deltas: a probe's stream of full reports and deltas rebuilds exactly what full reports alone would,
+and a lost message leaves the receiver waiting for the next full report rather than wrong."""
+
+from __future__ import annotations
+
+import zlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scope_common import wire
+from scope_common.delta import DeltaEncoder, ProbeNodes
+from scope_common.report import Metric, Node, Report, Sample
+
+_NODES = [
+    ("process", "h;1"),
+    ("process", "h;2"),
+    ("process", "h;3"),
+    ("host", "h;<host>"),
+    ("endpoint", ";10.0.0.1;80"),
+    ("endpoint", "h;127.0.0.1;5432"),
+    ("container", "abc;<container>"),
+]
+_values = st.sampled_from(["a", "b", "c"])
+
+
+def _series(node_id: str, key: str, t: int, wobble: int) -> float:
+    """A metric's value at time `t`: the same whichever report carries it, as a real probe's history is."""
+    return float(zlib.crc32(f"{node_id}{key}{t}".encode()) % (wobble + 1))
+
+
+@st.composite
+def _report(draw: st.DrawFn, t: int) -> Report:
+    report = Report()
+    for topology, node_id in draw(st.lists(st.sampled_from(_NODES), unique=True, max_size=len(_NODES))):
+        metrics = {}
+        for key in draw(st.lists(st.sampled_from(["cpu", "mem"]), unique=True, max_size=2)):
+            window = draw(st.integers(1, 4))
+            wobble = 3 if key == "cpu" else 0  # memory stays flat: a value that does not change
+            samples = [Sample(float(s), _series(node_id, key, s, wobble)) for s in range(t - window + 1, t + 1)]
+            metrics[key] = Metric.from_samples(samples, 100.0)
+        report.add(
+            Node.build(
+                node_id,
+                topology,
+                timestamp=float(t),
+                latest={"name": draw(_values), "state": draw(st.none() | _values)},
+                sets={"ips": draw(st.lists(_values, max_size=2))},
+                adjacency=draw(st.lists(st.sampled_from([n for _, n in _NODES]), max_size=2)),
+                metrics=metrics,
+            )
+        )
+    return report
+
+
+@st.composite
+def _reports(draw: st.DrawFn) -> list[Report]:
+    count = draw(st.integers(1, 8))
+    times = sorted(draw(st.lists(st.integers(1, 60), min_size=count, max_size=count, unique=True)))
+    return [draw(_report(t)) for t in times]
+
+
+def _received(encoder: DeltaEncoder, reports: list[Report], lost: frozenset[int] = frozenset()) -> list[ProbeNodes]:
+    """The receiver's state after each report; messages whose index is in `lost` never arrive."""
+    receiver = ProbeNodes()
+    states = []
+    for i, report in enumerate(reports):
+        message = encoder.encode(report, sent_at=float(i))
+        if i not in lost:
+            receiver.apply(wire.decode(message))
+        snapshot = ProbeNodes()
+        snapshot.nodes = dict(receiver.nodes)
+        snapshot.complete = receiver.complete
+        states.append(snapshot)
+    return states
+
+
+@settings(max_examples=150, deadline=None)
+@given(_reports())
+def test_deltas_rebuild_what_full_reports_alone_would(reports: list[Report]) -> None:
+    with_deltas = _received(DeltaEncoder("p", "h", full_every=1000), reports)
+    fulls_only = _received(DeltaEncoder("p", "h", full_every=1), reports)
+    for delta_state, full_state in zip(with_deltas, fulls_only, strict=True):
+        assert delta_state.complete
+        assert delta_state.nodes == full_state.nodes
+
+
+@settings(max_examples=150, deadline=None)
+@given(_reports())
+def test_the_receiver_holds_the_latest_facts_of_every_node(reports: list[Report]) -> None:
+    state = _received(DeltaEncoder("p", "h", full_every=3), reports)[-1]
+    last = reports[-1]
+    expected = {(n.topology, n.id): n for t in last.topologies.values() for n in t.nodes.values()}
+    assert state.nodes.keys() == expected.keys()
+    for key, node in state.nodes.items():
+        sent = expected[key]
+        assert {k: v for k, (_, v) in node.latest.items()} == {k: v for k, (_, v) in sent.latest.items()}
+        assert (node.sets, node.adjacency, node.parents) == (sent.sets, sent.adjacency, sent.parents)
+        for name, metric in sent.metrics.items():
+            assert metric.last is not None
+            kept = {s.timestamp: s.value for s in node.metrics[name].samples}
+            assert kept.get(metric.last.timestamp, metric.last.value) == metric.last.value
+
+
+@settings(max_examples=100, deadline=None)
+@given(_reports(), st.integers(1, 7))
+def test_a_lost_delta_sets_deltas_aside_until_the_next_full_report(reports: list[Report], lost: int) -> None:
+    """Until the next full report the receiver keeps what it had; from then on it holds what a receiver
+    that joined at that full report (an app started then) holds."""
+    full_every = 4
+    states = _received(DeltaEncoder("p", "h", full_every=full_every), reports, lost=frozenset({lost}))
+    next_full = (lost // full_every + 1) * full_every  # fulls are messages 0, 4, 8, ...
+    joined = _received(DeltaEncoder("p", "h", full_every=full_every), reports, lost=frozenset(range(next_full)))
+    for i, state in enumerate(states):
+        if i == lost:
+            assert state.nodes == states[i - 1].nodes, "nothing arrived: the receiver has what it had"
+        elif lost < i < next_full:
+            assert not state.complete, "a delta after a lost message is set aside"
+        elif i >= next_full:
+            assert state.complete
+            assert state.nodes == joined[i].nodes
+
+
+def test_a_quiet_probe_sends_small_deltas() -> None:
+    encoder = DeltaEncoder("p", "h", full_every=10)
+    sizes = []
+    for t in range(5):
+        report = Report()
+        for pid in range(200):
+            report.add(Node.build(f"h;{pid}", "process", timestamp=float(t), latest={"name": "sleep", "pid": pid}))
+        sizes.append(len(encoder.encode(report)))
+    assert sizes[0] > 1_000
+    assert max(sizes[1:]) < 200, "unchanged nodes are not sent again, whatever their timestamps"
+
+
+def test_a_copy_of_a_message_changes_nothing() -> None:
+    encoder = DeltaEncoder("p", "h", full_every=10)
+    receiver = ProbeNodes()
+    first = encoder.encode(Report())
+    report = Report()
+    report.add(Node.build("h;1", "process", latest={"name": "x"}))
+    second = encoder.encode(report)
+    for message in (first, second, second, first):
+        receiver.apply(wire.decode(message))
+    assert receiver.complete
+    assert list(receiver.nodes) == [("process", "h;1")]
