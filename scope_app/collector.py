@@ -1,9 +1,9 @@
-"""The latest report of every probe, and their merge.
+"""Every probe's report, rebuilt from its full reports and deltas, and their merge.
 
-Reports are full snapshots, so only the newest per probe matters. A probe that stops reporting is
-forgotten after the window, taking its nodes with it. Merging happens once per arrival (several
-arrivals in one loop iteration share one merge) and the result is handed to `on_merge`; requests
-never merge.
+A probe that stops reporting is forgotten after the window, taking its nodes with it. Each message
+changes the merged picture only where it changed the probe's report (`MergedReport`); the changes of
+all messages that arrive in one loop iteration are handed on together to `on_merge`, with the keys of
+the nodes they changed. Requests never merge.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from scope_common.delta import ProbeNodes
-from scope_common.report import Report, merge_reports
+from scope_app.merged import MergedReport
+from scope_common.delta import NodeKey, ProbeNodes
+from scope_common.report import Report
 from scope_common.wire import Envelope
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 #: More probes than any fleet scope is meant for; beyond this new probes are refused, so a flood of
 #: made-up probe ids cannot exhaust memory.
 MAX_PROBES = 2_000
+
+#: Told of every new merged picture: the report (updated in place), its version, the changed nodes.
+OnMerge = Callable[[Report, int, set[NodeKey]], None]
 
 
 @dataclass
@@ -32,16 +36,15 @@ class ProbeRecord:
     probe_id: str
     host_id: str
     version: str
-    nodes: ProbeNodes
-    report: Report
     last_seen: float  # wall clock, for the API
     received_at: float  # monotonic, for expiry
+    nodes: ProbeNodes = field(default_factory=ProbeNodes)
 
 
 class Collector:
     def __init__(
         self,
-        on_merge: Callable[[Report, int], None],
+        on_merge: OnMerge,
         *,
         window: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
@@ -50,33 +53,34 @@ class Collector:
         self._on_merge = on_merge
         self._clock = clock
         self.probes: dict[str, ProbeRecord] = {}
+        self.merged = MergedReport()
         self.version = 0
         self.rejected: dict[str, int] = {}
+        self._changed: set[NodeKey] = set()
         self._merge_scheduled = False
 
     def add(self, envelope: Envelope) -> bool:
-        """Keep `envelope` as its probe's latest report. Returns False when it is refused."""
+        """Apply `envelope` to its probe's report. Returns False when it is refused."""
         known = self.probes.get(envelope.probe_id)
-        if known is None and len(self.probes) >= MAX_PROBES:
-            self._reject("too_many_probes")
-            return False
-        if known is not None and envelope.seq <= known.nodes.seq:
-            # ZeroMQ keeps order per connection, but a probe connected twice (two addresses of one
-            # app) delivers each report twice: the older copy must not replace the newer.
-            self._reject("stale")
-            return False
         if known is None:
+            if len(self.probes) >= MAX_PROBES:
+                self._reject("too_many_probes")
+                return False
             log.info("probe %s on host %s connected", envelope.probe_id, envelope.host_id)
-            known = ProbeRecord(envelope.probe_id, envelope.host_id, envelope.version, ProbeNodes(), Report(), 0, 0)
-            self.probes[envelope.probe_id] = known
-        known.last_seen = time.time()
-        known.received_at = self._clock()
+            known = self.probes[envelope.probe_id] = ProbeRecord(
+                envelope.probe_id, envelope.host_id, envelope.version, time.time(), self._clock()
+            )
         applied = known.nodes.apply(envelope)
-        if not applied.used:
-            self._reject("missed_delta")
+        if applied.refused != "stale":
+            # Alive, even when waiting for a full report after a lost delta.
+            known.last_seen = time.time()
+            known.received_at = self._clock()
+        if applied.refused:
+            self._reject(applied.refused)
             return False
-        if applied.before:
-            known.report = known.nodes.report()
+        changed = self.merged.update(envelope.probe_id, known.nodes.nodes, applied.before)
+        if changed:
+            self._changed |= changed
             self._schedule_merge()
         return True
 
@@ -87,6 +91,7 @@ class Collector:
         for probe in gone:
             log.info("probe %s on host %s expired", probe.probe_id, probe.host_id)
             del self.probes[probe.probe_id]
+            self._changed |= self.merged.remove_probe(probe.probe_id, probe.nodes.nodes.keys())
         if gone:
             self._schedule_merge()
         return len(gone)
@@ -97,10 +102,11 @@ class Collector:
             self.expire()
 
     def merge_now(self) -> None:
-        """Merge the latest reports and hand the result on."""
+        """Hand the merged picture and what changed since the last call on."""
         self._merge_scheduled = False
         self.version += 1
-        self._on_merge(merge_reports(p.report for p in self.probes.values()), self.version)
+        changed, self._changed = self._changed, set()
+        self._on_merge(self.merged.report, self.version, changed)
 
     def _schedule_merge(self) -> None:
         if self._merge_scheduled:

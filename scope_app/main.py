@@ -23,6 +23,7 @@ from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
 from scope_common.config import env_flag, parse_duration, split_host_port
+from scope_common.delta import NodeKey
 from scope_common.report import Report
 
 log = logging.getLogger("scope.app")
@@ -73,8 +74,8 @@ class ScopeApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: tornado.httpserver.HTTPServer | None = None
 
-    def _merged(self, report: Report, version: int) -> None:
-        self.renderer.update(report, version)
+    def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
+        self.renderer.update(report, version, changed)
         self.hub.changed()
 
     def start(self, listen_host: str, listen_port: int) -> None:

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
 
 import tornado.websocket
 
-from scope_app.render import TOPOLOGIES, Renderer, View, view_options
+from scope_app.render import STALE_AFTER_COSTS, TOPOLOGIES, Renderer, view_options
 from scope_app.render.base import Json, ViewOptions
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,15 @@ log = logging.getLogger(__name__)
 
 def view_delta(old: dict[str, Json], new: dict[str, Json]) -> Json:
     """`{add, update, remove}` turning the node summaries `old` into `new`."""
+    update = []
+    for node_id, summary in new.items():
+        before = old.get(node_id)
+        # An unchanged node's summary is the very same object (views reuse them): no comparing.
+        if before is not None and before is not summary and before != summary:
+            update.append(summary)
     return {
         "add": [summary for node_id, summary in new.items() if node_id not in old],
-        "update": [summary for node_id, summary in new.items() if node_id in old and old[node_id] != summary],
+        "update": update,
         "remove": [node_id for node_id in old if node_id not in new],
     }
 
@@ -68,11 +75,8 @@ class ViewFeed:
         self._version = -1
         self._summaries: dict[str, Json] = {}
 
-    def _view(self) -> View:
-        return self._renderer.view(self.topology, self.options)
-
     def reset_message(self) -> str:
-        view = self._view()
+        view = self._renderer.view(self.topology, self.options)
         return json.dumps({"reset": True, "add": list(view.summaries.values()), "update": [], "remove": []})
 
     def add(self, watcher: Watcher) -> None:
@@ -85,7 +89,7 @@ class ViewFeed:
         if self._version == self._renderer.version:
             return
         self._version = self._renderer.version
-        view = self._view()
+        view = self._renderer.view(self.topology, self.options, max_age=0.0)
         delta = view_delta(self._summaries, view.summaries)
         self._summaries = view.summaries
         if not (delta["add"] or delta["update"] or delta["remove"]):
@@ -105,11 +109,19 @@ class ViewFeed:
 
 
 class FeedHub:
-    """All feeds; told by the collector when a new merged report exists."""
+    """All feeds; told by the collector when a new merged report exists.
 
-    def __init__(self, renderer: Renderer) -> None:
+    Pushes are spaced by `STALE_AFTER_COSTS` times what the last one cost: in a big fleet reports
+    arrive many times a second, and one push for several of them is as fresh to a person while it
+    keeps rendering to a share of the app's time. A fleet that is cheap to render is pushed at once.
+    """
+
+    def __init__(self, renderer: Renderer, clock: Callable[[], float] = time.monotonic) -> None:
         self._renderer = renderer
         self._feeds: dict[tuple[str, ViewOptions], ViewFeed] = {}
+        self._clock = clock
+        self._next_push = 0.0
+        self._pending: asyncio.TimerHandle | None = None
 
     def feed(self, topology: str, options: ViewOptions) -> ViewFeed:
         key = (topology, options)
@@ -124,11 +136,25 @@ class FeedHub:
             self._feeds.pop((feed.topology, feed.options), None)
 
     def changed(self) -> None:
+        if self._pending is not None:
+            return
+        delay = self._next_push - self._clock()
+        if delay > 0:
+            with contextlib.suppress(RuntimeError):  # no loop (tests, benchmarks): push now
+                self._pending = asyncio.get_running_loop().call_later(delay, self._push)
+                return
+        self._push()
+
+    def _push(self) -> None:
+        self._pending = None
+        start = self._clock()
         for feed in list(self._feeds.values()):
             try:
                 feed.catch_up()
             except Exception:
                 log.exception("pushing %s failed", feed.topology)
+        done = self._clock()
+        self._next_push = done + STALE_AFTER_COSTS * (done - start)
 
     @property
     def watcher_count(self) -> int:

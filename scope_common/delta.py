@@ -173,8 +173,9 @@ class Applied:
 
     #: (topology, id) -> the node's version before the message (None: it is new).
     before: dict[NodeKey, Node | None] = field(default_factory=dict)
-    #: Whether the message was used; a delta on a base this side never had is not.
-    used: bool = True
+    #: Why the message was not used, or "": `stale` (a copy, or older than what was applied),
+    #: `missed_delta` (a delta on a base this side does not have).
+    refused: str = ""
     full: bool = False
 
 
@@ -189,12 +190,13 @@ class ProbeNodes:
 
     def apply(self, envelope: wire.Envelope) -> Applied:
         """Apply one message; `Applied.before` says which nodes changed (their previous versions)."""
-        if self.complete and envelope.seq <= self.seq:
-            return Applied(used=False)  # a copy (a probe connected twice) or out of order: nothing new
+        if envelope.seq <= self.seq:
+            # A copy (a probe connected twice to one app delivers each message twice) or out of order.
+            return Applied(refused="stale")
         if not envelope.full and (not self.complete or envelope.base_seq != self.seq):
             self.complete = False
             self.seq = envelope.seq
-            return Applied(used=False)
+            return Applied(refused="missed_delta")
         changes = Applied(full=envelope.full)
         incoming: dict[NodeKey, Node] = {}
         for topology in envelope.report.topologies.values():

@@ -8,15 +8,21 @@ connections between them. Views are cached per merged report, so none of this ru
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from scope_common import ids
 from scope_common.report import (
     CONTAINER_ID,
+    CONTAINER_IPS_WITH_SCOPES,
+    CONTAINER_PORTS,
+    CONTAINER_STATE,
     CPU_USAGE,
     HOST_NODE_ID,
     LOCAL_NETWORKS,
@@ -37,6 +43,12 @@ INTERNET_LABEL = "The Internet"
 
 def uncontained_id(host_node_id: str) -> str:
     return f"pseudo;uncontained;{host_node_id}"
+
+
+def parse_uncontained_id(node_id: str) -> str | None:
+    """The host node id of an uncontained pseudo node's id, or None when `node_id` is not one."""
+    prefix = uncontained_id("")
+    return node_id[len(prefix) :] if node_id.startswith(prefix) else None
 
 
 def unknown_address_id(addr: str) -> str:
@@ -76,10 +88,10 @@ class ViewOptions:
 
 @dataclass(slots=True)
 class EdgeInfo:
-    """The connections along one edge of a view."""
+    """The connections along one edge of a view. Read-only once in a view: views share them."""
 
     count: int = 0
-    ports: set[int] = field(default_factory=set)
+    ports: AbstractSet[int] = field(default_factory=frozenset)
 
 
 @dataclass(slots=True)
@@ -105,17 +117,32 @@ class RenderedNode:
     #: Hidden unless the matching option shows it.
     system: bool = False
     stopped: bool = False
-
-    def connect(self, target: str, port: int | None) -> None:
-        edge = self.edges.get(target)
-        if edge is None:
-            edge = self.edges[target] = EdgeInfo()
-        edge.count += 1
-        if port is not None:
-            edge.ports.add(port)
+    #: Summaries by adjacency, shared by the copies `cached_node` makes of one built node.
+    _memo: dict[tuple[str, ...], tuple[Json, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def summary(self) -> Json:
-        """The JSON every client gets for this node (see docs/design.md, NodeSummary)."""
+        """The JSON every client gets for this node (see docs/design.md, NodeSummary).
+
+        Kept on the node while its edges' targets stay the same: a view reuses the nodes whose report
+        nodes did not change (`cached_node`), so an unchanged node costs neither building nor JSON, and
+        an unchanged summary is the same object, which is how a feed's diff skips it."""
+        return self._memoized()[0]
+
+    def summary_json(self) -> str:
+        """`summary()` as JSON, serialised once for as long as the summary stays the same."""
+        return self._memoized()[1]
+
+    def _memoized(self) -> tuple[Json, str]:
+        adjacency = tuple(sorted(self.edges))
+        found = self._memo.get(adjacency)
+        if found is None:
+            if len(self._memo) >= 4:  # the views of a few option sets; older edges are not coming back
+                self._memo.clear()
+            summary = self._build_summary(list(adjacency))
+            found = self._memo[adjacency] = (summary, json.dumps(summary, separators=(",", ":")))
+        return found
+
+    def _build_summary(self, adjacency: list[str]) -> Json:
         return {
             "id": self.id,
             "label_major": self.label_major,
@@ -124,7 +151,7 @@ class RenderedNode:
             "shape": self.shape,
             "kind": self.kind,
             "pseudo": self.pseudo,
-            "adjacency": sorted(self.edges),
+            "adjacency": adjacency,
             "metadata": [{"id": i, "label": label, "value": v} for i, label, v in self.metadata],
             "metrics": [metric_json(key, metric, samples=False) for key, metric in self.metrics.items()],
             "parents": [{"id": i, "label": label, "topologyId": t} for i, label, t in self.parents],
@@ -166,35 +193,264 @@ def sum_metrics(nodes: Iterable[RenderedNode]) -> dict[str, Metric]:
     return {key: Metric.single(when, value, top) for key, (when, value, top) in totals.items()}
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """One client endpoint connected to one server endpoint."""
+RUNNING_STATES = ("running", "paused", "restarting")
 
-    client: Node
-    server: Node
+
+def published_port(mapping: str) -> int | None:
+    """The host port of `0.0.0.0:8080->80/tcp`; None for an exposed but unpublished port."""
+    published, arrow, _ = mapping.partition("->")
+    if not arrow:
+        return None
+    port = published.rpartition(":")[2]
+    return int(port) if ids.is_decimal(port, 5) else None
+
+
+class ContainerClaims:
+    """Which running container holds an address, or a published port of a host, kept up to date
+    container by container. An address or port two containers claim belongs to neither: a wrong edge
+    is worse than none."""
+
+    def __init__(self) -> None:
+        self._by_ip: dict[str, set[str]] = {}
+        self._by_port: dict[tuple[str, int], set[str]] = {}
+        self._held: dict[str, tuple[tuple[str, ...], tuple[tuple[str, int], ...]]] = {}
+
+    def follow(self, container_id: str, container: Node | None) -> bool:
+        """Take a container's current claims (None: it is gone). Returns whether they changed."""
+        claims: tuple[tuple[str, ...], tuple[tuple[str, int], ...]] = ((), ())
+        if container is not None and container.get(CONTAINER_STATE) in RUNNING_STATES:
+            host = container.get(HOST_NODE_ID)
+            ports = (published_port(m) for m in container.sets.get(CONTAINER_PORTS, ()))
+            claims = (
+                container.sets.get(CONTAINER_IPS_WITH_SCOPES, ()),
+                tuple((host, p) for p in ports if host and p is not None),
+            )
+        held = self._held.get(container_id, ((), ()))
+        if claims == held:
+            return False
+        for ip in held[0]:
+            _release(self._by_ip, ip, container_id)
+        for port in held[1]:
+            _release(self._by_port, port, container_id)
+        for ip in claims[0]:
+            self._by_ip.setdefault(ip, set()).add(container_id)
+        for port in claims[1]:
+            self._by_port.setdefault(port, set()).add(container_id)
+        if claims == ((), ()):
+            self._held.pop(container_id, None)
+        else:
+            self._held[container_id] = claims
+        return True
+
+    def by_ip(self, scoped_ip: str) -> str | None:
+        return _only(self._by_ip.get(scoped_ip))
+
+    def by_port(self, host_node_id: str, port: int) -> str | None:
+        return _only(self._by_port.get((host_node_id, port)))
+
+
+def _release(claims: dict[Any, set[str]], key: Any, container_id: str) -> None:
+    holders = claims.get(key)
+    if holders is not None:
+        holders.discard(container_id)
+        if not holders:
+            del claims[key]
+
+
+def _only(holders: set[str] | None) -> str | None:
+    return next(iter(holders)) if holders is not None and len(holders) == 1 else None
 
 
 class ConnectionGraph:
     """The endpoints of a merged report, who owns them, and who connects to whom.
 
-    Built once per merged report and shared by every view.
+    Kept from one merged report to the next and updated by what changed (`update`), since the merged
+    report is updated in place: an arrival re-links only the endpoints it changed, and each view's
+    edges (`edges`) are recounted only for the connections whose ends, or whatever owns those ends,
+    changed, rather than for all of a fleet's (100,000 connections at 100 hosts). Shared by every view.
     """
 
     def __init__(self, report: Report) -> None:
         self.report = report
-        self.endpoints = report.nodes("endpoint")
-        self.processes = report.nodes("process")
-        self.containers = report.nodes("container")
-        self.hosts = report.nodes("host")
-        self.connections: list[Connection] = []
-        for node in self.endpoints.values():
-            for target in node.adjacency:
-                server = self.endpoints.get(target)
-                if server is not None and server is not node:
-                    self.connections.append(Connection(node, server))
-        networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
-        #: Which host has which address, for joining a published port to its container.
+        self.endpoints = report.topology("endpoint").nodes
+        self.processes = report.topology("process").nodes
+        self.containers = report.topology("container").nodes
+        self.hosts = report.topology("host").nodes
+        #: Client endpoint id -> the ids of the endpoints it connects to that are in the report.
+        self.connections: dict[str, list[str]] = {}
+        self._targets: dict[str, tuple[str, ...]] = {}
+        self._clients_of: dict[str, set[str]] = {}
+        self._parsed: dict[str, ids.Endpoint | None] = {}
+        #: Process id -> the endpoints that name it their parent; container id -> its processes.
+        self._endpoints_of: dict[str, set[str]] = {}
+        self._owners_of: dict[str, tuple[str, ...]] = {}
+        self._processes_of: dict[str, set[str]] = {}
+        self._container_of: dict[str, str] = {}
+        #: Endpoints no process of the report owns: they are placed by addresses (a container's IP, a
+        #: host's), so they move when those change.
+        self.orphans: set[str] = set()
+        #: View nodes by kind and id, with what they were built from (`cached_node`).
+        self.rendered: dict[str, dict[str, tuple[tuple[object, ...], RenderedNode]]] = {}
+        self.claims = ContainerClaims()
+        for container_id, container in self.containers.items():
+            self.claims.follow(container_id, container)
         self.host_addresses: dict[str, str] = {}
+        self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self._local_cache: dict[str, bool] = {}
+        self._edge_indexes: dict[EndpointMapper, EdgeIndex] = {}
+        for process in self.processes.values():
+            self._add_process(process)
+        for node in self.endpoints.values():
+            self._link(node)
+            self._own(node)
+        self._index_hosts()
+
+    def update(self, changed: Collection[tuple[str, str]]) -> None:
+        """Follow the report's changes (topology, node id pairs) since the last call."""
+        touched: set[str] = set()
+        processes: set[str] = set()
+        containers: set[str] = set()
+        hosts_changed = False
+        for topology, node_id in changed:
+            if topology == "endpoint":
+                touched.add(node_id)
+            elif topology == "process":
+                processes.add(node_id)
+            elif topology == "container":
+                containers.add(node_id)
+            elif topology == "host":
+                hosts_changed = True
+        dirty = set(touched)
+        for node_id in touched:
+            dirty.update(self._clients_of.get(node_id, ()))  # a target that came or went
+        for node_id in dirty:
+            self._unlink(node_id)
+            self._disown(node_id)
+            node = self.endpoints.get(node_id)
+            if node is not None:
+                self._link(node)
+                self._own(node)
+            elif node_id in touched:
+                self._parsed.pop(node_id, None)
+        for process_id in processes:
+            self._remove_process(process_id)
+            process = self.processes.get(process_id)
+            if process is not None:
+                self._add_process(process)
+        # A process that came or went (or moved to another container) changes its endpoints' owners; a
+        # container that came or went, its processes' endpoints'.
+        moved = set(processes)
+        for container_id in containers:
+            moved.update(self._processes_of.get(container_id, ()))
+        for process_id in moved:
+            endpoints = tuple(self._endpoints_of.get(process_id, ()))
+            dirty.update(endpoints)
+            for endpoint_id in endpoints:
+                self._disown(endpoint_id)
+                node = self.endpoints.get(endpoint_id)
+                if node is not None:
+                    self._own(node)
+        for topology, node_id in changed:
+            if node_id not in self.report.nodes(topology):
+                for cache in self.rendered.values():
+                    cache.pop(node_id, None)
+        claims_changed = False
+        for container_id in containers:
+            claims_changed |= self.claims.follow(container_id, self.containers.get(container_id))
+        addresses_changed = (hosts_changed and self._index_hosts()) or claims_changed
+        for index in self._edge_indexes.values():
+            index.dirty.update(dirty)
+            index.addresses_changed |= addresses_changed
+
+    def edges(self, owner: EndpointMapper) -> EdgeIndex:
+        """The edges of a view whose nodes own endpoints as `owner` says, up to date.
+
+        `owner` may read an endpoint, its process, the container the process runs in, and for orphans
+        (endpoints no process owns) the hosts' addresses and the containers' claims (`claimant`).
+        """
+        index = self._edge_indexes.get(owner)
+        if index is None:
+            index = self._edge_indexes[owner] = EdgeIndex(owner)
+            index.rebuild(self)
+        else:
+            index.refresh(self)
+        return index
+
+    def parse(self, endpoint_id: str) -> ids.Endpoint | None:
+        """The parts of an endpoint id, parsed once per id."""
+        try:
+            return self._parsed[endpoint_id]
+        except KeyError:
+            parsed = self._parsed[endpoint_id] = ids.parse_endpoint_id(endpoint_id)
+            return parsed
+
+    def _link(self, node: Node) -> None:
+        targets = node.adjacency
+        if not targets:
+            return
+        self._targets[node.id] = targets
+        for target in targets:
+            clients = self._clients_of.get(target)
+            if clients is None:
+                clients = self._clients_of[target] = set()
+            clients.add(node.id)
+        servers = [t for t in targets if t != node.id and t in self.endpoints]
+        if servers:
+            self.connections[node.id] = servers
+
+    def _unlink(self, node_id: str) -> None:
+        self.connections.pop(node_id, None)
+        for target in self._targets.pop(node_id, ()):
+            clients = self._clients_of.get(target)
+            if clients is not None:
+                clients.discard(node_id)
+                if not clients:
+                    del self._clients_of[target]
+
+    def _own(self, node: Node) -> None:
+        owners = node.parents.get("process", ())
+        if owners:
+            self._owners_of[node.id] = owners
+            for process_id in owners:
+                self._endpoints_of.setdefault(process_id, set()).add(node.id)
+        if self.process_of(node) is None:
+            self.orphans.add(node.id)
+
+    def _disown(self, node_id: str) -> None:
+        self.orphans.discard(node_id)
+        for process_id in self._owners_of.pop(node_id, ()):
+            endpoints = self._endpoints_of.get(process_id)
+            if endpoints is not None:
+                endpoints.discard(node_id)
+                if not endpoints:
+                    del self._endpoints_of[process_id]
+
+    def _add_process(self, process: Node) -> None:
+        container_id = process_container(process)
+        if container_id is not None:
+            self._container_of[process.id] = container_id
+            self._processes_of.setdefault(container_id, set()).add(process.id)
+
+    def _remove_process(self, process_id: str) -> None:
+        container_id = self._container_of.pop(process_id, None)
+        if container_id is not None:
+            processes = self._processes_of[container_id]
+            processes.discard(process_id)
+            if not processes:
+                del self._processes_of[container_id]
+
+    def endpoint_ids_of(self, process_id: str) -> Collection[str]:
+        """The endpoints a process owns."""
+        return self._endpoints_of.get(process_id, ())
+
+    def process_ids_in(self, container_id: str) -> Collection[str]:
+        """The processes that run in a container."""
+        return self._processes_of.get(container_id, ())
+
+    def _index_hosts(self) -> bool:
+        """Index the hosts' addresses and networks. Returns whether they changed."""
+        networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
+        addresses: dict[str, str] = {}
         for host in self.hosts.values():
             for text in host.sets.get(LOCAL_NETWORKS, ()):
                 try:
@@ -202,9 +458,32 @@ class ConnectionGraph:
                 except ValueError:
                     continue
                 networks.add(interface.network)
-                self.host_addresses[str(interface.ip)] = host.id
-        self._local_networks = sorted(networks, key=lambda n: (n.version, n.prefixlen))
-        self._local_cache: dict[str, bool] = {}
+                addresses[str(interface.ip)] = host.id
+        ordered = sorted(networks, key=lambda n: (n.version, n.prefixlen))
+        if addresses == self.host_addresses and ordered == self._local_networks:
+            return False
+        #: Which host has which address, for joining a published port to its container.
+        self.host_addresses = addresses
+        self._local_networks = ordered
+        self._local_cache = {}
+        return True
+
+    def claimant(self, endpoint: Node) -> str | None:
+        """The running container whose address an endpoint is on, or whose published port it is."""
+        parsed = self.parse(endpoint.id)
+        if parsed is None:
+            return None
+        found = self.claims.by_ip(f"{parsed.scope};{parsed.addr}")
+        if found is not None:
+            return found
+        # A published port is reached on an address of its host: a host-scoped one, or one of its own.
+        scope_host = parsed.scope.partition("/")[0]
+        host = ids.host_id(scope_host) if scope_host else self.host_addresses.get(parsed.addr, "")
+        return self.claims.by_port(host, parsed.port)
+
+    def clients_of(self, endpoint_id: str) -> Collection[str]:
+        """The endpoints whose adjacency names `endpoint_id`."""
+        return self._clients_of.get(endpoint_id, ())
 
     def process_of(self, endpoint: Node) -> Node | None:
         """The process that owns an endpoint, if any probe saw it."""
@@ -226,7 +505,7 @@ class ConnectionGraph:
         Conntrack sees connections no process holds any more, or held by the host itself (docker-proxy
         on the docker0 gateway address): they belong to the host.
         """
-        parsed = ids.parse_endpoint_id(endpoint.id)
+        parsed = self.parse(endpoint.id)
         if parsed is None:
             return None
         scope_host = parsed.scope.partition("/")[0]
@@ -239,7 +518,7 @@ class ConnectionGraph:
 
     def is_local(self, endpoint: Node) -> bool:
         """Whether the address is on a network some host of the report is on (or host-scoped)."""
-        parsed = ids.parse_endpoint_id(endpoint.id)
+        parsed = self.parse(endpoint.id)
         if parsed is None or parsed.scope:
             return True
         known = self._local_cache.get(parsed.addr)
@@ -253,66 +532,188 @@ class ConnectionGraph:
             self._local_cache[parsed.addr] = known
         return known
 
-    def pseudo_for(self, endpoint: Node, as_client: bool) -> RenderedNode | None:
-        """The pseudo node an endpoint no probe owns stands as: the Internet, or its address.
+    def pseudo_id(self, endpoint: Node, as_client: bool) -> str | None:
+        """The id of the pseudo node an endpoint no probe owns stands as: the Internet, or its address.
 
         None for a host-scoped address (loopback, a docker bridge) nobody owns: a socket whose process
         has gone, or a connection conntrack saw; a node named 127.0.0.1 would only be noise.
         """
-        parsed = ids.parse_endpoint_id(endpoint.id)
+        parsed = self.parse(endpoint.id)
         if parsed is not None and parsed.scope:
             return None
         if not self.is_local(endpoint):
-            node_id = INTERNET_IN if as_client else INTERNET_OUT
-            minor = "Inbound" if as_client else "Outbound"
-            return RenderedNode(node_id, "pseudo", INTERNET_LABEL, minor, shape="cloud", pseudo=True)
+            return INTERNET_IN if as_client else INTERNET_OUT
+        return unknown_address_id(parsed.addr if parsed else endpoint.id)
+
+    def pseudo_node(self, pseudo_id: str, endpoint: Node) -> RenderedNode:
+        """The pseudo node `pseudo_id` (from `pseudo_id`) for `endpoint`."""
+        if pseudo_id in (INTERNET_IN, INTERNET_OUT):
+            minor = "Inbound" if pseudo_id == INTERNET_IN else "Outbound"
+            return RenderedNode(pseudo_id, "pseudo", INTERNET_LABEL, minor, shape="cloud", pseudo=True)
+        parsed = self.parse(endpoint.id)
         addr = parsed.addr if parsed else endpoint.id
-        return RenderedNode(
-            unknown_address_id(addr),
-            "pseudo",
-            endpoint.get(REVERSE_DNS) or addr,
-            addr,
-            shape="circle",
-            pseudo=True,
-        )
+        return RenderedNode(pseudo_id, "pseudo", endpoint.get(REVERSE_DNS) or addr, addr, shape="circle", pseudo=True)
 
 
-#: Maps an endpoint to the id of the view node it belongs to, or None when no real node owns it.
-EndpointMapper = Callable[[Node], str | None]
+#: Maps an endpoint to the id of the view node it belongs to, or None when no real node owns it. A
+#: module-level function: it is the key of the view's edge index, kept from one report to the next.
+EndpointMapper = Callable[["ConnectionGraph", Node], str | None]
 #: Edges of a view by id: client -> server -> what runs along the edge.
 Edges = dict[str, dict[str, EdgeInfo]]
 
 
-def collect_edges(graph: ConnectionGraph, owner: EndpointMapper, pseudo: dict[str, RenderedNode]) -> Edges:
-    """Every connection of `graph` as an edge between the ids owning its ends.
+class _Tally(EdgeInfo):
+    """The connections along one edge, countable down as well as up (by port too)."""
 
-    Works on ids only, so a view builds nodes for just the ids it shows. An end no node owns becomes
-    a pseudo node (added to `pseudo`), but only when the other end is owned: two unknown addresses
-    talking is not something a view can place.
+    __slots__ = ("port_counts",)
+
+    def __init__(self) -> None:
+        self.port_counts: dict[int, int] = {}
+        super().__init__(0, self.port_counts.keys())
+
+
+class EdgeIndex:
+    """One view's edges between the ids owning each connection's ends, kept up to date.
+
+    Each connection's contribution (source id, target id, port) is remembered, so a change recounts
+    only the connections whose ends are `dirty`. An end no node owns becomes a pseudo node, but only
+    when the other end is owned: two unknown addresses talking is not something a view can place.
     """
-    edges: Edges = {}
-    for conn in graph.connections:
-        client_id = owner(conn.client)
-        server_id = owner(conn.server)
-        if client_id is None and server_id is None:
-            continue
-        if client_id is None:
-            client_id = _ensure(pseudo, graph.pseudo_for(conn.client, as_client=True))
-        if server_id is None:
-            server_id = _ensure(pseudo, graph.pseudo_for(conn.server, as_client=False))
-        if client_id is None or server_id is None or client_id == server_id:
-            continue
-        targets = edges.get(client_id)
+
+    def __init__(self, owner: EndpointMapper) -> None:
+        self._owner = owner
+        self._counted: dict[tuple[str, str], tuple[str, str, int | None]] = {}
+        self._by_endpoint: dict[str, set[tuple[str, str]]] = {}
+        #: Source id -> target id -> tally.
+        self.tallies: dict[str, dict[str, EdgeInfo]] = {}
+        #: Pseudo node id -> the endpoints it stands for, with how many connection ends each.
+        self.pseudo: dict[str, dict[str, int]] = {}
+        #: Set by the graph: endpoints whose owner may have changed; whether the addresses that place
+        #: orphans (hosts' addresses, containers' claims) did.
+        self.dirty: set[str] = set()
+        self.addresses_changed = False
+
+    def rebuild(self, graph: ConnectionGraph) -> None:
+        self._counted.clear()
+        self._by_endpoint.clear()
+        self.tallies.clear()
+        self.pseudo.clear()
+        self.dirty.clear()
+        self.addresses_changed = False
+        for client_id, servers in graph.connections.items():
+            for server_id in servers:
+                self._count(graph, client_id, server_id)
+
+    def refresh(self, graph: ConnectionGraph) -> None:
+        dirty, self.dirty = self.dirty, set()
+        if self.addresses_changed:
+            self.addresses_changed = False
+            dirty |= graph.orphans
+        keys: set[tuple[str, str]] = set()
+        for endpoint_id in dirty:
+            keys.update(self._by_endpoint.get(endpoint_id, ()))
+            for server_id in graph.connections.get(endpoint_id, ()):
+                keys.add((endpoint_id, server_id))
+            for client_id in graph.clients_of(endpoint_id):
+                if endpoint_id in graph.connections.get(client_id, ()):
+                    keys.add((client_id, endpoint_id))
+        for key in keys:
+            self._uncount(key)
+            if key[1] in graph.connections.get(key[0], ()):
+                self._count(graph, *key)
+
+    def _count(self, graph: ConnectionGraph, client_id: str, server_id: str) -> None:
+        endpoints = graph.endpoints
+        client, server = endpoints[client_id], endpoints[server_id]
+        source = self._owner(graph, client)
+        target = self._owner(graph, server)
+        if source is None and target is None:
+            return
+        if source is None:
+            source = graph.pseudo_id(client, as_client=True)
+            if source is None:
+                return
+            self._hold_pseudo(source, client_id)
+        if target is None:
+            target = graph.pseudo_id(server, as_client=False)
+            if target is None:
+                return
+            self._hold_pseudo(target, server_id)
+        if source == target:
+            self._release_pseudo(source, client_id)
+            self._release_pseudo(target, server_id)
+            return
+        parsed = graph.parse(server_id)
+        port = parsed.port if parsed is not None else None
+        key = (client_id, server_id)
+        self._counted[key] = (source, target, port)
+        self._by_endpoint.setdefault(client_id, set()).add(key)
+        self._by_endpoint.setdefault(server_id, set()).add(key)
+        targets = self.tallies.get(source)
         if targets is None:
-            targets = edges[client_id] = {}
-        edge = targets.get(server_id)
-        if edge is None:
-            edge = targets[server_id] = EdgeInfo()
-        edge.count += 1
-        parsed = ids.parse_endpoint_id(conn.server.id)
-        if parsed is not None:
-            edge.ports.add(parsed.port)
-    return edges
+            targets = self.tallies[source] = {}
+        tally = targets.get(target)
+        if tally is None:
+            tally = targets[target] = _Tally()
+        tally.count += 1
+        if port is not None:
+            ports = cast(_Tally, tally).port_counts
+            ports[port] = ports.get(port, 0) + 1
+
+    def _uncount(self, key: tuple[str, str]) -> None:
+        counted = self._counted.pop(key, None)
+        if counted is None:
+            return
+        for endpoint_id in key:
+            keys = self._by_endpoint.get(endpoint_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_endpoint[endpoint_id]
+        source, target, port = counted
+        targets = self.tallies[source]
+        tally = targets[target]
+        tally.count -= 1
+        if port is not None:
+            ports = cast(_Tally, tally).port_counts
+            left = ports[port] - 1
+            if left:
+                ports[port] = left
+            else:
+                del ports[port]
+        if not tally.count:
+            del targets[target]
+            if not targets:
+                del self.tallies[source]
+        self._release_pseudo(source, key[0])
+        self._release_pseudo(target, key[1])
+
+    def _hold_pseudo(self, pseudo_id: str, endpoint_id: str) -> None:
+        holders = self.pseudo.get(pseudo_id)
+        if holders is None:
+            holders = self.pseudo[pseudo_id] = {}
+        holders[endpoint_id] = holders.get(endpoint_id, 0) + 1
+
+    def _release_pseudo(self, node_id: str, endpoint_id: str) -> None:
+        holders = self.pseudo.get(node_id)
+        if holders is None or endpoint_id not in holders:
+            return
+        if holders[endpoint_id] > 1:
+            holders[endpoint_id] -= 1
+        else:
+            del holders[endpoint_id]
+            if not holders:
+                del self.pseudo[node_id]
+
+    def edges(self) -> Edges:
+        """The edges as views use them: source -> target -> EdgeInfo. Read-only: the index's own."""
+        return self.tallies
+
+    def pseudo_nodes(self, graph: ConnectionGraph) -> dict[str, RenderedNode]:
+        return {
+            pseudo_id: graph.pseudo_node(pseudo_id, graph.endpoints[next(iter(holders))])
+            for pseudo_id, holders in self.pseudo.items()
+        }
 
 
 def connected_ids(edges: Edges) -> set[str]:
@@ -321,6 +722,26 @@ def connected_ids(edges: Edges) -> set[str]:
     for targets in edges.values():
         found.update(targets)
     return found
+
+
+def cached_node(
+    graph: ConnectionGraph, kind: str, node_id: str, inputs: tuple[object, ...], build: Callable[[], RenderedNode]
+) -> RenderedNode:
+    """The view node of kind `kind` for `node_id`, built again only when its `inputs` (the report nodes
+    and labels it is made of; compared by identity first) differ from the last render's. A copy each
+    time, with edges and children of its own: views of other options hold the earlier copies."""
+    cache = graph.rendered.get(kind)
+    if cache is None:
+        cache = graph.rendered[kind] = {}
+    hit = cache.get(node_id)
+    if hit is not None and hit[0] == inputs:
+        node = copy.copy(hit[1])
+        node.edges = {}
+        node.children = {}
+        return node
+    node = build()
+    cache[node_id] = (inputs, copy.copy(node))
+    return node
 
 
 def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:
@@ -335,22 +756,21 @@ def connect_nodes(
     graph: ConnectionGraph,
     nodes: dict[str, RenderedNode],
     owner: EndpointMapper,
-    pseudo: dict[str, RenderedNode] | None = None,
-) -> None:
-    """Edges between `nodes`, with the pseudo nodes their connections need added (into `pseudo` first,
-    for an `owner` that makes pseudo nodes of its own)."""
-    pseudo = {} if pseudo is None else pseudo
-    edges = collect_edges(graph, owner, pseudo)
-    nodes.update(pseudo)
+    own_pseudo: Callable[[str], RenderedNode | None] | None = None,
+) -> Edges:
+    """Give `nodes` their edges, adding the pseudo nodes the connections need: the Internet and
+    addresses, and those that `own_pseudo` makes of ids `owner` gives that are not in `nodes`.
+    Returns all the edges."""
+    index = graph.edges(owner)
+    edges = index.edges()
+    nodes.update(index.pseudo_nodes(graph))
+    if own_pseudo is not None:
+        for node_id in connected_ids(edges) - nodes.keys():
+            made = own_pseudo(node_id)
+            if made is not None:
+                nodes[node_id] = made
     attach_edges(nodes, edges)
-
-
-def _ensure(nodes: dict[str, RenderedNode], node: RenderedNode | None) -> str | None:
-    if node is None:
-        return None
-    if node.id not in nodes:
-        nodes[node.id] = node
-    return node.id
+    return edges
 
 
 def process_container(process: Node) -> str | None:

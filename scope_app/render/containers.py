@@ -11,14 +11,17 @@ An address or published port claimed by two containers joins neither: a wrong ed
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from functools import partial
 
 from scope_app.render.base import (
+    RUNNING_STATES,
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
+    cached_node,
     connect_nodes,
     filter_view,
+    parse_uncontained_id,
     process_container,
     uncontained_id,
 )
@@ -31,7 +34,6 @@ from scope_common.report import (
     CONTAINER_HOSTNAME,
     CONTAINER_ID,
     CONTAINER_IPS,
-    CONTAINER_IPS_WITH_SCOPES,
     CONTAINER_NAME,
     CONTAINER_NETWORKS,
     CONTAINER_PORTS,
@@ -50,7 +52,6 @@ from scope_common.report import (
 #: Containers of scope itself and of weave are plumbing, hidden unless `system=show`.
 SYSTEM_NAMES = ("weavescope", "weave", "weaveproxy", "weavedns", "weavewait", "weaveplugin", "weavevolumes")
 SYSTEM_LABEL = ("works.weave.role", "system")
-RUNNING_STATES = ("running", "paused", "restarting")
 
 
 def image_name(container: Node) -> str:
@@ -126,88 +127,49 @@ def _time(value: str | None) -> str:
         return value
 
 
-class ContainerIndex:
-    """Which container owns an address, or a published port of a host."""
-
-    def __init__(self, containers: Iterable[Node]) -> None:
-        by_ip: dict[str, set[str]] = {}
-        by_port: dict[tuple[str, int], set[str]] = {}
-        for container in containers:
-            if container.get(CONTAINER_STATE) not in RUNNING_STATES:
-                continue
-            for scoped_ip in container.sets.get(CONTAINER_IPS_WITH_SCOPES, ()):
-                by_ip.setdefault(scoped_ip, set()).add(container.id)
-            host = container.get(HOST_NODE_ID)
-            for mapping in container.sets.get(CONTAINER_PORTS, ()):
-                published = _published_port(mapping)
-                if host and published is not None:
-                    by_port.setdefault((host, published), set()).add(container.id)
-        self._by_ip = {k: next(iter(v)) for k, v in by_ip.items() if len(v) == 1}
-        self._by_port = {k: next(iter(v)) for k, v in by_port.items() if len(v) == 1}
-
-    def owner(self, graph: ConnectionGraph, endpoint: Node) -> str | None:
-        parsed = ids.parse_endpoint_id(endpoint.id)
-        if parsed is None:
-            return None
-        found = self._by_ip.get(f"{parsed.scope};{parsed.addr}")
-        if found is not None:
-            return found
-        if parsed.scope:
-            host = ids.host_id(parsed.scope.partition("/")[0])
-        else:
-            host = graph.host_addresses.get(parsed.addr, "")
-        return self._by_port.get((host, parsed.port))
+def container_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
+    """The container (or a host's uncontained pseudo node) an endpoint belongs to."""
+    process = graph.process_of(endpoint)
+    if process is None:
+        owner_id = graph.claimant(endpoint)
+        if owner_id is not None:
+            return owner_id
+        host_node_id = graph.own_address_host(endpoint)
+        return uncontained_id(host_node_id) if host_node_id else None
+    container_id = process_container(process)
+    if container_id is not None and container_id in graph.containers:
+        return container_id
+    return uncontained_id(process.get(HOST_NODE_ID) or "")
 
 
-def _published_port(mapping: str) -> int | None:
-    """The host port of `0.0.0.0:8080->80/tcp`; None for an exposed but unpublished port."""
-    published, arrow, _ = mapping.partition("->")
-    if not arrow:
+def _uncontained_node(graph: ConnectionGraph, pseudo_id: str) -> RenderedNode | None:
+    """The pseudo node of a host's processes outside containers."""
+    host_node_id = parse_uncontained_id(pseudo_id)
+    if host_node_id is None:
         return None
-    port = published.rpartition(":")[2]
-    return int(port) if ids.is_decimal(port, 5) else None
+    host = graph.hosts.get(host_node_id)
+    label = (host.get(HOSTNAME) if host else None) or ids.parse_host_id(host_node_id) or host_node_id
+    return RenderedNode(
+        pseudo_id,
+        "pseudo",
+        "Uncontained",
+        label,
+        shape="square",
+        pseudo=True,
+        parents=[(host_node_id, label, "hosts")],
+    )
 
 
 def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
-    nodes = {c.id: container_node(graph, c) for c in graph.containers.values()}
-    index = ContainerIndex(graph.containers.values())
-    for process in graph.processes.values():
-        container_id = process_container(process)
-        if container_id in nodes:
-            nodes[container_id].children.setdefault("processes", []).append(process.id)
-
-    def owner(endpoint: Node) -> str | None:
-        process = graph.process_of(endpoint)
-        if process is None:
-            owner_id = index.owner(graph, endpoint)
-            if owner_id is not None:
-                return owner_id
-            host_node_id = graph.own_address_host(endpoint)
-            return uncontained(host_node_id) if host_node_id else None
-        container_id = process_container(process)
-        if container_id is not None and container_id in nodes:
-            return container_id
-        return uncontained(process.get(HOST_NODE_ID) or "")
-
-    def uncontained(host_node_id: str) -> str:
-        """The pseudo node of a host's processes outside containers."""
-        pseudo_id = uncontained_id(host_node_id)
-        if pseudo_id not in pseudo:
-            host = graph.hosts.get(host_node_id)
-            label = (host.get(HOSTNAME) if host else None) or ids.parse_host_id(host_node_id) or host_node_id
-            pseudo[pseudo_id] = RenderedNode(
-                pseudo_id,
-                "pseudo",
-                "Uncontained",
-                label,
-                shape="square",
-                pseudo=True,
-                parents=[(host_node_id, label, "hosts")],
-            )
-        return pseudo_id
-
-    pseudo: dict[str, RenderedNode] = {}
-    connect_nodes(graph, nodes, owner, pseudo)
+    nodes = {
+        c.id: cached_node(graph, "container", c.id, (c, host_label(graph, c)), partial(container_node, graph, c))
+        for c in graph.containers.values()
+    }
+    for container_id, node in nodes.items():
+        processes = graph.process_ids_in(container_id)
+        if processes:
+            node.children["processes"] = list(processes)
+    connect_nodes(graph, nodes, container_owner, lambda i: _uncontained_node(graph, i))
     return nodes, filter_view(nodes, options, drop_unconnected=False)
 
 

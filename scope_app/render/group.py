@@ -39,9 +39,10 @@ def group_nodes(
             target_group = member_group.get(target)
             if target_group is None or target_group == source:
                 continue
-            merged = groups[source].edges.setdefault(target_group, EdgeInfo())
-            merged.count += edge.count
-            merged.ports.update(edge.ports)
+            merged = groups[source].edges.get(target_group)
+            groups[source].edges[target_group] = EdgeInfo(
+                edge.count + (merged.count if merged else 0), {*edge.ports, *(merged.ports if merged else ())}
+            )
     for group_id, group in groups.items():
         if group.pseudo:
             continue

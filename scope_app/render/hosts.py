@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+from functools import partial
 
 from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
+    cached_node,
     connect_nodes,
     filter_view,
 )
@@ -50,16 +52,16 @@ def host_node(host: Node) -> RenderedNode:
     )
 
 
+def host_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
+    return graph.host_of(endpoint)
+
+
 def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
-    nodes = {h.id: host_node(h) for h in graph.hosts.values()}
+    nodes = {h.id: cached_node(graph, "host", h.id, (h,), partial(host_node, h)) for h in graph.hosts.values()}
     for container in graph.containers.values():
         host = container.get(HOST_NODE_ID)
         if host in nodes:
             nodes[host].children.setdefault("containers", []).append(container.id)
 
-    def owner(endpoint: Node) -> str | None:
-        host = graph.host_of(endpoint)
-        return host if host in nodes else None
-
-    connect_nodes(graph, nodes, owner)
+    connect_nodes(graph, nodes, host_owner)
     return nodes, filter_view(nodes, options, drop_unconnected=False)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
     attach_edges,
-    collect_edges,
+    cached_node,
     connected_ids,
     filter_view,
 )
@@ -44,17 +46,22 @@ def process_node(graph: ConnectionGraph, process: Node) -> RenderedNode:
     return node
 
 
-def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
-    def owner(endpoint: Node) -> str | None:
-        process = graph.process_of(endpoint)
-        return process.id if process is not None else None
+def process_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
+    process = graph.process_of(endpoint)
+    return process.id if process is not None else None
 
-    nodes: dict[str, RenderedNode] = {}
-    edges = collect_edges(graph, owner, nodes)
+
+def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    index = graph.edges(process_owner)
+    edges = index.edges()
+    nodes = index.pseudo_nodes(graph)
     # Most processes have no connections and are hidden by default: build nodes only for those shown.
     shown = graph.processes.keys() if options.unconnected else connected_ids(edges) & graph.processes.keys()
     hidden = len(graph.processes) - len(shown)
-    nodes.update((process_id, process_node(graph, graph.processes[process_id])) for process_id in shown)
+    for process_id in shown:
+        process = graph.processes[process_id]
+        inputs = (process, host_label(graph, process), container_label(graph, process))
+        nodes[process_id] = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process))
     attach_edges(nodes, edges)
     return nodes, hidden + filter_view(nodes, options, drop_unconnected=True)
 

@@ -22,7 +22,7 @@ class _Merged:
         self.report = Report()
         self.version = 0
 
-    def __call__(self, report: Report, version: int) -> None:
+    def __call__(self, report: Report, version: int, changed: set[tuple[str, str]]) -> None:
         self.report, self.version = report, version
 
 

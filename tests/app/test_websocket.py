@@ -109,7 +109,7 @@ def test_a_browser_that_does_not_read_gets_no_backlog_then_one_fresh_view() -> N
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         renderer = Renderer()
-        hub = FeedHub(renderer)
+        hub = FeedHub(renderer, clock=lambda: 0.0)  # a clock that stands still: every change is pushed at once
         sent: list[tuple[asyncio.Future[None], dict[str, Any]]] = []
 
         def send(message: str) -> asyncio.Future[None]:

@@ -1,0 +1,125 @@
+"""Views kept up to date report by report show exactly what a view rendered from scratch shows."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scope_app.collector import Collector
+from scope_app.render import TOPOLOGIES, Renderer, view_options
+from scope_app.websocket import FeedHub, Watcher
+from scope_common.delta import DeltaEncoder
+from scope_common.report import Report, merge_reports
+from scope_common.wire import decode
+from tests.app.test_render import _connect, _container, _host, _process
+
+_HOSTS = ["h1", "h2"]
+_ADDRESSES = ["10.0.0.1", "10.0.0.2", "172.17.0.2", "172.17.0.3", "8.8.8.8", "127.0.0.1"]
+_QUERIES = [{}, {"system": "show", "stopped": "show", "unconnected": "show"}, {"pseudo": "hide"}]
+
+
+@st.composite
+def _report(draw: st.DrawFn, host: str) -> Report:
+    report = Report()
+    _host(report, host, *draw(st.sampled_from([(), ("10.0.0.1/24",), ("10.0.0.2/24", "172.17.0.1/16")])))
+    containers = []
+    for n in draw(st.lists(st.sampled_from(["1", "2", "3"]), unique=True)):
+        container = f"{host}c{n}"
+        ips = tuple(draw(st.lists(st.sampled_from(_ADDRESSES[:4]), max_size=1)))
+        state = draw(st.sampled_from(["running", "running", "exited"]))
+        ports = ("0.0.0.0:8080->80/tcp",) if draw(st.booleans()) else ()
+        _container(report, host, container, f"name{n}", ips=ips, ports=ports, state=state)
+        containers.append(container)
+    pids = []
+    for pid in draw(st.lists(st.integers(1, 4), unique=True)):
+        in_container = draw(st.sampled_from([None, *containers, f"{host}c9"]))
+        pids.append(_process(report, host, pid, f"proc{pid}", in_container))
+    for _ in range(draw(st.integers(0, 5))):
+        client = (draw(st.sampled_from(["", host])), draw(st.sampled_from(_ADDRESSES)), draw(st.integers(5000, 5002)))
+        server = (
+            draw(st.sampled_from(["", host])),
+            draw(st.sampled_from(_ADDRESSES)),
+            draw(st.sampled_from([80, 8080])),
+        )
+        owner = st.sampled_from([None, *pids])
+        _connect(report, client, server, draw(owner), draw(owner))
+    return report
+
+
+_steps = st.lists(
+    st.sampled_from(_HOSTS).flatmap(lambda h: st.tuples(st.just(h), st.none() | _report(h))),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_steps)
+def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[tuple[str, Report | None]]) -> None:
+    renderer = Renderer()
+    collector = Collector(lambda report, version, changed: renderer.update(report, version, changed))
+    encoders: dict[str, DeltaEncoder] = {}
+    for host, report in steps:
+        if report is None:  # the probe falls silent and is forgotten
+            if host in collector.probes:
+                collector.probes[host].received_at = -1e9
+                collector.expire()
+            encoders.pop(host, None)
+        else:
+            encoder = encoders.setdefault(host, DeltaEncoder(host, host, full_every=3))
+            collector.add(decode(encoder.encode(report)))
+        fresh = Renderer()
+        fresh.update(merge_reports(p.nodes.report() for p in collector.probes.values()), 1)
+        # Every view first, then their contents: views of other options share what they can, and one
+        # must not change what another shows.
+        kept = {
+            (t, i): renderer.view(t, view_options(q), max_age=0) for t in TOPOLOGIES for i, q in enumerate(_QUERIES)
+        }
+        for (topology, i), view in kept.items():
+            expected = fresh.view(topology, view_options(_QUERIES[i]))
+            assert view.summaries == expected.summaries, (topology, _QUERIES[i])
+            assert json.loads(view.json) == json.loads(expected.json)
+            assert view.filtered_nodes == expected.filtered_nodes
+            for node_id in view.nodes:
+                assert view.details(node_id) == expected.details(node_id)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_steps)
+def test_websocket_deltas_rebuild_the_final_view_in_a_client(steps: list[tuple[str, Report | None]]) -> None:
+    """A browser that applies the pushed `{add, update, remove}` messages holds the view the API serves."""
+    renderer = Renderer()
+    hub = FeedHub(renderer, clock=lambda: 0.0)  # every change pushed at once
+    client: dict[str, dict[str, object]] = {}
+
+    def merged(report: Report, version: int, changed: set[tuple[str, str]]) -> None:
+        renderer.update(report, version, changed)
+        hub.changed()
+
+    def receive(message: str) -> Future[None]:
+        delta = json.loads(message)
+        if delta.get("reset"):
+            client.clear()
+        for node in delta["add"] + delta["update"]:
+            client[node["id"]] = node
+        for node_id in delta["remove"]:
+            client.pop(node_id, None)
+        sent: Future[None] = Future()
+        sent.set_result(None)
+        return sent
+
+    collector = Collector(merged)
+    hub.feed("containers", view_options({})).add(Watcher(receive))
+    encoders: dict[str, DeltaEncoder] = {}
+    for host, report in steps:
+        if report is None:
+            if host in collector.probes:
+                collector.probes[host].received_at = -1e9
+                collector.expire()
+            encoders.pop(host, None)
+        else:
+            collector.add(decode(encoders.setdefault(host, DeltaEncoder(host, host)).encode(report)))
+    assert client == renderer.view("containers", view_options({}), max_age=0).summaries
