@@ -1,4 +1,5 @@
-"""`scope` runs a probe and an app on this host; `scope app` and `scope probe [PEER ...]` run one.
+"""`scope` runs a probe and an app on this host; `scope app` and `scope probe [PEER ...]` run one;
+`scope launch` and `scope stop` start and stop both in a container, as the original's users type them.
 
 Together they run as two child processes, as in the original: the probe's gathering and the app's
 serving then never compete for one interpreter lock, and either can be restarted or profiled alone.
@@ -8,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from scope_app import main as app_main
 from scope_common import __version__
@@ -21,44 +25,29 @@ from scope_probe import main as probe_main
 
 log = logging.getLogger("scope")
 
-_APP_FLAGS = ("listen", "bus", "window", "allowed_origins", "log_level")
-_PROBE_FLAGS = (
-    "hostname",
-    "spy_interval",
-    "publish_interval",
-    "resolve_interval",
-    "weave_dns_name",
-    "weave_dns_server",
-    "proc_root",
-    "docker_url",
-    "cgroup_root",
-    "conntrack",
-    "conntrack_linger",
-    "reverse_dns",
-    "weave_port",
-    "log_level",
-)
+#: Sub-commands that launch.sh carries out: the container is one script's business, with or without Python.
+LAUNCH_COMMANDS = ("launch", "stop")
 
 
-def _flags(names: Sequence[str], raw: dict[str, str]) -> list[str]:
-    """Flags for a child, from the values given to `scope` (as typed, not parsed)."""
-    return [f"--{name.replace('_', '-')}={raw[name]}" for name in names if name in raw]
+def flag_value(value: object) -> str:
+    """A parsed flag value written back as text its parser reads the same: switches as on/off, durations
+    as seconds (parse_duration takes a bare number), everything else as it prints."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
 
 
-def _raw_values(argv: Sequence[str]) -> dict[str, str]:
-    """The flag values as the user typed them, to pass through unparsed (durations stay `3s`)."""
-    values: dict[str, str] = {}
-    items = list(argv)
-    for i, item in enumerate(items):
-        if not item.startswith("--"):
-            continue
-        name, eq, value = item[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(items):
-                continue
-            value = items[i + 1]
-        values[name.replace("-", "_")] = value
-    return values
+def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Every flag `child` declares, set to what `scope` parsed (from its command line or environment).
+
+    The names come from the child's own parser, so a flag added to `scope app` or `scope probe` reaches it
+    through `scope` too; --help and --version (whose default is SUPPRESS) are not settings.
+    """
+    return [
+        f"{max(action.option_strings, key=len)}={flag_value(getattr(args, action.dest))}"
+        for action in child._actions
+        if action.option_strings and action.default != argparse.SUPPRESS
+    ]
 
 
 def local_app_peer(bus: str) -> str:
@@ -71,14 +60,13 @@ def local_app_peer(bus: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def run_both(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    raw = _raw_values(argv)
-    app_cmd = [sys.executable, "-m", "scope_app", *_flags(_APP_FLAGS, raw)]
+def run_both(args: argparse.Namespace) -> int:
+    app_cmd = [sys.executable, "-m", "scope_app", *child_flags(app_main.build_parser(), args)]
     probe_cmd = [
         sys.executable,
         "-m",
         "scope_probe",
-        *_flags(_PROBE_FLAGS, raw),
+        *child_flags(probe_main.build_parser(), args),
         local_app_peer(args.bus),
         *args.peers,
     ]
@@ -106,14 +94,42 @@ def run_both(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0 if stopping else max(abs(code) for code in codes) or 1
 
 
+def launch_script() -> Path:
+    """launch.sh: a checkout's own, beside the scripts/build-image.sh that builds the image when it is
+    missing (an editable install, as scripts/run.sh makes); else the copy installed with this package,
+    which runs an image built before (or named by SCOPE_IMAGE)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent
+    if (checkout / "launch.sh").is_file() and (checkout / "scripts" / "build-image.sh").is_file():
+        return checkout / "launch.sh"
+    return package / "launch.sh"
+
+
+def run_launch_script(argv: Sequence[str]) -> int:
+    """`scope launch ...` and `scope stop` become `launch.sh launch ...` and `launch.sh stop`, in place of
+    this process (signals and the exit code are the script's)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        print("scope: bash is needed to run launch.sh", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    env.setdefault("SCOPE_LAUNCH_AS", "scope")
+    # The image's wheels are built by a host Python of the image's minor version: this one, which has pip.
+    env.setdefault("SCOPE_PYTHON", sys.executable)
+    os.execve(bash, [bash, str(launch_script()), *argv], env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scope",
-        usage="scope [FLAGS] [PEER ...] | scope app [FLAGS] | scope probe [FLAGS] [PEER ...]",
+        usage="scope [FLAGS] [PEER ...] | scope app [FLAGS] | scope probe [FLAGS] [PEER ...]\n"
+        "       scope launch [FLAGS] [PEER ...] | scope launch --service-token=TOKEN | scope stop",
         description="A live map of this host's containers, processes and connections. "
         "Without a command: run a probe and an app on this host (UI on :4040), the probe also "
         "publishing to any PEER given. `scope app --help` and `scope probe --help` describe "
-        "running one alone.",
+        "running one alone. `scope launch` runs both in a container named weavescope (privileged, in the "
+        "host's network and PID namespaces; FLAGS and PEERs as here) and `scope stop` removes it; "
+        "`--service-token` (a probe for the hosted service) is refused until that service exists.",
     )
     parser.add_argument("--version", action="version", version=f"scope {__version__}")
     probe_main.add_probe_flags(parser)
@@ -127,5 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return app_main.main(argv[1:])
     if argv[:1] == ["probe"]:
         return probe_main.main(argv[1:])
-    args = build_parser().parse_args(argv)
-    return run_both(args, argv)
+    if argv[:1] and argv[0] in LAUNCH_COMMANDS:
+        return run_launch_script(argv)
+    return run_both(build_parser().parse_args(argv))

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# THE test command: installs what the tests need, starts a Docker engine if none answers, builds the test
-# images, then runs tox (ruff check, ruff format --check, mypy, pytest). Exits non-zero if anything failed,
-# including a pytest run that collected no tests (exit 5). A dockerd it started is stopped at the end.
+# THE test command: installs what the tests need (Debian packages, and the project with its test tools in
+# its own virtual environment .venv: scripts/install-deps.sh), starts a Docker engine if none answers, builds
+# the test images, then runs tox from .venv (ruff check, ruff format --check, mypy, pytest). Exits non-zero if
+# anything failed, including a pytest run that collected no tests (exit 5). A dockerd it started is stopped
+# at the end. Each phase's duration is printed as it ends and again in the summary.
 #
-# Usage: sudo scripts/test.sh [PYTEST_ARGS...]       e.g. sudo scripts/test.sh tests/test_fixtures.py -x
+# Usage: scripts/test.sh [PYTEST_ARGS...]     as root; e.g. scripts/test.sh tests/test_fixtures.py -x
 # Env:   SCOPE_TOX_ENVS=lint,type,py311   which tox environments to run (default: all)
 #        SCOPE_KEEP_DOCKERD=1             leave a dockerd this run started running
 set -euo pipefail
@@ -11,7 +13,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$SCOPE_REPO_ROOT"
 
-[[ "$(id -u)" -eq 0 ]] || die "the tests need root (network namespaces, dockerd, conntrack): sudo $0"
+[[ "$(id -u)" -eq 0 ]] || die "the tests need root (network namespaces, dockerd, conntrack): run $0 as root"
 
 ARTIFACTS="$SCOPE_REPO_ROOT/artifacts"
 TOX_JSON="$ARTIFACTS/tox-result.json"
@@ -19,23 +21,7 @@ JUNIT="$ARTIFACTS/junit.xml"
 mkdir -p "$ARTIFACTS"
 rm -f "$TOX_JSON" "$JUNIT"
 
-declare -a PHASES=()
-now_ms() { date +%s%3N; }
-since() { # since START_MS: elapsed seconds with one decimal
-    local ms=$(($(now_ms) - $1))
-    printf '%d.%d' $((ms / 1000)) $((ms % 1000 / 100))
-}
 T0="$(now_ms)"
-phase() { # phase NAME CMD...: runs CMD, records "NAME  seconds  status"
-    local name="$1" start rc=0
-    shift
-    start="$(now_ms)"
-    log "---- $name"
-    "$@" || rc=$?
-    PHASES+=("$(printf '%-14s %8ss  %s' "$name" "$(since "$start")" \
-        "$([[ $rc -eq 0 ]] && echo ok || echo "FAILED (exit $rc)")")")
-    return "$rc"
-}
 
 STARTED_DOCKERD=0
 summary() {
@@ -46,10 +32,12 @@ summary() {
     fi
     echo
     echo "==================================== summary ===================================="
-    local line
-    for line in "${PHASES[@]}"; do echo "  $line"; done
+    print_phases "  "
+    # The summary's scripts need only the standard library: the venv's python, or any python3 before it exists.
+    local python=python3
+    if [[ -x "$SCOPE_VENV/bin/python" ]]; then python="$SCOPE_VENV/bin/python"; fi
     if [[ -f "$TOX_JSON" ]]; then
-        python3 - "$TOX_JSON" <<'PY'
+        "$python" - "$TOX_JSON" <<'PY'
 import json, sys
 envs = json.load(open(sys.argv[1])).get("testenvs", {})
 for name, env in envs.items():
@@ -67,7 +55,7 @@ PY
     if [[ $rc -eq 0 ]]; then echo "RESULT: all checks passed"; else echo "RESULT: FAILED (exit $rc)"; fi
     if [[ -f "$JUNIT" ]]; then
         # Last line in the form CI reads: "pytest: N passed, N failed, N skipped".
-        python3 - "$JUNIT" <<'PY'
+        "$python" - "$JUNIT" <<'PY'
 import sys
 import xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
@@ -87,5 +75,5 @@ phase install-deps bash scripts/install-deps.sh
 if ! docker_answers; then STARTED_DOCKERD=1; fi
 phase dockerd bash scripts/dockerd.sh start
 phase test-images bash scripts/test-images.sh
-phase tox python3 -m tox run -e "${SCOPE_TOX_ENVS:-lint,type,py311}" --result-json "$TOX_JSON" \
+phase tox "$SCOPE_VENV/bin/python" -m tox run -e "${SCOPE_TOX_ENVS:-lint,type,py311}" --result-json "$TOX_JSON" \
     -- --junitxml="$JUNIT" "$@"

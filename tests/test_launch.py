@@ -1,5 +1,6 @@
 """./launch.sh: scope (probe and app) in one container named `weavescope`, from the image that
-scripts/build-image.sh builds; `--service-token` is refused until the hosted service exists.
+scripts/build-image.sh builds; `--service-token` is refused until the hosted service exists. The installed
+`scope` command does the same as `scope launch` and `scope stop`, the original's commands.
 
 Real engine, real image. The first run on a machine builds the Debian base image with debootstrap (about two
 minutes); after that, the build is skipped in a second, or takes seconds when the sources changed.
@@ -15,12 +16,14 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -32,6 +35,9 @@ from tests.fixtures.ports import free_port
 from tests.fixtures.scope import Scope, wait_for
 
 LAUNCH = REPO_ROOT / "launch.sh"
+#: The two ways to run the launch commands: the script, and the console script installed beside this Python.
+LAUNCH_SH = ("bash", str(LAUNCH))
+SCOPE_COMMAND = (str(Path(sys.executable).parent / "scope"),)
 BUILD_IMAGE = REPO_ROOT / "scripts" / "build-image.sh"
 CONTAINER_NAME = "weavescope"
 IMAGE = os.environ.get("SCOPE_IMAGE", "scope-local/scope:latest")
@@ -40,9 +46,11 @@ LOCK_PATH = "/tmp/scope-test-launch.lock"
 BUILD_TIMEOUT = 1200
 
 
-def run_launch(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_launch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, command: Sequence[str] = LAUNCH_SH
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(LAUNCH), *args],
+        [*command, *args],
         env=env if env is not None else clean_env(),
         capture_output=True,
         text=True,
@@ -153,11 +161,12 @@ def launch_lock() -> Iterator[None]:
 
 @pytest.fixture
 def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[Any]:
-    """Factory: `launch(*peers)` runs `./launch.sh launch PEER...` on free loopback ports; always stopped."""
+    """Factory: `launch(*peers)` runs `./launch.sh launch PEER...` (or with `command=SCOPE_COMMAND`,
+    `scope launch PEER...`) on free loopback ports; always stopped."""
     remove_test_weavescope(docker_client)
     started: list[Launched] = []
 
-    def start(*args: str) -> Launched:
+    def start(*args: str, command: Sequence[str] = LAUNCH_SH) -> Launched:
         http_port, bus_port = free_port(), free_port()
         env = clean_env(
             SCOPE_LISTEN=f"127.0.0.1:{http_port}",
@@ -170,7 +179,7 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
             # Labelled like the fixtures' containers, so a dead session's leftover is removed on the next run.
             SCOPE_DOCKER_ARGS=f"--label {TEST_LABEL}=1 --label {PID_LABEL}={os.getpid()}",
         )
-        result = run_launch("launch", *args, env=env)
+        result = run_launch("launch", *args, env=env, command=command)
         launched = Launched(http_port, bus_port, env, result)
         started.append(launched)
         return launched
@@ -262,11 +271,44 @@ def test_launch_runs_probe_and_app_in_one_container(
     assert "not running" in idle.stderr
 
 
+@pytest.mark.docker
+@pytest.mark.root
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_scope_launch_and_scope_stop_as_the_original_has_them(launch: Any, docker_client: Any) -> None:
+    assert os.access(SCOPE_COMMAND[0], os.X_OK), f"{SCOPE_COMMAND[0]} is not installed (pip install -e .)"
+    launched: Launched = launch(command=SCOPE_COMMAND)
+    assert launched.result.returncode == 0, launched.result.stdout + launched.result.stderr
+    assert f"UI and API: http://localhost:{launched.http_port}/" in launched.result.stderr
+
+    container = docker_client.containers.get(CONTAINER_NAME)
+    assert container.status == "running"
+    assert container.image.tags and IMAGE in container.image.tags
+    env = container.attrs["Config"]["Env"]
+    assert f"SCOPE_LISTEN=127.0.0.1:{launched.http_port}" in env
+    assert not any(e.startswith(("SCOPE_LAUNCH_AS=", "SCOPE_PYTHON=")) for e in env), "scope's own stay out"
+    assert launched.api("/api")["version"] == __version__
+
+    again = run_launch("launch", env=launched.env, command=SCOPE_COMMAND)
+    assert again.returncode != 0
+    assert "stop it first with: scope stop" in again.stderr
+
+    stopped = run_launch("stop", env=launched.env, command=SCOPE_COMMAND)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.containers.get(CONTAINER_NAME)
+    with pytest.raises(urllib.error.URLError):
+        launched.api("/api")
+    idle = run_launch("stop", env=launched.env, command=SCOPE_COMMAND)
+    assert idle.returncode == 0
+    assert "not running" in idle.stderr
+
+
+@pytest.mark.parametrize("command", [LAUNCH_SH, SCOPE_COMMAND], ids=["launch.sh", "scope"])
 @pytest.mark.parametrize(
     "args", [["--service-token=x"], ["--service-token", "x"], ["--service-token=x", "127.0.0.1:4030"]]
 )
-def test_service_token_is_refused_until_the_service_exists(args: list[str]) -> None:
-    result = run_launch("launch", *args, timeout=30)
+def test_service_token_is_refused_until_the_service_exists(args: list[str], command: Sequence[str]) -> None:
+    result = run_launch("launch", *args, timeout=30, command=command)
     assert result.returncode != 0
     assert "the hosted service is not available yet" in result.stderr
 

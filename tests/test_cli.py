@@ -1,0 +1,95 @@
+"""The `scope` command: flags given to it reach the app and the probe it starts (their names come from the
+children's own parsers), and its help names every command the original's users type.
+`scope launch` and `scope stop` are tested with launch.sh in tests/test_launch.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+
+from scope.cli import build_parser, child_flags
+from scope_app import main as app_main
+from scope_common import __version__
+from scope_probe import main as probe_main
+from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.scope import Scope, ScopeProcess, wait_for
+
+
+def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
+    args = build_parser().parse_args(
+        [
+            "--listen=127.0.0.1:4999",
+            "--window=1m30s",
+            "--allowed-origins=http://example.test",
+            "--spy-interval=250ms",
+            "--conntrack=off",
+            "--reverse-dns=on",
+            "--weave-dns-name=",
+            "--weave-port=5000",
+            "--log-level=debug",
+            "peer.example:4031",
+        ]
+    )
+    for child in (app_main.build_parser(), probe_main.build_parser()):
+        flags = child_flags(child, args)
+        declared = {action.dest for action in child._actions if action.option_strings and action.dest != "help"}
+        assert {flag.split("=", 1)[0].removeprefix("--").replace("-", "_") for flag in flags} == declared
+        # The child reads back exactly what scope parsed: durations, switches, ports and empty values alike.
+        reread = child.parse_args(flags)
+        assert {dest: getattr(reread, dest) for dest in declared} == {dest: getattr(args, dest) for dest in declared}
+    assert args.window == 90 and args.conntrack is False and args.weave_dns_name == ""
+
+
+def test_scope_runs_an_app_and_a_probe_that_publishes_to_it_and_to_peers(scope: Scope) -> None:
+    peer = scope.app()
+    http_port, bus_port = free_port(), free_port()
+    both = ScopeProcess(
+        "scope-both",
+        [
+            sys.executable,
+            "-m",
+            "scope",
+            f"--listen=127.0.0.1:{http_port}",
+            f"--bus=127.0.0.1:{bus_port}",
+            "--hostname=cli-test-host",
+            "--spy-interval=500ms",
+            "--publish-interval=500ms",
+            "--weave-dns-name=",
+            "--reverse-dns=off",
+            "--conntrack=off",
+            peer.bus,
+        ],
+    )
+    try:
+        wait_for_port("127.0.0.1", http_port, timeout=20)
+        app = f"http://127.0.0.1:{http_port}"
+
+        def probes_at(url: str) -> list[str]:
+            with urllib.request.urlopen(url + "/api/probes", timeout=10) as response:
+                return [probe["hostname"] for probe in json.load(response)]
+
+        wait_for(lambda: "cli-test-host" in probes_at(app), timeout=15, what="scope's probe in its own app")
+        wait_for(lambda: "cli-test-host" in probes_at(peer.url), timeout=15, what="scope's probe in the peer app")
+        # Ctrl-C or SIGTERM stops both children, and that is a clean exit.
+        assert both.terminate(signal.SIGINT) == 0, both.log()
+    finally:
+        both.terminate()
+
+
+def test_help_names_the_original_commands_and_every_child_flag() -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", "scope", "--help"], capture_output=True, text=True, timeout=30, check=True
+    )
+    for words in ("scope launch [FLAGS] [PEER ...]", "scope launch --service-token=TOKEN", "scope stop", "scope app"):
+        assert words in helped.stdout
+    for child in (app_main.build_parser(), probe_main.build_parser()):
+        for action in child._actions:
+            for option in action.option_strings:
+                assert option in helped.stdout
+    version = subprocess.run(
+        [sys.executable, "-m", "scope", "--version"], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert version.stdout.strip() == f"scope {__version__}"
