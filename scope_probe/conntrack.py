@@ -8,6 +8,13 @@ port (`-p 8080:80`) is answered by the container, and the edge goes to the conta
 
 A flow is reported from when its handshake completes until LINGER_SECONDS after it closed, so a client
 that connects once a second draws a steady edge rather than one that blinks.
+
+Lingering makes container addresses treacherous: the engine gives a removed container's IP to the next
+one it starts, and an ended flow of the old one would be drawn from the new one by whoever looks the
+address up now. So each end of a flow belongs to the container that held its address when the flow was
+first seen (`AddressClaims`, kept by the Docker reporter), and is reported with that container as its
+parent. A flow whose container was removed, or whose address another container holds by now, is
+dropped: it can only ever be drawn wrong.
 """
 
 from __future__ import annotations
@@ -22,8 +29,20 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from scope_common.report import ADDR, CONNTRACKED, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
+from scope_common import ids
+from scope_common.report import (
+    ADDR,
+    CONNTRACKED,
+    CONTAINER,
+    ENDPOINT,
+    PORT,
+    REVERSE_DNS,
+    EdgeMetadata,
+    Node,
+    Report,
+)
 from scope_probe.addresses import AddressScopes
+from scope_probe.claims import AddressClaims, Claim
 from scope_probe.reporter import ProbeContext, Reporter, Wake
 from scope_probe.resolver import ReverseResolver
 
@@ -104,12 +123,16 @@ class _Flow:
     client: Address
     server: Address
     ended: float | None  # monotonic time it closed, None while open
+    seen: float  # wall clock time it was first seen, for finding who held its addresses then
+    client_claim: Claim | None = None
+    server_claim: Claim | None = None
 
 
 class ConntrackReporter(Reporter):
     """Endpoints joined by the TCP connections conntrack saw open, NAT undone, lingering a while.
 
-    With a `resolver`, remote (unscoped) endpoints carry their reverse DNS name once it is known.
+    With a `resolver`, remote (unscoped) endpoints carry their reverse DNS name once it is known. With
+    `claims`, ends on container addresses carry the container that held the address at the time.
     """
 
     name = "conntrack"
@@ -123,8 +146,10 @@ class ConntrackReporter(Reporter):
         max_flows: int = MAX_FLOWS,
         binary: str = "conntrack",
         resolver: ReverseResolver | None = None,
+        claims: AddressClaims | None = None,
     ) -> None:
         self._resolver = resolver
+        self._claims = claims
         self._scopes = scopes or AddressScopes(ctx.host_id)
         self._proc_root = ctx.proc_root
         self._linger = linger
@@ -187,14 +212,24 @@ class ConntrackReporter(Reporter):
 
     def report(self, now: float) -> Report:
         """Client endpoints with an edge to each server they connected to; the servers too."""
-        cutoff = time.monotonic() - self._linger
+        mono = time.monotonic()
+        cutoff = mono - self._linger
+        claimed = self._claims.addresses() if self._claims is not None else frozenset()
         counts: dict[Address, dict[Address, int]] = {}
+        owners: dict[Address, str] = {}
         with self._lock:
-            for key in [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]:
-                del self._flows[key]
+            gone = [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]
+            if claimed:
+                gone += [k for k, f in self._flows.items() if not self._attribute(f, claimed, mono)]
+            for key in gone:
+                self._flows.pop(key, None)
             for flow in self._flows.values():
                 servers = counts.setdefault(flow.client, {})
                 servers[flow.server] = servers.get(flow.server, 0) + 1
+                if flow.client_claim is not None:
+                    owners[flow.client] = flow.client_claim.container_id
+                if flow.server_claim is not None:
+                    owners[flow.server] = flow.server_claim.container_id
         report = Report()
         node_ids: dict[Address, str] = {}
 
@@ -210,18 +245,59 @@ class ConntrackReporter(Reporter):
                 facts[REVERSE_DNS] = self._resolver.lookup(address.addr)
             return facts
 
+        def parents(address: Address) -> dict[str, list[str]] | None:
+            owner = owners.get(address)
+            return {CONTAINER: [ids.container_id(owner)]} if owner is not None else None
+
         all_servers: set[Address] = set()
         for client, servers in counts.items():
             edges = {node_id(server): EdgeMetadata(connection_count=n) for server, n in servers.items()}
             report.add(
                 Node.build(
-                    node_id(client), ENDPOINT, timestamp=now, latest=latest(client), adjacency=edges, edges=edges
+                    node_id(client),
+                    ENDPOINT,
+                    timestamp=now,
+                    latest=latest(client),
+                    adjacency=edges,
+                    edges=edges,
+                    parents=parents(client),
                 )
             )
             all_servers.update(servers)
         for server in all_servers:
-            report.add(Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server)))
+            report.add(
+                Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server), parents=parents(server))
+            )
         return report
+
+    def _attribute(self, flow: _Flow, claimed: frozenset[str], mono: float) -> bool:
+        """Find the containers that held the flow's addresses when it was first seen (again, should a
+        claim have changed since: an end learnt late). False when the flow must be dropped: its container
+        was removed, or another container holds the address by now. A flow whose container stopped has
+        ended, whatever conntrack says (a killed container's connections may never see a FIN)."""
+        assert self._claims is not None
+        claims = self._claims
+        for address, is_client in ((flow.client, True), (flow.server, False)):
+            if address.addr not in claimed:
+                continue
+            claim = flow.client_claim if is_client else flow.server_claim
+            if claim is None or not claim.covers(flow.seen):
+                claim = claims.owner(address.addr, flow.seen)
+                if is_client:
+                    flow.client_claim = claim
+                else:
+                    flow.server_claim = claim
+            if claim is None:
+                continue
+            if claims.removed(claim.container_id):
+                return False
+            if claim.end is not None:
+                holder = claims.holder(address.addr)
+                if holder is not None and holder != claim.container_id:
+                    return False
+                if flow.ended is None:
+                    flow.ended = mono
+        return True
 
     # ------------------------------------------------------------------------------- flow table
 
@@ -234,13 +310,19 @@ class ConntrackReporter(Reporter):
         closing = event.kind == "destroy" or event.state in _CLOSING
         with self._lock:
             flow = self._flows.get(key)
+            if flow is not None and flow.ended is not None and not closing:
+                # The same addresses and ports again, after the old connection closed: a new connection,
+                # maybe from another container that got the address since.
+                del self._flows[key]
+                flow = None
             if flow is None:
                 # Only connections that were answered count: a SYN to a closed port is not an edge.
                 # One first seen closing in a dump or a destroy event closed at an unknown time, maybe
                 # long before the probe started: leave it out.
                 if not (event.assured or event.state == "ESTABLISHED") or (closing and event.kind != "update"):
                     return False
-                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None)
+                seen = time.time() - (time.monotonic() - mono)
+                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None, seen)
                 if len(self._flows) > self._max_flows:
                     self._flows.popitem(last=False)
                     self._dropped += 1

@@ -12,8 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from scope_common.report import ADDR, CONNTRACKED, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
+from scope_common import ids
+from scope_common.report import ADDR, CONNTRACKED, CONTAINER, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
 from scope_probe.addresses import AddressScopes
+from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import Address, ConntrackReporter, FlowEvent, parse_flow
 from scope_probe.reporter import ProbeContext
 from scope_probe.resolver import ReverseResolver
@@ -62,10 +64,17 @@ def new_reporter(
     max_flows: int = 50_000,
     binary: str = "conntrack",
     resolver: ReverseResolver | None = None,
+    claims: AddressClaims | None = None,
 ) -> ConntrackReporter:
     ctx = ProbeContext(host_id=HOST, probe_id="probe")
     return ConntrackReporter(
-        ctx, AddressScopes(HOST), linger=linger, max_flows=max_flows, binary=binary, resolver=resolver
+        ctx,
+        AddressScopes(HOST),
+        linger=linger,
+        max_flows=max_flows,
+        binary=binary,
+        resolver=resolver,
+        claims=claims,
     )
 
 
@@ -333,3 +342,60 @@ def test_remote_endpoints_get_reverse_dns_names(weavedns: DnsServer) -> None:
         assert REVERSE_DNS not in client.latest, "local addresses are not looked up"
     finally:
         resolver.stop()
+
+
+CLIENT_ID = f"{HOST};172.17.0.3;56110"
+SERVER_ID = f"{HOST};172.17.0.2;80"
+
+
+def owners(reporter: ConntrackReporter) -> dict[str, tuple[str, ...]]:
+    """Endpoint id -> the containers the report names as its parent."""
+    return {node.id: node.parents.get(CONTAINER, ()) for node in reporter.report(time.time()).nodes(ENDPOINT).values()}
+
+
+def test_flows_belong_to_the_container_that_held_the_address_when_they_were_seen() -> None:
+    claims = AddressClaims()
+    reporter = new_reporter(claims=claims)
+    wall = time.time()
+    claims.claim("172.17.0.2", "web", wall - 100)
+    claims.claim("172.17.0.3", "old", wall - 100)
+    handle(reporter, ESTABLISHED, time.monotonic() - 5)
+    handle(reporter, FIN_WAIT, time.monotonic() - 4)
+    assert owners(reporter) == {CLIENT_ID: (ids.container_id("old"),), SERVER_ID: (ids.container_id("web"),)}
+
+    # The old client stops: its ended flow lingers, still its own.
+    claims.release("172.17.0.3", "old", wall - 2)
+    assert owners(reporter)[CLIENT_ID] == (ids.container_id("old"),)
+    # Another container gets the address: the old flow goes rather than become the new one's.
+    claims.claim("172.17.0.3", "new", wall - 1)
+    assert owners(reporter) == {}
+
+    # The same addresses and ports again, now: a new connection, the new container's.
+    handle(reporter, ESTABLISHED, time.monotonic())
+    assert owners(reporter)[CLIENT_ID] == (ids.container_id("new"),)
+    # A removed container's flows go with it.
+    claims.remove("new", time.time())
+    assert owners(reporter) == {}
+
+
+def test_a_flow_seen_before_its_container_was_known_is_attributed_once_it_is() -> None:
+    """The engine's start event may be handled after conntrack saw the container's first connection."""
+    claims = AddressClaims()
+    reporter = new_reporter(claims=claims)
+    handle(reporter, ESTABLISHED, time.monotonic())
+    assert owners(reporter) == {CLIENT_ID: (), SERVER_ID: ()}
+    claims.claim("172.17.0.3", "client", time.time() - 1)  # its start time, learnt late
+    assert owners(reporter)[CLIENT_ID] == (ids.container_id("client"),)
+
+
+def test_an_open_flow_of_a_stopped_container_ends() -> None:
+    """A killed container's connections may never show a FIN to conntrack: its stop ends them."""
+    claims = AddressClaims()
+    reporter = new_reporter(linger=0.5, claims=claims)
+    claims.claim("172.17.0.3", "client", time.time() - 10)
+    handle(reporter, ESTABLISHED, time.monotonic())
+    assert CLIENT_ID in owners(reporter)
+    claims.release("172.17.0.3", "client", time.time())
+    assert CLIENT_ID in owners(reporter), "it lingers like any ended flow"
+    time.sleep(0.6)
+    assert CLIENT_ID not in owners(reporter)
