@@ -21,7 +21,7 @@ from scope_probe import main as probe_main
 
 log = logging.getLogger("scope")
 
-_APP_FLAGS = ("listen", "bus", "window", "allowed_origins", "log_level")
+_APP_FLAGS = ("listen", "bus", "window", "allowed_origins", "log_http", "log_level")
 _PROBE_FLAGS = (
     "hostname",
     "spy_interval",

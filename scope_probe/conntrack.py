@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 from scope_common import ids
 from scope_common.report import (
@@ -56,6 +57,12 @@ BACKOFF_MAX = 10.0
 HEALTHY_RUN_SECONDS = 60.0
 #: Netlink receive buffer asked of conntrack, so bursts of events are not lost.
 BUFFER_BYTES = 8 << 20
+#: Events lost this soon after the initial dump are the dump racing the event stream: expected, and
+#: mended by the next dump like any other loss, but not worth a warning.
+STARTUP_GRACE_SECONDS = 5.0
+#: After lost events the table is dumped again, but not more often than this on a host losing them
+#: all the time.
+MIN_RESYNC_SECONDS = 5.0
 
 #: TCP states of a connection that was open and is closing or closed.
 _CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
@@ -163,6 +170,14 @@ class ConntrackReporter(Reporter):
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._following = threading.Event()
+        self._losses = 0
+        self._loss_warned = False
+
+    @property
+    def losses(self) -> int:
+        """Times conntrack said it lost events (ENOBUFS), each mended by dumping the table again."""
+        with self._lock:
+            return self._losses
 
     @property
     def dropped(self) -> int:
@@ -343,7 +358,7 @@ class ConntrackReporter(Reporter):
 
     def _follow(self, path: str) -> None:
         """Run `conntrack -E` (then dump the table, so nothing open is missed) until stopped; restart it
-        with backoff when it dies or loses events."""
+        with backoff when it dies."""
         backoff = BACKOFF_FIRST
         last_reason = ""
         while not self._stopping.is_set():
@@ -365,7 +380,12 @@ class ConntrackReporter(Reporter):
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _run_once(self, path: str) -> str:
-        """One life of the event stream; returns why it ended."""
+        """One life of the event stream; returns why it ended.
+
+        A thread reads the stream from the start, while the table is dumped: left unread, the pipe
+        would fill, conntrack would stop reading netlink, and the kernel would drop events (ENOBUFS).
+        Lost events do not end the stream (conntrack goes on); the table is dumped again instead.
+        """
         argv = [path, "-E", "-p", "tcp", "-e", "NEW,UPDATE,DESTROY", "-b", str(BUFFER_BYTES)]
         try:
             # Its own session: a Ctrl-C in the terminal is the probe's to handle; the tool is stopped
@@ -380,6 +400,10 @@ class ConntrackReporter(Reporter):
             )
         except OSError as exc:
             return f"cannot run {path}: {exc}"
+        assert proc.stdout is not None
+        lines: queue.SimpleQueue[tuple[str, float] | None] = queue.SimpleQueue()
+        reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), name="conntrack-read", daemon=True)
+        reader.start()
         with self._lock:
             self._proc = proc
         try:
@@ -388,15 +412,29 @@ class ConntrackReporter(Reporter):
             dump_error = self._dump(path)
             if dump_error:
                 return dump_error
+            followed_at = dumped_at = time.monotonic()
             self._following.set()
-            assert proc.stdout is not None
             last_other = ""
-            for line in proc.stdout:
+            resync_due = False
+            while True:
+                if resync_due and time.monotonic() - dumped_at >= MIN_RESYNC_SECONDS:
+                    dump_error = self._dump(path)
+                    if dump_error:
+                        return dump_error
+                    dumped_at, resync_due = time.monotonic(), False
+                try:
+                    item = lines.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                line, mono = item
                 event = parse_flow(line)
                 if event is not None:
-                    self.handle(event, time.monotonic())
+                    self.handle(event, mono)
                 elif any(marker in line for marker in _LOST_EVENTS):
-                    return "events lost: " + line.strip()
+                    self._note_loss(at_startup=mono - followed_at < STARTUP_GRACE_SECONDS)
+                    resync_due = True
                 elif line.strip():
                     last_other = line.strip()
             return f"conntrack exited with {proc.wait()}" + (f": {last_other}" if last_other else "")
@@ -411,8 +449,19 @@ class ConntrackReporter(Reporter):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            reader.join(timeout=5)
+            proc.stdout.close()
+
+    def _note_loss(self, *, at_startup: bool) -> None:
+        """Count lost events; warn of the first loss that the start-up race does not explain."""
+        with self._lock:
+            self._losses += 1
+            warn = not at_startup and not self._loss_warned
+            self._loss_warned = self._loss_warned or warn
+        if warn:
+            log.warning("conntrack: events lost (ENOBUFS); the table is dumped again, connections may be missed")
+        else:
+            log.debug("conntrack: events lost (ENOBUFS%s); dumping the table again", " at start" if at_startup else "")
 
     def _dump(self, path: str) -> str:
         """Load the flows open now (`conntrack -L`), streamed; an error message, or "" on success."""
@@ -440,3 +489,14 @@ class ConntrackReporter(Reporter):
             return f"conntrack -L exited with {proc.returncode}: {error}"
         self._end_missing(seen, mono)
         return ""
+
+
+def _read_lines(stream: IO[str], lines: queue.SimpleQueue[tuple[str, float] | None]) -> None:
+    """Queue every line of `stream` with the monotonic time it was read, then None at its end."""
+    try:
+        for line in stream:
+            lines.put((line, time.monotonic()))
+    except (OSError, ValueError):
+        pass  # closed under us: the stream is being stopped
+    finally:
+        lines.put(None)
