@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import queue
 import threading
 import time
@@ -337,6 +338,8 @@ class DockerReporter(Reporter):
         if history.files is None:
             history.files = self._cgroups.find(c.pid, c.id)
             if history.files is None:
+                if not _alive(self._ctx.proc_root, c.pid):
+                    return  # it stopped since the mirror saw it running: its cgroup went with it
                 if not self._cgroup_missing_logged:
                     self._cgroup_missing_logged = True
                     log.warning(
@@ -755,6 +758,16 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{s // 3600 // 24 // 365} years"
+
+
+def _alive(proc_root: str, pid: int) -> bool:
+    """Whether a process is there and not a zombie (a container's ends before the engine says so)."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat")) as f:
+            state = f.read().rpartition(")")[2].split()[:1]
+    except OSError:
+        return False
+    return state not in (["Z"], ["X"])
 
 
 def _event_time(event: Mapping[str, Any]) -> float:
