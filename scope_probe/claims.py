@@ -91,13 +91,18 @@ class AddressClaims:
                     found = held
             return found
 
-    def holder(self, addr: str) -> str | None:
-        """The container holding `addr` now, if any."""
+    def current(self, addr: str) -> Claim | None:
+        """The claim on `addr` that has not ended, if any (the latest, should an end have been missed)."""
         with self._lock:
             for held in reversed(self._by_addr.get(addr, ())):
                 if held.end is None:
-                    return held.container_id
+                    return held
             return None
+
+    def holder(self, addr: str) -> str | None:
+        """The container holding `addr` now, if any."""
+        held = self.current(addr)
+        return held.container_id if held is not None else None
 
     def addresses(self) -> frozenset[str]:
         """Every address with a claim: the only ones worth asking `owner` about."""

@@ -288,8 +288,9 @@ class ConntrackReporter(Reporter):
     def _attribute(self, flow: _Flow, claimed: frozenset[str], mono: float) -> bool:
         """Find the containers that held the flow's addresses when it was first seen (again, should a
         claim have changed since: an end learnt late). False when the flow must be dropped: its container
-        was removed, or another container holds the address by now. A flow whose container stopped has
-        ended, whatever conntrack says (a killed container's connections may never see a FIN)."""
+        was removed, or another container holds the address by now, or took it after the flow was seen by
+        nobody's claim. A flow whose container stopped has ended, whatever conntrack says (a killed
+        container's connections may never see a FIN)."""
         assert self._claims is not None
         claims = self._claims
         for address, is_client in ((flow.client, True), (flow.server, False)):
@@ -303,6 +304,11 @@ class ConntrackReporter(Reporter):
                 else:
                     flow.server_claim = claim
             if claim is None:
+                # Seen when no container we know of held the address; one holding it since must not
+                # inherit it (the app would, by the address).
+                held = claims.current(address.addr)
+                if held is not None and held.start > flow.seen:
+                    return False
                 continue
             if claims.removed(claim.container_id):
                 return False

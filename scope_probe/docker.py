@@ -88,6 +88,10 @@ CHANGE_ACTIONS = frozenset(
 )
 #: Network event actions that change a container's addresses; the container is inspected again.
 NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
+#: A container's process runs (and may connect) a moment before the engine stamps its start time, and
+#: its addresses were given out before that: its claims start this much earlier. Safe, since a claim
+#: never starts before the end of the address's previous one (claims.py).
+CLAIM_SLACK_SECONDS = 1.0
 #: The list of containers is compared with the mirror this often, in case an event went missing.
 RESYNC_SECONDS = 10.0
 BACKOFF_FIRST = 0.5
@@ -570,8 +574,8 @@ class DockerReporter(Reporter):
     def _update_claims(self, old: _Container | None, new: _Container, pending: _Pending) -> None:
         """Record the addresses `new` gained and lost since `old` (None: first seen).
 
-        A container that (re)started claims its addresses from its start time; one connected to a network
-        while running, from the event. A stopped container let go of them when it exited; one
+        A container that (re)started claims its addresses from its start time (less CLAIM_SLACK_SECONDS);
+        one connected to a network while running, from the event. A stopped container let go of them when it exited; one
         disconnected, at the latest event (an end too early would leave its last connections to no one,
         and so to whoever the app finds holding the address)."""
         restarted = old is None or old.started != new.started
@@ -585,7 +589,7 @@ class DockerReporter(Reporter):
                 end = pending.last
             for ip in set(old.ips) - (set(new.ips) & kept):
                 self.claims.release(ip, new.id, end)
-        start = new.started if restarted and new.started is not None else pending.first
+        start = new.started - CLAIM_SLACK_SECONDS if restarted and new.started is not None else pending.first
         for ip in set(new.ips) - kept:
             self.claims.claim(ip, new.id, start)
 

@@ -73,6 +73,16 @@ def _edge(app: App, client: Any, server: Any) -> bool:
     return node is not None and _node_id(server) in node["adjacency"]
 
 
+def _endpoints(app: App, addr: str) -> dict[str, Any]:
+    """What the merged report says of the endpoints on `addr`: for a failure message."""
+    found: dict[str, Any] = app.get("/api/report")["endpoint"]
+    return {
+        node_id: {"parents": node["parents"], "adjacency": node["adjacency"], "latest": sorted(node["latest"])}
+        for node_id, node in found.items()
+        if f";{addr};" in node_id
+    }
+
+
 @pytest.mark.docker
 @pytest.mark.root
 @pytest.mark.parametrize(
@@ -96,13 +106,16 @@ def test_a_container_on_a_reused_ip_never_shows_the_removed_ones_edges(
 
     old.remove(force=True)
     new = containers.run("sleep 300", name="new", **network.at(client, 20))
-    assert containers.ip(new, network.name) == f"{network.prefix}.20"
+    reused = f"{network.prefix}.20"
+    assert containers.ip(new, network.name) == reused
     wait_for(lambda: _node_id(new) in app.nodes("containers"), timeout=10, what="the new container in the view")
 
     deadline = time.monotonic() + WATCH_SECONDS
     while time.monotonic() < deadline:
         nodes = app.nodes("containers")
         assert _node_id(old) not in nodes
-        assert _node_id(server) not in nodes[_node_id(new)]["adjacency"], "the new container got the old one's edge"
+        assert _node_id(server) not in nodes[_node_id(new)]["adjacency"], (
+            f"the new container got the old one's edge; endpoints on the address: {_endpoints(app, reused)}"
+        )
         assert _node_id(new) not in nodes[_node_id(server)]["adjacency"]
         time.sleep(0.2)

@@ -416,6 +416,17 @@ def test_a_flow_seen_before_its_container_was_known_is_attributed_once_it_is() -
     assert owners(reporter)[CLIENT_ID] == (ids.container_id("client"),)
 
 
+def test_a_flow_seen_while_nobody_held_the_address_is_not_the_next_holders() -> None:
+    claims = AddressClaims()
+    reporter = new_reporter(claims=claims)
+    claims.claim("172.17.0.3", "old", time.time() - 100)
+    claims.release("172.17.0.3", "old", time.time() - 10)
+    handle(reporter, ESTABLISHED, time.monotonic() - 5)
+    assert owners(reporter)[CLIENT_ID] == (), "nobody's, as far as the probe knows"
+    claims.claim("172.17.0.3", "new", time.time() - 1)
+    assert owners(reporter) == {}, "dropped: the app would give it to the new holder by its address"
+
+
 def test_an_open_flow_of_a_stopped_container_ends() -> None:
     """A killed container's connections may never show a FIN to conntrack: its stop ends them."""
     claims = AddressClaims()

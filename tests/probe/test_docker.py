@@ -38,7 +38,7 @@ from scope_common.report import (
     MEMORY_USAGE,
     Node,
 )
-from scope_probe.docker import DockerReporter, human_duration
+from scope_probe.docker import CLAIM_SLACK_SECONDS, DockerReporter, human_duration
 from scope_probe.reporter import ProbeContext
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port
@@ -331,7 +331,7 @@ def test_addresses_are_claimed_while_held(reporter: tuple[DockerReporter, Wakes]
     claim = claims.owner(ip, time.time())
     assert claim is not None
     started = datetime.fromisoformat(sleeper.attrs["State"]["StartedAt"]).timestamp()
-    assert abs(claim.start - started) < 0.01, "claimed from the container's start"
+    assert claim.start == started - CLAIM_SLACK_SECONDS, "claimed from (just before) the container's start"
 
     network = containers.client.networks.create(containers.prefix + "net")
     try:
