@@ -8,10 +8,11 @@ import importlib.util
 import logging
 import secrets
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import tornado.httpserver
+import tornado.log
 import tornado.web
 import zmq.asyncio
 
@@ -22,7 +23,7 @@ from scope_app.render import Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
-from scope_common.config import env_flag, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port
 from scope_common.delta import NodeKey
 from scope_common.report import Report
 
@@ -30,6 +31,31 @@ log = logging.getLogger("scope.app")
 
 #: Browsers send nothing big; the limit stops a client from making the app buffer a huge frame.
 WEBSOCKET_MAX_MESSAGE = 64 * 1024
+#: A websocket is pinged this often and closed when the pong is this late, so a browser that vanished
+#: without closing is noticed. Tornado wants the timeout no longer than the interval.
+WEBSOCKET_PING_INTERVAL = 10.0
+WEBSOCKET_PING_TIMEOUT = WEBSOCKET_PING_INTERVAL
+
+
+def request_logger(log_http: bool) -> Callable[[tornado.web.RequestHandler], None]:
+    """Tornado's access log at DEBUG (INFO with `--log-http`): a UI polling the API makes a line a second,
+    which buries everything else. Server errors are logged whatever the setting."""
+    quiet = logging.INFO if log_http else logging.DEBUG
+
+    def log_request(handler: tornado.web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = logging.ERROR if status >= 500 else quiet
+        if tornado.log.access_log.isEnabledFor(level):
+            request = handler.request
+            tornado.log.access_log.log(
+                level,
+                "%d %s %.2fms",
+                status,
+                handler._request_summary(),
+                1000.0 * request.request_time(),
+            )
+
+    return log_request
 
 
 def static_dir() -> str:
@@ -43,7 +69,9 @@ def static_dir() -> str:
 class ScopeApp:
     """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
 
-    def __init__(self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset(), *, log_http: bool = False
+    ) -> None:
         self.app_id = secrets.token_hex(8)
         self.renderer = Renderer()
         self.hub = FeedHub(self.renderer)
@@ -66,8 +94,9 @@ class ScopeApp:
                     {"path": static_dir(), "default_filename": "index.html"},
                 ),
             ],
-            websocket_ping_interval=10,
-            websocket_ping_timeout=30,
+            websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
+            websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
+            log_function=request_logger(log_http),
             websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
             compress_response=True,
         )
@@ -115,6 +144,7 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
+    env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-    app = ScopeApp(bus_endpoint(args.bus), args.window, origins)
+    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, log_http=args.log_http)
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
     log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)

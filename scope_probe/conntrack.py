@@ -8,22 +8,42 @@ port (`-p 8080:80`) is answered by the container, and the edge goes to the conta
 
 A flow is reported from when its handshake completes until LINGER_SECONDS after it closed, so a client
 that connects once a second draws a steady edge rather than one that blinks.
+
+Lingering makes container addresses treacherous: the engine gives a removed container's IP to the next
+one it starts, and an ended flow of the old one would be drawn from the new one by whoever looks the
+address up now. So each end of a flow belongs to the container that held its address when the flow was
+first seen (`AddressClaims`, kept by the Docker reporter), and is reported with that container as its
+parent. A flow whose container was removed, or whose address another container holds by now, is
+dropped: it can only ever be drawn wrong.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
-from scope_common.report import ADDR, CONNTRACKED, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
+from scope_common import ids
+from scope_common.report import (
+    ADDR,
+    CONNTRACKED,
+    CONTAINER,
+    ENDPOINT,
+    PORT,
+    REVERSE_DNS,
+    EdgeMetadata,
+    Node,
+    Report,
+)
 from scope_probe.addresses import AddressScopes
+from scope_probe.claims import AddressClaims, Claim
 from scope_probe.reporter import ProbeContext, Reporter, Wake
 from scope_probe.resolver import ReverseResolver
 
@@ -37,6 +57,12 @@ BACKOFF_MAX = 10.0
 HEALTHY_RUN_SECONDS = 60.0
 #: Netlink receive buffer asked of conntrack, so bursts of events are not lost.
 BUFFER_BYTES = 8 << 20
+#: Events lost this soon after the initial dump are the dump racing the event stream: expected, and
+#: mended by the next dump like any other loss, but not worth a warning.
+STARTUP_GRACE_SECONDS = 5.0
+#: After lost events the table is dumped again, but not more often than this on a host losing them
+#: all the time.
+MIN_RESYNC_SECONDS = 5.0
 
 #: TCP states of a connection that was open and is closing or closed.
 _CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
@@ -104,12 +130,16 @@ class _Flow:
     client: Address
     server: Address
     ended: float | None  # monotonic time it closed, None while open
+    seen: float  # wall clock time it was first seen, for finding who held its addresses then
+    client_claim: Claim | None = None
+    server_claim: Claim | None = None
 
 
 class ConntrackReporter(Reporter):
     """Endpoints joined by the TCP connections conntrack saw open, NAT undone, lingering a while.
 
-    With a `resolver`, remote (unscoped) endpoints carry their reverse DNS name once it is known.
+    With a `resolver`, remote (unscoped) endpoints carry their reverse DNS name once it is known. With
+    `claims`, ends on container addresses carry the container that held the address at the time.
     """
 
     name = "conntrack"
@@ -123,8 +153,10 @@ class ConntrackReporter(Reporter):
         max_flows: int = MAX_FLOWS,
         binary: str = "conntrack",
         resolver: ReverseResolver | None = None,
+        claims: AddressClaims | None = None,
     ) -> None:
         self._resolver = resolver
+        self._claims = claims
         self._scopes = scopes or AddressScopes(ctx.host_id)
         self._proc_root = ctx.proc_root
         self._linger = linger
@@ -138,6 +170,14 @@ class ConntrackReporter(Reporter):
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen[str] | None = None
         self._following = threading.Event()
+        self._losses = 0
+        self._loss_warned = False
+
+    @property
+    def losses(self) -> int:
+        """Times conntrack said it lost events (ENOBUFS), each mended by dumping the table again."""
+        with self._lock:
+            return self._losses
 
     @property
     def dropped(self) -> int:
@@ -187,14 +227,24 @@ class ConntrackReporter(Reporter):
 
     def report(self, now: float) -> Report:
         """Client endpoints with an edge to each server they connected to; the servers too."""
-        cutoff = time.monotonic() - self._linger
+        mono = time.monotonic()
+        cutoff = mono - self._linger
+        claimed = self._claims.addresses() if self._claims is not None else frozenset()
         counts: dict[Address, dict[Address, int]] = {}
+        owners: dict[Address, str] = {}
         with self._lock:
-            for key in [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]:
-                del self._flows[key]
+            gone = [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]
+            if claimed:
+                gone += [k for k, f in self._flows.items() if not self._attribute(f, claimed, mono)]
+            for key in gone:
+                self._flows.pop(key, None)
             for flow in self._flows.values():
                 servers = counts.setdefault(flow.client, {})
                 servers[flow.server] = servers.get(flow.server, 0) + 1
+                if flow.client_claim is not None:
+                    owners[flow.client] = flow.client_claim.container_id
+                if flow.server_claim is not None:
+                    owners[flow.server] = flow.server_claim.container_id
         report = Report()
         node_ids: dict[Address, str] = {}
 
@@ -210,18 +260,65 @@ class ConntrackReporter(Reporter):
                 facts[REVERSE_DNS] = self._resolver.lookup(address.addr)
             return facts
 
+        def parents(address: Address) -> dict[str, list[str]] | None:
+            owner = owners.get(address)
+            return {CONTAINER: [ids.container_id(owner)]} if owner is not None else None
+
         all_servers: set[Address] = set()
         for client, servers in counts.items():
             edges = {node_id(server): EdgeMetadata(connection_count=n) for server, n in servers.items()}
             report.add(
                 Node.build(
-                    node_id(client), ENDPOINT, timestamp=now, latest=latest(client), adjacency=edges, edges=edges
+                    node_id(client),
+                    ENDPOINT,
+                    timestamp=now,
+                    latest=latest(client),
+                    adjacency=edges,
+                    edges=edges,
+                    parents=parents(client),
                 )
             )
             all_servers.update(servers)
         for server in all_servers:
-            report.add(Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server)))
+            report.add(
+                Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server), parents=parents(server))
+            )
         return report
+
+    def _attribute(self, flow: _Flow, claimed: frozenset[str], mono: float) -> bool:
+        """Find the containers that held the flow's addresses when it was first seen (again, should a
+        claim have changed since: an end learnt late). False when the flow must be dropped: its container
+        was removed, or another container holds the address by now, or took it after the flow was seen by
+        nobody's claim. A flow whose container stopped has ended, whatever conntrack says (a killed
+        container's connections may never see a FIN)."""
+        assert self._claims is not None
+        claims = self._claims
+        for address, is_client in ((flow.client, True), (flow.server, False)):
+            if address.addr not in claimed:
+                continue
+            claim = flow.client_claim if is_client else flow.server_claim
+            if claim is None or not claim.covers(flow.seen):
+                claim = claims.owner(address.addr, flow.seen)
+                if is_client:
+                    flow.client_claim = claim
+                else:
+                    flow.server_claim = claim
+            if claim is None:
+                # Seen when no container we know of held the address; one holding it since must not
+                # inherit it (the app would, by the address).
+                held = claims.current(address.addr)
+                if held is not None and held.start > flow.seen:
+                    return False
+                continue
+            if claims.removed(claim.container_id):
+                return False
+            if claim.end is not None:
+                holder = claims.holder(address.addr)
+                if holder is not None and holder != claim.container_id:
+                    return False
+                if flow.ended is None:
+                    flow.ended = mono
+        return True
 
     # ------------------------------------------------------------------------------- flow table
 
@@ -234,13 +331,19 @@ class ConntrackReporter(Reporter):
         closing = event.kind == "destroy" or event.state in _CLOSING
         with self._lock:
             flow = self._flows.get(key)
+            if flow is not None and flow.ended is not None and not closing:
+                # The same addresses and ports again, after the old connection closed: a new connection,
+                # maybe from another container that got the address since.
+                del self._flows[key]
+                flow = None
             if flow is None:
                 # Only connections that were answered count: a SYN to a closed port is not an edge.
                 # One first seen closing in a dump or a destroy event closed at an unknown time, maybe
                 # long before the probe started: leave it out.
                 if not (event.assured or event.state == "ESTABLISHED") or (closing and event.kind != "update"):
                     return False
-                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None)
+                seen = time.time() - (time.monotonic() - mono)
+                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None, seen)
                 if len(self._flows) > self._max_flows:
                     self._flows.popitem(last=False)
                     self._dropped += 1
@@ -261,7 +364,7 @@ class ConntrackReporter(Reporter):
 
     def _follow(self, path: str) -> None:
         """Run `conntrack -E` (then dump the table, so nothing open is missed) until stopped; restart it
-        with backoff when it dies or loses events."""
+        with backoff when it dies."""
         backoff = BACKOFF_FIRST
         last_reason = ""
         while not self._stopping.is_set():
@@ -283,7 +386,12 @@ class ConntrackReporter(Reporter):
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _run_once(self, path: str) -> str:
-        """One life of the event stream; returns why it ended."""
+        """One life of the event stream; returns why it ended.
+
+        A thread reads the stream from the start, while the table is dumped: left unread, the pipe
+        would fill, conntrack would stop reading netlink, and the kernel would drop events (ENOBUFS).
+        Lost events do not end the stream (conntrack goes on); the table is dumped again instead.
+        """
         argv = [path, "-E", "-p", "tcp", "-e", "NEW,UPDATE,DESTROY", "-b", str(BUFFER_BYTES)]
         try:
             # Its own session: a Ctrl-C in the terminal is the probe's to handle; the tool is stopped
@@ -298,6 +406,10 @@ class ConntrackReporter(Reporter):
             )
         except OSError as exc:
             return f"cannot run {path}: {exc}"
+        assert proc.stdout is not None
+        lines: queue.SimpleQueue[tuple[str, float] | None] = queue.SimpleQueue()
+        reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), name="conntrack-read", daemon=True)
+        reader.start()
         with self._lock:
             self._proc = proc
         try:
@@ -306,15 +418,29 @@ class ConntrackReporter(Reporter):
             dump_error = self._dump(path)
             if dump_error:
                 return dump_error
+            followed_at = dumped_at = time.monotonic()
             self._following.set()
-            assert proc.stdout is not None
             last_other = ""
-            for line in proc.stdout:
+            resync_due = False
+            while True:
+                if resync_due and time.monotonic() - dumped_at >= MIN_RESYNC_SECONDS:
+                    dump_error = self._dump(path)
+                    if dump_error:
+                        return dump_error
+                    dumped_at, resync_due = time.monotonic(), False
+                try:
+                    item = lines.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    break
+                line, mono = item
                 event = parse_flow(line)
                 if event is not None:
-                    self.handle(event, time.monotonic())
+                    self.handle(event, mono)
                 elif any(marker in line for marker in _LOST_EVENTS):
-                    return "events lost: " + line.strip()
+                    self._note_loss(at_startup=mono - followed_at < STARTUP_GRACE_SECONDS)
+                    resync_due = True
                 elif line.strip():
                     last_other = line.strip()
             return f"conntrack exited with {proc.wait()}" + (f": {last_other}" if last_other else "")
@@ -329,8 +455,19 @@ class ConntrackReporter(Reporter):
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            reader.join(timeout=5)
+            proc.stdout.close()
+
+    def _note_loss(self, *, at_startup: bool) -> None:
+        """Count lost events; warn of the first loss that the start-up race does not explain."""
+        with self._lock:
+            self._losses += 1
+            warn = not at_startup and not self._loss_warned
+            self._loss_warned = self._loss_warned or warn
+        if warn:
+            log.warning("conntrack: events lost (ENOBUFS); the table is dumped again, connections may be missed")
+        else:
+            log.debug("conntrack: events lost (ENOBUFS%s); dumping the table again", " at start" if at_startup else "")
 
     def _dump(self, path: str) -> str:
         """Load the flows open now (`conntrack -L`), streamed; an error message, or "" on success."""
@@ -358,3 +495,14 @@ class ConntrackReporter(Reporter):
             return f"conntrack -L exited with {proc.returncode}: {error}"
         self._end_missing(seen, mono)
         return ""
+
+
+def _read_lines(stream: IO[str], lines: queue.SimpleQueue[tuple[str, float] | None]) -> None:
+    """Queue every line of `stream` with the monotonic time it was read, then None at its end."""
+    try:
+        for line in stream:
+            lines.put((line, time.monotonic()))
+    except (OSError, ValueError):
+        pass  # closed under us: the stream is being stopped
+    finally:
+        lines.put(None)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
 import queue
 import threading
 import time
@@ -60,6 +61,7 @@ from scope_common.report import (
 )
 from scope_probe.addresses import AddressScopes
 from scope_probe.cgroup import CgroupFiles, CgroupLocator, read_cpu_usage_ns, read_memory
+from scope_probe.claims import AddressClaims
 from scope_probe.history import MetricHistory
 from scope_probe.reporter import ProbeContext, Reporter, Wake
 
@@ -84,6 +86,12 @@ CHANGE_ACTIONS = frozenset(
         "health_status",
     }
 )
+#: Network event actions that change a container's addresses; the container is inspected again.
+NETWORK_ACTIONS = frozenset({"connect", "disconnect"})
+#: A container's process runs (and may connect) a moment before the engine stamps its start time, and
+#: its addresses were given out before that: its claims start this much earlier. Safe, since a claim
+#: never starts before the end of the address's previous one (claims.py).
+CLAIM_SLACK_SECONDS = 1.0
 #: The list of containers is compared with the mirror this often, in case an event went missing.
 RESYNC_SECONDS = 10.0
 BACKOFF_FIRST = 0.5
@@ -101,8 +109,18 @@ class _Marker(enum.Enum):
     STOP = "stop"
 
 
-#: Work for the worker thread: (action, container id) from the event stream, or a marker.
-_Item = tuple[str, str] | _Marker
+#: Work for the worker thread: (action, container id, event time) from the event stream, or a marker.
+_Item = tuple[str, str, float] | _Marker
+
+
+@dataclass(slots=True)
+class _Pending:
+    """The events of one container since the worker last looked at it: the last action, and the times
+    of the first and last event (wall clock), which bound when its addresses changed."""
+
+    action: str
+    first: float
+    last: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +166,11 @@ class _History:
 
 
 class DockerReporter(Reporter):
-    """Containers (running and stopped) and the images they run, with CPU and memory from cgroups."""
+    """Containers (running and stopped) and the images they run, with CPU and memory from cgroups.
+
+    It also records in `claims` which container held which address when (see claims.py), for the
+    conntrack reporter to attribute connections by the time it saw them.
+    """
 
     name = "docker"
     samples_every_tick = True
@@ -159,8 +181,10 @@ class DockerReporter(Reporter):
         scopes: AddressScopes | None = None,
         *,
         resync_seconds: float = RESYNC_SECONDS,
+        claims: AddressClaims | None = None,
     ) -> None:
         self._ctx = ctx
+        self.claims = claims or AddressClaims()
         self._scopes = scopes or AddressScopes(ctx.host_id)
         self._resync_seconds = resync_seconds
         self._host_node = ids.host_id(ctx.host_id)
@@ -318,6 +342,8 @@ class DockerReporter(Reporter):
         if history.files is None:
             history.files = self._cgroups.find(c.pid, c.id)
             if history.files is None:
+                if not _alive(self._ctx.proc_root, c.pid):
+                    return  # it stopped since the mirror saw it running: its cgroup went with it
                 if not self._cgroup_missing_logged:
                     self._cgroup_missing_logged = True
                     log.warning(
@@ -376,7 +402,7 @@ class DockerReporter(Reporter):
                     self._request(_Marker.RESYNC)  # so the worker drops what it knew
             else:
                 try:
-                    stream = client.events(decode=True, filters={"type": "container"})
+                    stream = client.events(decode=True, filters={"type": ["container", "network"]})
                     with self._lock:
                         self._stream = stream
                     if self._stopping.is_set():
@@ -400,9 +426,17 @@ class DockerReporter(Reporter):
 
     def _on_event(self, event: Mapping[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "").split(":", 1)[0]
-        container = (event.get("Actor") or {}).get("ID") or event.get("id")
-        if action in CHANGE_ACTIONS and isinstance(container, str):
-            self._request((action, container))
+        actor: Mapping[str, Any] = event.get("Actor") or {}
+        if event.get("Type") == "network":
+            if action not in NETWORK_ACTIONS:
+                return
+            container = (actor.get("Attributes") or {}).get("container")
+        elif action in CHANGE_ACTIONS:
+            container = actor.get("ID") or event.get("id")
+        else:
+            return
+        if isinstance(container, str):
+            self._request((action, container, _event_time(event)))
 
     def _work(self) -> None:
         """Worker thread: the only one calling the API for state; applies events and resyncs."""
@@ -422,7 +456,15 @@ class DockerReporter(Reporter):
                 overflowed, self._overflowed = self._overflowed, False
             full = overflowed or _Marker.RESYNC in batch
             periodic = time.monotonic() >= next_resync
-            events = {item[1]: item[0] for item in batch if isinstance(item, tuple)}
+            events: dict[str, _Pending] = {}
+            for item in batch:
+                if isinstance(item, tuple):
+                    action, cid, when = item
+                    pending = events.get(cid)
+                    if pending is None:
+                        events[cid] = _Pending(action, when, when)
+                    else:
+                        pending.action, pending.last = action, max(pending.last, when)
             # A client kept from before an engine restart may fail once on a dead connection: the
             # second attempt, with a new client, tells that apart from an engine that is gone.
             for attempt in range(2):
@@ -475,30 +517,38 @@ class DockerReporter(Reporter):
             self._fingerprints[cid] = fingerprint
         for cid in set(self._fingerprints) - listed:
             del self._fingerprints[cid]
+        now = time.time()
         with self._lock:
             gone = set(self._containers) - listed
             for cid in gone:
                 del self._containers[cid]
+        # Also those the mirror had forgotten (while the engine did not answer) but that held addresses.
+        for cid in gone | (self.claims.holders() - listed):
+            self.claims.remove(cid, now)
         return changed or bool(gone)
 
-    def _apply_events(self, client: Any, events: Mapping[str, str]) -> bool:
+    def _apply_events(self, client: Any, events: Mapping[str, _Pending]) -> bool:
         changed = False
-        for cid, action in events.items():
+        for cid, pending in events.items():
             # Invalidate the list fingerprint: the next resync inspects it again, in case the list saw
             # it in a state between two events.
             self._fingerprints.pop(cid, None)
-            if action == "destroy":
+            if pending.action == "destroy":
+                self.claims.remove(cid, pending.last)
                 with self._lock:
                     changed = self._containers.pop(cid, None) is not None or changed
             else:
-                changed = self._inspect(client, cid) or changed
+                changed = self._inspect(client, cid, pending) or changed
         return changed
 
-    def _inspect(self, client: Any, cid: str) -> bool:
-        """Inspect one container into the mirror (dropping it if gone); True when that changed it."""
+    def _inspect(self, client: Any, cid: str, pending: _Pending | None = None) -> bool:
+        """Inspect one container into the mirror (dropping it if gone); True when that changed it.
+
+        `pending`: the events that asked for it; None for a resync's look."""
         try:
             info = client.api.inspect_container(cid)
         except docker.errors.NotFound:
+            self.claims.remove(cid, pending.last if pending is not None else time.time())
             with self._lock:
                 return self._containers.pop(cid, None) is not None
         container = _container_from_inspect(info, self._host_node)
@@ -513,10 +563,35 @@ class DockerReporter(Reporter):
                 with self._lock:
                     self._images[image.id] = image
         with self._lock:
-            if self._containers.get(cid) == container:
+            old = self._containers.get(cid)
+            if old == container:
                 return False
             self._containers[cid] = container
-            return True
+        now = time.time()
+        self._update_claims(old, container, pending or _Pending("", now, now))
+        return True
+
+    def _update_claims(self, old: _Container | None, new: _Container, pending: _Pending) -> None:
+        """Record the addresses `new` gained and lost since `old` (None: first seen).
+
+        A container that (re)started claims its addresses from its start time (less CLAIM_SLACK_SECONDS);
+        one connected to a network while running, from the event. A stopped container let go of them when it exited; one
+        disconnected, at the latest event (an end too early would leave its last connections to no one,
+        and so to whoever the app finds holding the address)."""
+        restarted = old is None or old.started != new.started
+        kept = set() if restarted or old is None else set(old.ips)
+        if old is not None:
+            if not new.running and new.finished is not None:
+                end = new.finished
+            elif restarted and new.started is not None:
+                end = new.started if new.finished is None else min(new.finished, new.started)
+            else:
+                end = pending.last
+            for ip in set(old.ips) - (set(new.ips) & kept):
+                self.claims.release(ip, new.id, end)
+        start = new.started - CLAIM_SLACK_SECONDS if restarted and new.started is not None else pending.first
+        for ip in set(new.ips) - kept:
+            self.claims.claim(ip, new.id, start)
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -687,6 +762,25 @@ def human_duration(seconds: float) -> str:
     if hours < 24 * 365 * 2:
         return f"{hours // 24 // 30} months"
     return f"{s // 3600 // 24 // 365} years"
+
+
+def _alive(proc_root: str, pid: int) -> bool:
+    """Whether a process is there and not a zombie (a container's ends before the engine says so)."""
+    try:
+        with open(os.path.join(proc_root, str(pid), "stat")) as f:
+            state = f.read().rpartition(")")[2].split()[:1]
+    except OSError:
+        return False
+    return state not in (["Z"], ["X"])
+
+
+def _event_time(event: Mapping[str, Any]) -> float:
+    """When the engine says an event happened (wall clock); now if it does not say."""
+    nanos = event.get("timeNano")
+    if isinstance(nanos, int) and nanos > 0:
+        return nanos / 1e9
+    seconds = event.get("time")
+    return float(seconds) if isinstance(seconds, int | float) and seconds > 0 else time.time()
 
 
 def _describe(error: BaseException | None) -> str:

@@ -26,6 +26,7 @@ from scope_common.bus import DEFAULT_BUS_PORT
 from scope_common.config import env_flag, on_off, parse_duration, split_host_port
 from scope_common.report import Report, merge_reports
 from scope_probe.addresses import AddressScopes
+from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
 from scope_probe.endpoint import EndpointReporter
@@ -219,14 +220,15 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
     )
     addresses = AddressScopes(ctx.host_id)
     names = ReverseResolver() if args.reverse_dns else None
+    claims = AddressClaims()
     reporters: list[Reporter] = [
         HostReporter(ctx, addresses),
         ProcessReporter(ctx),
         EndpointReporter(ctx, addresses, resolver=names),
-        DockerReporter(ctx, addresses),
+        DockerReporter(ctx, addresses, claims=claims),
     ]
     if args.conntrack:
-        reporters.append(ConntrackReporter(ctx, addresses, linger=args.conntrack_linger, resolver=names))
+        reporters.append(ConntrackReporter(ctx, addresses, linger=args.conntrack_linger, resolver=names, claims=claims))
     resolver = PeerResolver(
         peers,
         weave_name=args.weave_dns_name or None,

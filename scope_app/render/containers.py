@@ -2,7 +2,10 @@
 
 A connection reaches a container by one of three ways, tried in order:
 1. its endpoint belongs to a process, and the process runs in the container (from /proc);
-2. its address is the container's own IP (conntrack saw a connection no process holds any more);
+2. its endpoint names the container as its parent: the probe found the container held the address
+   when conntrack saw the connection (the IP may belong to another container by now, so this beats
+   it, and a parent that is not in the view, a removed container, joins no container at all); else
+   its address is the container's own IP (conntrack saw a connection no process holds any more);
 3. its address is one of the host's and its port one the container publishes (`-p`), for connections
    conntrack saw to a published port.
 An address or published port claimed by two containers joins neither: a wrong edge is worse than none.
@@ -29,6 +32,7 @@ from scope_app.render.group import group_nodes
 from scope_app.render.labels import host_label, host_parent
 from scope_common import ids
 from scope_common.report import (
+    CONTAINER,
     CONTAINER_COMMAND,
     CONTAINER_CREATED,
     CONTAINER_HOSTNAME,
@@ -131,6 +135,9 @@ def container_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
     """The container (or a host's uncontained pseudo node) an endpoint belongs to."""
     process = graph.process_of(endpoint)
     if process is None:
+        claimed = endpoint.parents.get(CONTAINER, ())
+        if claimed:
+            return claimed[0] if len(claimed) == 1 else None
         owner_id = graph.claimant(endpoint)
         if owner_id is not None:
             return owner_id

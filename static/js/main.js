@@ -16,12 +16,15 @@ import { NodeStore } from "./store.js";
 import { OPTION_DEFAULTS, UrlState, optionsQuery } from "./state.js";
 import { TableView } from "./table.js";
 
+// The topology list (counts of the other tabs) is fetched again after each push, at most this often,
+// and this often anyway when no push comes.
+const TOPOLOGY_MIN_INTERVAL_MS = 1000;
 const TOPOLOGY_REFRESH_MS = 5000;
 const OPTION_LABELS = {
-  system: { label: "System", title: "System containers and processes (the probe, the app, pause containers)" },
-  stopped: { label: "Stopped", title: "Containers that are not running" },
-  unconnected: { label: "Unconnected", title: "Processes with no connections" },
-  pseudo: { label: "Pseudo", title: "Pseudo nodes: the internet and peers outside the probed hosts" },
+  system: { label: "System", title: "System containers and processes (the probe, the app, pause containers)", hidden: "system containers" },
+  stopped: { label: "Stopped", title: "Containers that are not running", hidden: "stopped containers" },
+  unconnected: { label: "Unconnected", title: "Processes with no connections", hidden: "processes without connections" },
+  pseudo: { label: "Pseudo", title: "Pseudo nodes: the internet and peers outside the probed hosts", hidden: "pseudo nodes (the internet, unknown peers)" },
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -73,6 +76,7 @@ const socket = new TopologySocket({
       graph.apply(store, change);
     }
     refreshNodeLists();
+    scheduleTopologies();
     const selected = url.state.node;
     if (selected) {
       if (change.reset || change.updated.includes(selected) || change.added.includes(selected)) {
@@ -102,19 +106,56 @@ function refreshNodeLists() {
   const empty = store.ready && nodes.length === 0;
   el.empty.hidden = !empty;
   if (empty) {
-    el.empty.innerHTML = filter
-      ? `No nodes match <strong>${escapeHtml(url.state.search)}</strong>`
-      : "Nothing to show in this view yet. Are probes running, or are options hiding everything?";
+    const html = filter ? `No nodes match <strong>${escapeHtml(url.state.search)}</strong>` : emptyViewHtml();
+    // Rewritten only when it changes: a button replaced under the mouse loses its click.
+    if (el.empty.dataset.html !== html) {
+      el.empty.innerHTML = html;
+      el.empty.dataset.html = html;
+    }
   }
+  renderTopologies();
+}
+
+// An empty view says what it shows, what the options hide from it (with a button to show each), and
+// how to get something on the map at all.
+function emptyViewHtml() {
+  const topology = topologies.find((t) => t.id === url.state.topology);
+  const name = topology ? topology.name : url.state.topology;
+  const hidden = optionNamesFor(url.state.topology).filter((option) => url.state.options[option] === "hide");
+  const buttons = hidden
+    .map((option) => `<button type="button" class="show-hidden" data-option="${option}" data-testid="empty-show-${option}">Show ${escapeHtml(OPTION_LABELS[option].hidden)}</button>`)
+    .join("");
+  const hiding = hidden.length
+    ? `<p>Hidden by the options above: ${hidden.map((option) => escapeHtml(OPTION_LABELS[option].hidden)).join(", ")}.</p><p class="empty-actions">${buttons}</p>`
+    : "";
+  return `<p><strong>Nothing in ${escapeHtml(name)} yet.</strong></p>${hiding}<p>Nodes appear as probes report them: start a few containers that talk to each other (a web server and a client fetching from it) and their edges follow within seconds.</p>`;
+}
+
+// The current tab counts the view it holds, so it agrees with the map and the table after every push;
+// the others come from the topology list (their default views), fetched on the same pushes.
+function topologyCount(t) {
+  return formatCount(t.id === url.state.topology && store.ready ? store.size : (t.stats?.node_count ?? ""));
 }
 
 function renderTopologies() {
   const current = url.state.topology;
+  const buttons = [...el.topologies.querySelectorAll("[data-topology]")];
+  if (buttons.length === topologies.length && buttons.every((b, i) => b.dataset.topology === topologies[i].id)) {
+    // Same tabs: update them in place, so a click in progress is not lost to a rebuilt button.
+    buttons.forEach((button, i) => {
+      const active = topologies[i].id === current;
+      button.classList.toggle("active", active);
+      button.setAttribute("aria-pressed", String(active));
+      const count = button.querySelector(".count");
+      const text = topologyCount(topologies[i]);
+      if (count.textContent !== text) count.textContent = text;
+    });
+    return;
+  }
   el.topologies.innerHTML = topologies
     .map((t) => {
-      const count = t.stats?.node_count ?? "";
       const active = t.id === current;
-      return `<button type="button" class="topology${active ? " active" : ""}" data-testid="topology-${escapeHtml(t.id)}" data-topology="${escapeHtml(t.id)}" aria-pressed="${active}"><span class="name">${escapeHtml(t.name)}</span><span class="count" data-testid="topology-count-${escapeHtml(t.id)}">${escapeHtml(formatCount(count))}</span></button>`;
+      return `<button type="button" class="topology${active ? " active" : ""}" data-testid="topology-${escapeHtml(t.id)}" data-topology="${escapeHtml(t.id)}" aria-pressed="${active}"><span class="name">${escapeHtml(t.name)}</span><span class="count" data-testid="topology-count-${escapeHtml(t.id)}">${escapeHtml(topologyCount(t))}</span></button>`;
     })
     .join("");
 }
@@ -191,17 +232,34 @@ function onState(state, prev) {
   if (!prev || state.node !== prev.node || topologyChanged) applySelection(state);
 }
 
+let topologyTimer = 0;
+let topologyFetching = false;
+let topologyFetchedAt = -Infinity;
+
+// Fetch the topology list soon: right away unless one was fetched under TOPOLOGY_MIN_INTERVAL_MS ago
+// or one is on its way (then once it is back).
+function scheduleTopologies() {
+  if (topologyFetching) return;
+  clearTimeout(topologyTimer);
+  const wait = Math.max(0, topologyFetchedAt + TOPOLOGY_MIN_INTERVAL_MS - performance.now());
+  topologyTimer = setTimeout(pollTopologies, wait);
+}
+
 async function pollTopologies() {
+  clearTimeout(topologyTimer);
+  topologyFetching = true;
   try {
     const list = await fetchTopologies();
     topologies = [...list].sort((a, b) => (Number(a.rank) || 0) - (Number(b.rank) || 0));
-    renderTopologies();
+    refreshNodeLists(); // the tabs, and an empty view's text, which names the topology and its options
     renderOptions();
     if (!url.state.topology && topologies.length) url.update({ topology: topologies[0].id }, { push: false });
   } catch (err) {
     console.warn("scope: topology list unavailable", err);
   } finally {
-    setTimeout(pollTopologies, TOPOLOGY_REFRESH_MS);
+    topologyFetching = false;
+    topologyFetchedAt = performance.now();
+    topologyTimer = setTimeout(pollTopologies, TOPOLOGY_REFRESH_MS);
   }
 }
 
@@ -211,12 +269,14 @@ el.topologies.addEventListener("click", (event) => {
   const button = event.target.closest("[data-topology]");
   if (button && button.dataset.topology !== url.state.topology) url.update({ topology: button.dataset.topology, node: "" });
 });
-el.options.addEventListener("click", (event) => {
+function toggleOption(event) {
   const button = event.target.closest("[data-option]");
   if (!button) return;
   const name = button.dataset.option;
   url.update({ options: { [name]: url.state.options[name] === "show" ? "hide" : "show" } });
-});
+}
+el.options.addEventListener("click", toggleOption);
+el.empty.addEventListener("click", toggleOption);
 for (const button of el.viewButtons) button.addEventListener("click", () => url.update({ view: button.dataset.view }));
 
 let searchTimer = 0;

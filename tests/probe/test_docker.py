@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from scope_common.report import (
     MEMORY_USAGE,
     Node,
 )
-from scope_probe.docker import DockerReporter, human_duration
+from scope_probe.docker import CLAIM_SLACK_SECONDS, DockerReporter, human_duration
 from scope_probe.reporter import ProbeContext
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port
@@ -318,3 +319,36 @@ def test_human_duration_words_it_like_docker() -> None:
     assert human_duration(20 * 86400) == "2 weeks"
     assert human_duration(90 * 86400) == "3 months"
     assert human_duration(800 * 86400) == "2 years"
+
+
+@pytest.mark.docker
+def test_addresses_are_claimed_while_held(reporter: tuple[DockerReporter, Wakes], containers: Containers) -> None:
+    """Start, network connect and disconnect, stop and removal each move the container's address claims."""
+    claims = reporter[0].claims
+    sleeper = containers.run("sleep 300", name="sleeper")
+    ip = containers.ip(sleeper)
+    wait_for(lambda: claims.holder(ip) == sleeper.id, what="the address claimed")
+    claim = claims.owner(ip, time.time())
+    assert claim is not None
+    started = datetime.fromisoformat(sleeper.attrs["State"]["StartedAt"]).timestamp()
+    assert claim.start == started - CLAIM_SLACK_SECONDS, "claimed from (just before) the container's start"
+
+    network = containers.client.networks.create(containers.prefix + "net")
+    try:
+        network.connect(sleeper)
+        extra = containers.ip(sleeper, network.name)
+        wait_for(lambda: claims.holder(extra) == sleeper.id, what="the address on the connected network claimed")
+        extra_claim = claims.owner(extra, time.time())
+        assert extra_claim is not None and extra_claim.start > started, "claimed from the connection, not the start"
+        network.disconnect(sleeper)
+        wait_for(lambda: claims.holder(extra) is None, what="the disconnected address let go")
+    finally:
+        network.remove()
+
+    sleeper.kill()
+    wait_for(lambda: claims.holder(ip) is None, what="the address let go at the stop")
+    sleeper.reload()
+    assert claim.end == datetime.fromisoformat(sleeper.attrs["State"]["FinishedAt"]).timestamp()
+    assert not claims.removed(sleeper.id)
+    sleeper.remove()
+    wait_for(lambda: claims.removed(sleeper.id), what="the removal noted")

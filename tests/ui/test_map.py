@@ -439,3 +439,92 @@ def test_connection_status_is_live(ui: UI, stack: Stack) -> None:
     expect(status).to_have_text("live")
     expect(status).to_have_attribute("data-state", "live")
     assert ui.stats()["connection"] == "live"
+
+
+def _tab_count_agrees_js() -> str:
+    """JS: whether the current tab's count is the number of nodes the view holds, at this very moment."""
+    return """() => {
+        const s = window.scopeUI.stats();
+        const tab = document.querySelector(`[data-testid="topology-count-${s.topology}"]`);
+        return tab !== null && Number(tab.textContent.replace(/,/g, "")) === s.totalNodes;
+    }"""
+
+
+def test_tab_counts_follow_the_view_as_containers_start_and_stop(ui: UI, stack: Stack, containers: Containers) -> None:
+    ui.open("containers")
+    ui.wait_nodes(present=stack.node_ids)
+    assert ui.page.evaluate(_tab_count_agrees_js())
+
+    late = containers.run(["sleep", "3600"], name="counted")
+    late_id = ids.container_id(late.id)
+    ui.wait_nodes(present=[late_id])
+    # Checked the moment the node shows, not after some wait: the count comes with the same push.
+    assert ui.page.evaluate(_tab_count_agrees_js()), "the tab count lags the view after a start"
+    late.kill()
+    ui.wait_nodes(absent=[late_id])
+    assert ui.page.evaluate(_tab_count_agrees_js()), "the tab count lags the view after a stop"
+
+    ui.by_id("topology-containers-by-image").click()
+    ui.page.wait_for_function("() => window.scopeUI.stats().topology === 'containers-by-image'")
+    ui.page.wait_for_function("() => window.scopeUI.stats().totalNodes > 0")
+    assert ui.page.evaluate(_tab_count_agrees_js())
+
+
+def test_an_empty_view_says_what_it_hides_and_shows_it_on_request(page: Page, scope: Scope) -> None:
+    app = scope.app()  # no probe: every view is empty
+    ui = UI(page, app)
+    ui.open("containers")
+    empty = ui.by_id("empty-state")
+    expect(empty).to_be_visible()
+    expect(empty).to_contain_text("Nothing in Containers")
+    expect(empty).to_contain_text("stopped containers")
+    expect(empty).to_contain_text("containers that talk to each other")
+    path = screenshot(ui.page, "ui-empty-containers")
+    print(f"empty view: {path}")
+
+    ui.by_id("empty-show-stopped").click()
+    expect(ui.by_id("option-stopped")).to_have_attribute("data-state", "show")
+    expect(ui.by_id("empty-show-stopped")).to_have_count(0)
+    expect(empty).to_contain_text("system containers")
+
+    ui.by_id("topology-processes").click()
+    expect(empty).to_contain_text("Nothing in Processes")
+    expect(ui.by_id("empty-show-unconnected")).to_be_visible()
+    assert not ui.errors, ui.errors
+
+
+def test_default_logs_have_no_warnings_and_no_request_lines(page: Page, scope: Scope, containers: Containers) -> None:
+    """App and probe at their default log level, through a browser session and containers starting and
+    stopping: what they log is for a person to read."""
+    app = scope.app()
+    hostname = f"logs-{secrets.token_hex(3)}"
+    probe = scope.probe([app.bus], hostname=hostname)
+    wait_for(lambda: ids.host_id(hostname) in app.nodes("hosts"), timeout=15, what="the probe's first report")
+    ui = UI(page, app)
+    ui.open("containers")
+
+    web = containers.run(["httpd", "-f", "-p", "80"], name="web")
+    fetch = f"while :; do wget -q -O /dev/null http://{containers.ip(web)}/; sleep 0.3; done"
+    client = containers.run(["sh", "-c", fetch], name="client")
+    ui.wait_nodes(present=[ids.container_id(web.id), ids.container_id(client.id)])
+    ui.by_id("view-table").click()
+    ui.by_id("topology-processes").click()
+    ui.page.wait_for_function("() => window.scopeUI.stats().topology === 'processes'")
+    ui.by_id("topology-containers").click()
+    ui.page.wait_for_function("() => window.scopeUI.stats().topology === 'containers'")
+    client.remove(force=True)
+    ui.wait_nodes(absent=[ids.container_id(client.id)])
+    web.kill()
+    ui.wait_nodes(absent=[ids.container_id(web.id)])
+    time.sleep(2)  # a few more pushes and polls
+    assert not ui.errors, ui.errors
+    page.close()
+
+    for process in (probe, app):
+        process.terminate()
+        lines = process.log().splitlines()
+        loud = [line for line in lines if re.match(r"^\S+ \S+ (WARNING|ERROR|CRITICAL) ", line)]
+        assert not loud, f"{process.name} logged:\n" + "\n".join(loud)
+        requests = [line for line in lines if "tornado.access" in line]
+        assert not requests, f"{process.name} logged requests:\n" + "\n".join(requests[:5])
+        assert lines, f"{process.name} logged nothing at all"
