@@ -19,6 +19,10 @@ from scope_common.report import Report
 log = logging.getLogger(__name__)
 
 
+#: Longer searches are refused: nobody types more, and each distinct one is a view kept in the cache.
+MAX_SEARCH = 200
+
+
 class AppContext:
     """What the handlers read: one per app process."""
 
@@ -71,11 +75,15 @@ class TopologyHandler(ApiHandler):
     def _view(self, topology: str) -> View:
         if topology not in TOPOLOGIES:
             raise tornado.web.HTTPError(404, "unknown topology %r", topology[:60])
+        arguments = {k: self.get_argument(k) for k in self.request.arguments}
+        search = arguments.pop("search", "")
+        if len(search) > MAX_SEARCH:
+            raise tornado.web.HTTPError(400, "search is longer than %d characters", MAX_SEARCH)
         try:
-            options = view_options({k: self.get_argument(k) for k in self.request.arguments})
+            options = view_options(arguments)
         except ValueError as exc:
             raise tornado.web.HTTPError(400, "%s", exc) from None
-        return self.ctx.renderer.view(topology, options)
+        return self.ctx.renderer.view(topology, options, search=search)
 
 
 class NodeHandler(TopologyHandler):

@@ -19,7 +19,7 @@ import zmq.asyncio
 from scope_app.api import AppContext, api_routes, not_found_route
 from scope_app.collector import Collector
 from scope_app.ingest import BusReceiver
-from scope_app.render import Renderer
+from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
@@ -70,10 +70,16 @@ class ScopeApp:
     """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
 
     def __init__(
-        self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset(), *, log_http: bool = False
+        self,
+        bus: str,
+        window: float,
+        allowed_origins: frozenset[str] = frozenset(),
+        *,
+        log_http: bool = False,
+        max_view_nodes: int = MAX_VIEW_NODES,
     ) -> None:
         self.app_id = secrets.token_hex(8)
-        self.renderer = Renderer()
+        self.renderer = Renderer(max_view_nodes)
         self.hub = FeedHub(self.renderer)
         self.collector = Collector(self._merged, window=window)
         self._zmq = zmq.asyncio.Context()
@@ -143,6 +149,13 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--listen", default=f"0.0.0.0:{DEFAULT_HTTP_PORT}", help="HTTP address for the UI and API")
     env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
+    env_flag(
+        group,
+        "--max-view-nodes",
+        default=str(MAX_VIEW_NODES),
+        type=int,
+        help="most nodes a view sends; past it, the most connected (the UI says how many there are)",
+    )
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
     env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
 
@@ -157,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, log_http=args.log_http)
+    app = ScopeApp(
+        bus_endpoint(args.bus), args.window, origins, log_http=args.log_http, max_view_nodes=args.max_view_nodes
+    )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
     log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)

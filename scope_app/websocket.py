@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def view_delta(old: dict[str, Json], new: dict[str, Json]) -> Json:
-    """`{add, update, remove}` turning the node summaries `old` into `new`."""
+    """`{add, update, remove}` turning the node summaries `old` into `new`. Messages also say the
+    view's `total`: how many nodes it had before the cap (MAX_VIEW_NODES) kept the most connected."""
     update = []
     for node_id, summary in new.items():
         before = old.get(node_id)
@@ -77,7 +78,9 @@ class ViewFeed:
 
     def reset_message(self) -> str:
         view = self._renderer.view(self.topology, self.options)
-        return json.dumps({"reset": True, "add": list(view.summaries.values()), "update": [], "remove": []})
+        return json.dumps(
+            {"reset": True, "add": list(view.summaries.values()), "update": [], "remove": [], "total": view.total}
+        )
 
     def add(self, watcher: Watcher) -> None:
         self.catch_up()
@@ -94,6 +97,7 @@ class ViewFeed:
         self._summaries = view.summaries
         if not (delta["add"] or delta["update"] or delta["remove"]):
             return
+        delta["total"] = view.total
         message = json.dumps(delta)
         reset: str | None = None
         for watcher in self.watchers:

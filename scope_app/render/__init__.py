@@ -70,6 +70,10 @@ MAX_CACHED_VIEWS = 64
 STALE_AFTER_COSTS = 3.0
 #: However costly, a view is never served older than this (seconds).
 MAX_STALENESS = 2.0
+#: The most nodes a view sends, by default (`scope app --max-view-nodes`): a browser draws 5,000 in
+#: half a second, and a processes view of a big fleet has hundreds of thousands. Past this a view keeps
+#: the most connected nodes and says how many there were (`View.total`); a search narrows it on the server.
+MAX_VIEW_NODES = 10_000
 
 
 @dataclass
@@ -84,6 +88,8 @@ class View:
     version: int = 0
     rendered_at: float = 0.0
     cost: float = 0.0
+    #: How many nodes matched before the cap (`Renderer.max_view_nodes`) cut the view; len(nodes) if not.
+    total: int = 0
     _summaries: dict[str, Json] | None = field(default=None, repr=False)
     _json: str | None = field(default=None, repr=False)
 
@@ -99,7 +105,8 @@ class View:
         if self._json is None:
             dumps = json.dumps
             body = ",".join(f"{dumps(node_id)}:{node.summary_json()}" for node_id, node in self.nodes.items())
-            self._json = '{"nodes":{' + body + "}}"
+            cut = f',"total":{self.total}' if self.total > len(self.nodes) else ""
+            self._json = '{"nodes":{' + body + "}" + cut + "}"
         return self._json
 
     @property
@@ -152,6 +159,38 @@ class View:
         return {"topologyId": topology, "label": topology.replace("-", " ").capitalize(), "nodes": rows}
 
 
+def matching(nodes: dict[str, RenderedNode], search: str) -> dict[str, RenderedNode]:
+    """The nodes whose labels or metadata values contain `search` (casefolded), with the edges between
+    them."""
+    found = {
+        node_id: node
+        for node_id, node in nodes.items()
+        if search in node.label_major.casefold()
+        or search in node.label_minor.casefold()
+        or any(search in value.casefold() for _, _, value in node.metadata)
+    }
+    return _keep_edges_within(found)
+
+
+def most_connected(nodes: dict[str, RenderedNode], limit: int) -> dict[str, RenderedNode]:
+    """The `limit` nodes with the most edges (either way), ties by id, with the edges between them."""
+    degree = dict.fromkeys(nodes, 0)
+    for node_id, node in nodes.items():
+        degree[node_id] += len(node.edges)
+        for target in node.edges:
+            if target in degree:
+                degree[target] += 1
+    kept = sorted(nodes, key=lambda node_id: (-degree[node_id], node_id))[:limit]
+    return _keep_edges_within({node_id: nodes[node_id] for node_id in kept})
+
+
+def _keep_edges_within(nodes: dict[str, RenderedNode]) -> dict[str, RenderedNode]:
+    for node in nodes.values():
+        if any(target not in nodes for target in node.edges):
+            node.edges = {target: edge for target, edge in node.edges.items() if target in nodes}
+    return nodes
+
+
 def _connection_row(source: RenderedNode, target_id: str, target: RenderedNode | None = None) -> Json:
     edge = source.edges[target_id]
     other = target if target is not None else source
@@ -170,11 +209,12 @@ view_options = ViewOptions.parse
 class Renderer:
     """Caches views of one merged report; `update` moves it to the next report."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_view_nodes: int = MAX_VIEW_NODES) -> None:
         self.version = 0
+        self.max_view_nodes = max_view_nodes
         self._report = Report()
         self._graph: ConnectionGraph | None = None
-        self._views: OrderedDict[tuple[str, ViewOptions], View] = OrderedDict()
+        self._views: OrderedDict[tuple[str, ViewOptions, str], View] = OrderedDict()
         self._clock = time.monotonic
 
     def update(self, report: Report, version: int, changed: Collection[NodeKey] = ()) -> None:
@@ -194,17 +234,18 @@ class Renderer:
             self._graph = ConnectionGraph(self._report)
         return self._graph
 
-    def view(self, topology_id: str, options: ViewOptions, *, max_age: float | None = None) -> View:
+    def view(self, topology_id: str, options: ViewOptions, *, max_age: float | None = None, search: str = "") -> View:
         """The view, rendered now unless the one rendered last is of the current report or younger
         than `max_age` seconds (default: `STALE_AFTER_COSTS` times what rendering it cost, at most
         `MAX_STALENESS`).
 
         Reports arrive all the time in a big fleet, so "rendered for the newest report" would mean
         rendering for every request; a view a few of its own render times old is as good to a person
-        and keeps rendering to a share of the app's time. Raises KeyError for an unknown topology.
+        and keeps rendering to a share of the app's time. `search` keeps the nodes whose labels or
+        metadata contain it (any case). Raises KeyError for an unknown topology.
         """
         topology = TOPOLOGIES[topology_id]
-        key = (topology_id, options)
+        key = (topology_id, options, search.casefold())
         view = self._views.get(key)
         now = self._clock()
         if view is not None:
@@ -213,8 +254,14 @@ class Renderer:
                 self._views.move_to_end(key)
                 return view
         nodes, filtered = topology.render(self.graph, options)
+        if search:
+            nodes = matching(nodes, search.casefold())
+        total = len(nodes)
+        if total > self.max_view_nodes:
+            nodes = most_connected(nodes, self.max_view_nodes)
         done = self._clock()
-        view = self._views[key] = View(topology_id, nodes, filtered, self.graph, self.version, done, done - now)
+        view = View(topology_id, nodes, filtered, self.graph, self.version, done, done - now, total)
+        self._views[key] = view
         self._views.move_to_end(key)
         while len(self._views) > MAX_CACHED_VIEWS:
             self._views.popitem(last=False)
@@ -233,7 +280,7 @@ class Renderer:
                     "rank": rank,
                     "options": [{"id": o, "default": _DEFAULT_OPTIONS.shown(o)} for o in topology.options],
                     "stats": {
-                        "node_count": len(view.nodes),
+                        "node_count": view.total,
                         "edge_count": view.edge_count,
                         "filtered_nodes": view.filtered_nodes,
                     },

@@ -100,8 +100,10 @@ function refreshNodeLists() {
   table.setNodes(nodes);
   const edges = graph.edgeCount();
   const filtered = filter ? ` of ${formatCount(store.size)}` : "";
+  // A view past the app's cap holds its most connected nodes only: say so, with how many there are.
+  const capped = store.total > store.size ? ` (the most connected of ${formatCount(store.total)})` : "";
   el.summary.textContent = store.ready
-    ? `${formatCount(nodes.length)}${filtered} nodes \u00B7 ${formatCount(edges)} edges`
+    ? `${formatCount(nodes.length)}${filtered} nodes${capped} \u00B7 ${formatCount(edges)} edges`
     : "";
   const empty = store.ready && nodes.length === 0;
   el.empty.hidden = !empty;

@@ -5,6 +5,7 @@ export class NodeStore {
   constructor() {
     this.nodes = new Map();
     this.ready = false; // true once the first reset of the current socket arrived
+    this.total = 0; // nodes in the view before the app's cap kept the most connected (>= size)
   }
 
   clear() {
@@ -15,6 +16,7 @@ export class NodeStore {
   // Applies {reset?, add, update, remove}; returns the ids touched, by kind of change.
   apply(message) {
     const change = { reset: Boolean(message.reset), added: [], updated: [], removed: [] };
+    if (typeof message.total === "number") this.total = message.total;
     if (change.reset) {
       const previous = this.nodes;
       this.nodes = new Map();

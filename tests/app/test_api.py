@@ -85,6 +85,7 @@ def test_report_and_probes(app_with_report: App) -> None:
         ("/api/topology/nope", 404, "unknown topology"),
         ("/api/topology/containers/no-such-node", 404, "no node"),
         ("/api/topology/containers?system=maybe", 400, "show or hide"),
+        ("/api/topology/containers?search=" + "x" * 201, 400, "search is longer"),
         ("/api/elsewhere", 404, "no such API route"),
     ],
 )
@@ -93,3 +94,9 @@ def test_errors_are_json_never_tracebacks(app_with_report: App, path: str, statu
     assert code == status
     assert message in body["error"]
     assert "Traceback" not in app_with_report.log()
+
+
+def test_search_narrows_a_view_on_the_server(app_with_report: App) -> None:
+    assert ids.container_id(CONTAINER) in app_with_report.get("/api/topology/containers?search=WEB")["nodes"]
+    assert app_with_report.get("/api/topology/containers?search=busybox")["nodes"], "metadata matches too"
+    assert app_with_report.get("/api/topology/containers?search=nothing-like-it")["nodes"] == {}

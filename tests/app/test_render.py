@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from scope_app.render import Renderer, View, view_options
 from scope_app.render.base import INTERNET_IN, INTERNET_OUT, uncontained_id
 from scope_common import ids
@@ -281,3 +283,35 @@ def test_unknown_options_values_are_refused() -> None:
         assert "show or hide" in str(exc)
     else:
         raise AssertionError("accepted system=maybe")
+
+
+def test_a_view_past_the_cap_keeps_the_most_connected_nodes_and_says_how_many_there_were() -> None:
+    report = Report()
+    _host(report, "h1", "10.0.0.1/24")
+    server = _process(report, "h1", 1, "db")
+    clients = [_process(report, "h1", pid, f"client{pid}") for pid in range(2, 7)]
+    for port, client in enumerate(clients[:2], start=5000):
+        _connect(report, ("h1", "127.0.0.1", port), ("h1", "127.0.0.1", 5432), client, server)
+    renderer = Renderer(max_view_nodes=3)
+    renderer.update(report, 1)
+    view = renderer.view("processes", view_options({"unconnected": "show"}))
+    assert set(view.nodes) == {server, *clients[:2]}, "the server and its two clients have edges"
+    assert view.total == 6
+    assert json.loads(view.json)["total"] == 6
+    counts = {t["id"]: t["stats"]["node_count"] for t in renderer.topology_list()}
+    assert counts["processes"] == 3, "unconnected processes are hidden by default: three left, all shown"
+
+
+def test_search_keeps_matching_nodes_and_the_edges_between_them() -> None:
+    report = Report()
+    _host(report, "h1", "10.0.0.1/24")
+    server = _process(report, "h1", 1, "postgres")
+    client = _process(report, "h1", 2, "worker")
+    _connect(report, ("h1", "127.0.0.1", 5000), ("h1", "127.0.0.1", 5432), client, server)
+    renderer = Renderer()
+    renderer.update(report, 1)
+    view = renderer.view("processes", view_options({}), search="POST")
+    assert list(view.nodes) == [server]
+    assert view.summaries[server]["adjacency"] == []
+    both = renderer.view("processes", view_options({}), search="h1")
+    assert both.summaries[client]["adjacency"] == [server]

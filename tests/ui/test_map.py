@@ -25,9 +25,10 @@ from playwright.sync_api import Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from scope_common import ids
+from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, HOST_NODE_ID, HOSTNAME, Node, Report
 from tests.fixtures.browser import screenshot
 from tests.fixtures.docker import Containers
-from tests.fixtures.scope import App, Scope, wait_for
+from tests.fixtures.scope import App, ReportSender, Scope, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.browser]
 
@@ -528,3 +529,34 @@ def test_default_logs_have_no_warnings_and_no_request_lines(page: Page, scope: S
         requests = [line for line in lines if "tornado.access" in line]
         assert not requests, f"{process.name} logged requests:\n" + "\n".join(requests[:5])
         assert lines, f"{process.name} logged nothing at all"
+
+
+def test_a_view_past_the_cap_says_it_shows_the_most_connected_of_how_many(page: Page, scope: Scope) -> None:
+    app = scope.app(extra=["--max-view-nodes=2"])
+    report = Report()
+    host = ids.host_id("capped-host")
+    report.add(Node.build(host, "host", latest={HOSTNAME: "capped-host", HOST_NODE_ID: host}))
+    for n in range(4):
+        container = f"{n:x}" * 64
+        report.add(
+            Node.build(
+                ids.container_id(container),
+                "container",
+                latest={
+                    CONTAINER_ID: container,
+                    CONTAINER_NAME: f"c{n}",
+                    CONTAINER_STATE: "running",
+                    HOST_NODE_ID: host,
+                },
+            )
+        )
+    sender = ReportSender(app, host_id="capped-host")
+    try:
+        sender.send_until(report, lambda: app.nodes("containers"))
+        ui = UI(page, app)
+        ui.open("containers")
+        expect(ui.by_id("view-summary")).to_have_text(re.compile(r"^2 nodes \(the most connected of 4\)"))
+        assert app.get("/api/topology/containers")["total"] == 4
+    finally:
+        sender.close()
+    assert not ui.errors, ui.errors
