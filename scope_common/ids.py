@@ -29,6 +29,27 @@ def endpoint_id(scope: str, addr: str, port: int | str) -> str:
     return f"{scope};{addr};{port}"
 
 
+def namespace_scope(host: str, netns: str) -> str:
+    """The scope of an address that means something only inside one network namespace of a host
+    (loopback in a container's namespace), so two containers' 127.0.0.1:80 are two endpoints."""
+    return f"{host}/{netns}"
+
+
+def scope_host(scope: str) -> str:
+    """The host an endpoint scope belongs to ("" for an unscoped address)."""
+    return scope.partition("/")[0]
+
+
+def scoped_address(scope: str, addr: str) -> str:
+    """An address with the scope it means something in, as containers' addresses are reported."""
+    return f"{scope};{addr}"
+
+
+def group_id(name: str, tag: str) -> str:
+    """The id of a view node that groups others by `name` (tag: `image_name`, `process_name`...)."""
+    return f"{name};<{tag}>"
+
+
 def container_id(container: str) -> str:
     return f"{container};{CONTAINER_TAG}"
 

@@ -51,7 +51,7 @@ class AddressScopes:
         if ip is None:
             return self.host_id
         if ip.is_loopback:
-            return f"{self.host_id}/{netns}" if netns else self.host_id
+            return ids.namespace_scope(self.host_id, netns) if netns else self.host_id
         if ip.is_link_local or ip.is_unspecified:
             return self.host_id
         return self.host_id if any(ip in net for net in self._current()[0]) else ""

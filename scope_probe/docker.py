@@ -308,7 +308,9 @@ class DockerReporter(Reporter):
         bridges = self._scopes.bridge_networks()
         known = self._scoped if bridges == self._scoped_bridges else {}
         self._scoped_bridges = bridges
-        self._scoped = {ip: known.get(ip) or f"{self._scopes.scope(ip)};{ip}" for c in containers for ip in c.ips}
+        self._scoped = {
+            ip: known.get(ip) or ids.scoped_address(self._scopes.scope(ip), ip) for c in containers for ip in c.ips
+        }
         return self._scoped
 
     def _sample_metrics(self, containers: Iterable[_Container], now: float) -> dict[str, dict[str, Metric]]:

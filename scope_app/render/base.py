@@ -473,11 +473,11 @@ class ConnectionGraph:
         parsed = self.parse(endpoint.id)
         if parsed is None:
             return None
-        found = self.claims.by_ip(f"{parsed.scope};{parsed.addr}")
+        found = self.claims.by_ip(ids.scoped_address(parsed.scope, parsed.addr))
         if found is not None:
             return found
         # A published port is reached on an address of its host: a host-scoped one, or one of its own.
-        scope_host = parsed.scope.partition("/")[0]
+        scope_host = ids.scope_host(parsed.scope)
         host = ids.host_id(scope_host) if scope_host else self.host_addresses.get(parsed.addr, "")
         return self.claims.by_port(host, parsed.port)
 
@@ -508,7 +508,7 @@ class ConnectionGraph:
         parsed = self.parse(endpoint.id)
         if parsed is None:
             return None
-        scope_host = parsed.scope.partition("/")[0]
+        scope_host = ids.scope_host(parsed.scope)
         host = self.host_addresses.get(parsed.addr)
         if host is not None and (not scope_host or host == ids.host_id(scope_host)):
             return host

@@ -67,11 +67,11 @@ def image_name(container: Node) -> str:
 
 
 def image_group_id(name: str) -> str:
-    return f"{name};<image_name>"
+    return ids.group_id(name, "image_name")
 
 
 def hostname_group_id(name: str) -> str:
-    return f"{name};<container_hostname>"
+    return ids.group_id(name, "container_hostname")
 
 
 def is_system(container: Node) -> bool:

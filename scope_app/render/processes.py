@@ -15,6 +15,7 @@ from scope_app.render.base import (
 )
 from scope_app.render.group import group_nodes
 from scope_app.render.labels import container_label, host_label, host_parent
+from scope_common import ids
 from scope_common.report import CMDLINE, CPU_USAGE, MEMORY_USAGE, NAME, OPEN_FILES, PID, PPID, THREADS, Node
 
 
@@ -67,7 +68,7 @@ def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict
 
 
 def process_name_group_id(name: str) -> str:
-    return f"{name};<process_name>"
+    return ids.group_id(name, "process_name")
 
 
 def render_processes_by_name(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
