@@ -8,7 +8,6 @@ connections between them. Views are cached per merged report, so none of this ru
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import ipaddress
 import json
@@ -119,6 +118,27 @@ class RenderedNode:
     stopped: bool = False
     #: Summaries by adjacency, shared by the copies `cached_node` makes of one built node.
     _memo: dict[tuple[str, ...], tuple[Json, str]] = field(default_factory=dict, repr=False, compare=False)
+
+    def fresh_copy(self) -> RenderedNode:
+        """This node without edges or children, sharing the rest (read-only) and the summary memo."""
+        return RenderedNode(
+            self.id,
+            self.kind,
+            self.label_major,
+            self.label_minor,
+            self.rank,
+            self.shape,
+            self.pseudo,
+            self.metadata,
+            self.detail_metadata,
+            self.metrics,
+            self.parents,
+            {},
+            {},
+            self.system,
+            self.stopped,
+            self._memo,
+        )
 
     def summary(self) -> Json:
         """The JSON every client gets for this node (see docs/design.md, NodeSummary).
@@ -735,12 +755,9 @@ def cached_node(
         cache = graph.rendered[kind] = {}
     hit = cache.get(node_id)
     if hit is not None and hit[0] == inputs:
-        node = copy.copy(hit[1])
-        node.edges = {}
-        node.children = {}
-        return node
+        return hit[1].fresh_copy()
     node = build()
-    cache[node_id] = (inputs, copy.copy(node))
+    cache[node_id] = (inputs, node.fresh_copy())
     return node
 
 
