@@ -68,11 +68,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> float:
 
 
 def has_all(reporter: DockerReporter, ids: list[str]) -> bool:
-    return set(ids) <= set(reporter.container_states())
+    return set(ids) <= set(reporter.mirror.container_states())
 
 
 def is_running(reporter: DockerReporter, container_id: str) -> bool:
-    return reporter.container_states().get(container_id) == "running"
+    return reporter.mirror.container_states().get(container_id) == "running"
 
 
 def ratio(value: float, go: float) -> str:

@@ -38,7 +38,8 @@ from scope_common.report import (
     MEMORY_USAGE,
     Node,
 )
-from scope_probe.docker import CLAIM_SLACK_SECONDS, DockerReporter, human_duration
+from scope_probe.docker import DockerReporter, human_duration
+from scope_probe.docker_engine import CLAIM_SLACK_SECONDS
 from scope_probe.reporter import ProbeContext
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port
@@ -71,7 +72,7 @@ def reporter(docker_client: Any) -> Iterator[tuple[DockerReporter, Wakes]]:
     """A started reporter on the real engine, past its first resync."""
     started, wakes = start_reporter()
     try:
-        wait_for(lambda: started.engine_up, what="the mirror in sync with the engine")
+        wait_for(lambda: started.mirror.engine_up, what="the mirror in sync with the engine")
         yield started, wakes
     finally:
         started.stop()
@@ -97,7 +98,7 @@ def test_running_container_is_reported(reporter: tuple[DockerReporter, Wakes], c
         ports={"80/tcp": ("127.0.0.1", host_port)},
     )
     ip = containers.ip(web)
-    wait_for(lambda: docker_reporter.container_states().get(web.id) == "running", what="the container running")
+    wait_for(lambda: docker_reporter.mirror.container_states().get(web.id) == "running", what="the container running")
     web.reload()
 
     node = container_node(docker_reporter, web.id)
@@ -182,7 +183,7 @@ def test_wake_follows_docker_run_within_seconds(reporter: tuple[DockerReporter, 
 def test_cpu_and_memory_from_cgroups(reporter: tuple[DockerReporter, Wakes], containers: Containers) -> None:
     docker_reporter, _ = reporter
     busy = containers.run(["sh", "-c", "while :; do :; done"], name="busy")
-    wait_for(lambda: docker_reporter.container_states().get(busy.id) == "running", what="the container running")
+    wait_for(lambda: docker_reporter.mirror.container_states().get(busy.id) == "running", what="the container running")
 
     node = None
     for _ in range(4):
@@ -207,10 +208,10 @@ def test_cpu_and_memory_from_cgroups(reporter: tuple[DockerReporter, Wakes], con
 
 
 def test_no_engine_reports_nothing_and_logs_once(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
-    caplog.set_level(logging.INFO, logger="scope_probe.docker")
+    caplog.set_level(logging.INFO, logger="scope_probe.docker_engine")
     docker_reporter, _ = start_reporter(f"unix://{tmp_path}/missing.sock")
     try:
-        wait_for(lambda: docker_reporter.engine_up is False, what="the engine to be found missing")
+        wait_for(lambda: docker_reporter.mirror.engine_up is False, what="the engine to be found missing")
         for _ in range(20):
             report = docker_reporter.report(time.time())
             assert not report.nodes(CONTAINER) and not report.nodes(CONTAINER_IMAGE)
@@ -282,24 +283,24 @@ class SocketProxy:
 def test_engine_appearing_and_going_away(
     containers: Containers, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    caplog.set_level(logging.INFO, logger="scope_probe.docker")
+    caplog.set_level(logging.INFO, logger="scope_probe.docker_engine")
     sleeper = containers.run("sleep 300", name="sleeper")
     proxy = SocketProxy(str(tmp_path / "docker.sock"))
     docker_reporter, _ = start_reporter(f"unix://{proxy.path}")
     try:
-        wait_for(lambda: docker_reporter.engine_up is False, what="the engine to be found missing")
+        wait_for(lambda: docker_reporter.mirror.engine_up is False, what="the engine to be found missing")
         assert not docker_reporter.report(time.time()).nodes(CONTAINER)
 
         proxy.start()
-        wait_for(lambda: docker_reporter.engine_up, timeout=15, what="the engine picked up")
-        assert sleeper.id in docker_reporter.container_states()
+        wait_for(lambda: docker_reporter.mirror.engine_up, timeout=15, what="the engine picked up")
+        assert sleeper.id in docker_reporter.mirror.container_states()
 
         proxy.stop()
-        wait_for(lambda: not docker_reporter.container_states(), timeout=15, what="the containers dropped")
+        wait_for(lambda: not docker_reporter.mirror.container_states(), timeout=15, what="the containers dropped")
         assert not docker_reporter.report(time.time()).nodes(CONTAINER)
 
         proxy.start()
-        wait_for(lambda: sleeper.id in docker_reporter.container_states(), timeout=15, what="the engine back")
+        wait_for(lambda: sleeper.id in docker_reporter.mirror.container_states(), timeout=15, what="the engine back")
     finally:
         docker_reporter.stop()
         proxy.stop()
@@ -324,7 +325,7 @@ def test_human_duration_words_it_like_docker() -> None:
 @pytest.mark.docker
 def test_addresses_are_claimed_while_held(reporter: tuple[DockerReporter, Wakes], containers: Containers) -> None:
     """Start, network connect and disconnect, stop and removal each move the container's address claims."""
-    claims = reporter[0].claims
+    claims = reporter[0].mirror.claims
     sleeper = containers.run("sleep 300", name="sleeper")
     ip = containers.ip(sleeper)
     wait_for(lambda: claims.holder(ip) == sleeper.id, what="the address claimed")
