@@ -22,7 +22,6 @@ from scope_common.report import (
     CONTAINER_NETWORKS,
     CONTAINER_PORTS,
     CONTAINER_STATE_HUMAN,
-    CONTAINER_UPTIME,
     HOST,
     HOST_NODE_ID,
     IMAGE_ID,
@@ -80,7 +79,9 @@ class DockerReporter(Reporter):
         """Nodes from the mirror, stamped `now`: each report is a full snapshot replacing the last one.
 
         The mirror follows the engine's events, so every fact in it holds at `now` as far as anyone can
-        tell; only the uptime and the human-readable state are derived from `now` itself.
+        tell; only the human-readable state is derived from `now` itself. There is no uptime counter: it
+        would change every report and so make every running container a changed node in every delta
+        (scope_common/delta.py); the node carries its start time (CONTAINER_STARTED) instead.
         """
         snapshot = self.mirror.snapshot()
         with self._report_lock:
@@ -119,8 +120,6 @@ def container_node(
     latest: dict[str, object] = dict(c.latest)
     latest[HOST_NODE_ID] = host_node
     latest[CONTAINER_STATE_HUMAN] = _human_state(c, now)
-    if c.running and c.started is not None:
-        latest[CONTAINER_UPTIME] = max(0, int(now - c.started))
     return Node.build(
         ids.container_id(c.id),
         CONTAINER,

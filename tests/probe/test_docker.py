@@ -25,9 +25,9 @@ from scope_common.report import (
     CONTAINER_NETWORKS,
     CONTAINER_PID,
     CONTAINER_PORTS,
+    CONTAINER_STARTED,
     CONTAINER_STATE,
     CONTAINER_STATE_HUMAN,
-    CONTAINER_UPTIME,
     CPU_USAGE,
     HOST_NODE_ID,
     IMAGE_ID,
@@ -109,7 +109,7 @@ def test_running_container_is_reported(reporter: tuple[DockerReporter, Wakes], c
     assert node.get(CONTAINER_STATE) == "running"
     assert (node.get(CONTAINER_STATE_HUMAN) or "").startswith("Up ")
     assert node.get(CONTAINER_PID) == str(web.attrs["State"]["Pid"])
-    assert int(node.get(CONTAINER_UPTIME) or -1) >= 0
+    assert node.get(CONTAINER_STARTED) == web.attrs["State"]["StartedAt"]
     assert node.get(HOST_NODE_ID) == ids.host_id(HOST)
     assert node.get(LABEL_PREFIX + "app") == "shop"
     assert node.get(LABEL_PREFIX + "tier") == "front"
@@ -128,6 +128,21 @@ def test_running_container_is_reported(reporter: tuple[DockerReporter, Wakes], c
 
 
 @pytest.mark.docker
+def test_running_container_facts_stay_the_same_between_reports(
+    reporter: tuple[DockerReporter, Wakes], containers: Containers
+) -> None:
+    """Nothing in a running container's node counts up with time, so delta reports leave it out when it
+    did not change. Only the human-readable state ("Up 3 seconds") follows the clock."""
+    docker_reporter, _ = reporter
+    sleeper = containers.run("sleep 300", name="sleeper")
+    wait_for(lambda: docker_reporter.mirror.container_states().get(sleeper.id) == "running", what="it running")
+    now = time.time()
+    nodes = [docker_reporter.report(when).nodes(CONTAINER)[ids.container_id(sleeper.id)] for when in (now, now + 5)]
+    values = [{k: v for k, (_, v) in node.latest.items() if k != CONTAINER_STATE_HUMAN} for node in nodes]
+    assert values[0] == values[1]
+
+
+@pytest.mark.docker
 def test_stopped_container_is_reported_exited(reporter: tuple[DockerReporter, Wakes], containers: Containers) -> None:
     docker_reporter, _ = reporter
     done = containers.run(["sh", "-c", "exit 3"], name="done")
@@ -142,7 +157,6 @@ def test_stopped_container_is_reported_exited(reporter: tuple[DockerReporter, Wa
     assert node is not None
     assert (node.get(CONTAINER_STATE_HUMAN) or "").startswith("Exited (3) ")
     assert CONTAINER_PID not in node.latest
-    assert CONTAINER_UPTIME not in node.latest
     assert not node.metrics
 
 
