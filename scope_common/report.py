@@ -40,7 +40,6 @@ CONTAINER_CREATED = "docker_container_created"
 CONTAINER_HOSTNAME = "docker_container_hostname"
 CONTAINER_STATE = "docker_container_state"
 CONTAINER_STATE_HUMAN = "docker_container_state_human"
-CONTAINER_UPTIME = "docker_container_uptime"
 CONTAINER_STARTED = "docker_container_started"
 CONTAINER_RESTART_COUNT = "docker_container_restart_count"
 CONTAINER_NETWORK_MODE = "docker_container_network_mode"
@@ -67,7 +66,6 @@ INTEGER_LATEST_KEYS = {
     THREADS: 10,
     OPEN_FILES: 10,
     UPTIME: 10,
-    CONTAINER_UPTIME: 10,
     CONTAINER_PID: 10,
     CONTAINER_RESTART_COUNT: 10,
     IMAGE_SIZE: 15,
