@@ -1,19 +1,21 @@
 """Benchmark (issue 16): one app against a fleet of N probes publishing every 3 s.
 
-    python -m bench.fleet --probes 10,100 [--seconds 60] [--checkout DIR] [--profile real|synthetic]
+    python -m bench.fleet --probes 10,100 [--seconds 90] [--checkout DIR] [--profile real|synthetic]
 
 For each N: a real app process (`python -m scope_app`), and N fake probes (bench/fleet_probes.py: one
 process, one ZeroMQ PUB connection per probe) replaying a real captured report (bench/data/report-50.json)
 or bench.synthetic's host report, with hosts, container ids and addresses rewritten per probe, metrics
 moving and containers replaced every cycle, publishing every 3 s spread evenly. After a warm-up (all N
-hosts in the hosts view), two phases of --seconds/2 each:
+hosts in the hosts view), three phases of --seconds/3 each:
 
 - quiet: nobody asks the app anything; its CPU (% of one core, median of 3 s windows, from /proc/PID/stat)
-  is what the fleet alone costs. Its RSS (max over the whole run, /proc/PID/status).
-- active: one client polls `/api/topology/containers` (at most 10 times a second) and `/api/topology/hosts`
-  (once a second), each request bounded by --timeout, and a websocket watches the containers view. Probe 0
-  swaps in a container with a new name every 2 cycles; freshness is the time from the message carrying it
-  leaving the probe to the name being in an API answer, and in a websocket message.
+  is what the fleet alone costs. Its RSS is the max over the whole run (/proc/PID/status).
+- websocket: a websocket client watches the containers view, as a browser would.
+- polled: one client asks for `/api/topology/containers` (back to back, at most 10 times a second) and
+  `/api/topology/hosts` (once a second), each request bounded by --timeout: the latencies.
+Meanwhile probe 0 swaps in a container with a new name every cycle; freshness is the time from the message
+carrying it leaving the probe to the name being in a websocket message (second phase) or an API answer
+(third phase), waited for up to 10 s past the phase.
 
 `--checkout DIR` runs the app and the fake probes' encoding from DIR (PYTHONPATH=DIR), so the same bench
 measures another design; the fake probes send wire v2 deltas (scope_common.delta.DeltaEncoder) when DIR
@@ -273,13 +275,15 @@ class Row:
     nodes_per_probe: int = 0
     hosts_seen: int = 0
     cpu_quiet: float | None = None
-    cpu_active: float | None = None
+    cpu_ws: float | None = None
+    cpu_polled: float | None = None
     rss: float = 0.0
     containers: list[float] = field(default_factory=list)
     hosts: list[float] = field(default_factory=list)
     fresh_api: list[float] = field(default_factory=list)
     fresh_ws: list[float] = field(default_factory=list)
-    marks: int = 0
+    marks_ws: int = 0
+    marks_api: int = 0
     sent_rate: float = 0.0
     intended_rate: float = 0.0
     behind: float = 0.0
@@ -315,54 +319,36 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
             row.note = f"warm-up: {max(row.hosts_seen, 0)} of {probes} hosts in the view after {args.warmup:.0f} s"
         time.sleep(args.interval)
 
-        half: float = args.seconds / 2
+        third: float = args.seconds / 3
         quiet_start = time.monotonic()
         stats_start = app_stats(app, args.timeout)
-        time.sleep(half)
-        active_start = time.monotonic()
+        time.sleep(third)
         requests = Requests()
-        active_end = active_start + half
-        # Marks sent before the end of the active phase are waited for a little longer, bounded.
-        grace_end = active_end + 10.0
-
-        def pending() -> bool:
-            with senders.lock:
-                sent = [n for n, t in senders.marks.items() if active_start <= t <= active_end]
-            return any(n not in requests.api_seen or n not in requests.ws_seen for n in sent)
-
-        def finished() -> bool:
-            now = time.monotonic()
-            return now >= grace_end or (now >= active_end and not pending())
-
-        def measuring() -> bool:
-            return time.monotonic() < active_end
-
-        threads = [
-            threading.Thread(target=poll, args=(app, args.timeout, finished, requests, measuring), daemon=True),
-            threading.Thread(target=watch, args=(app, finished, requests), daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        time.sleep(half)
+        ws_start, ws_end, ws_marks = phase(
+            senders, third, requests.ws_seen, lambda until, _: watch(app, until, requests)
+        )
+        api_start, api_end, api_marks = phase(
+            senders,
+            third,
+            requests.api_seen,
+            lambda until, measuring: poll(app, args.timeout, until, requests, measuring),
+        )
         stats_end = app_stats(app, args.timeout)
         stats_time = time.monotonic()
-        for thread in threads:
-            thread.join(timeout=grace_end - time.monotonic() + 2 * args.timeout)
 
-        row.cpu_quiet = sampler.cpu(quiet_start, active_start, args.interval)
-        row.cpu_active = sampler.cpu(active_start, active_end, args.interval)
+        row.cpu_quiet = sampler.cpu(quiet_start, ws_start, args.interval)
+        row.cpu_ws = sampler.cpu(ws_start, ws_end, args.interval)
+        row.cpu_polled = sampler.cpu(api_start, api_end, args.interval)
         row.rss = sampler.rss()
         row.containers = requests.latency["containers"]
         row.hosts = requests.latency["hosts"]
         row.errors = requests.errors
-        with senders.lock:
-            marks = {n: t for n, t in senders.marks.items() if active_start <= t <= active_end}
-        row.marks = len(marks)
-        row.fresh_api = [requests.api_seen[n] - t for n, t in marks.items() if n in requests.api_seen]
-        row.fresh_ws = [requests.ws_seen[n] - t for n, t in marks.items() if n in requests.ws_seen]
+        row.marks_ws, row.marks_api = len(ws_marks), len(api_marks)
+        row.fresh_ws = [requests.ws_seen[n] - t for n, t in ws_marks.items() if n in requests.ws_seen]
+        row.fresh_api = [requests.api_seen[n] - t for n, t in api_marks.items() if n in requests.api_seen]
         if requests.ws_error:
             row.note = (row.note + "; " if row.note else "") + f"websocket: {requests.ws_error}"
-        row.sent_rate, row.behind, row.sender_cpu = senders.sent_between(quiet_start, active_end)
+        row.sent_rate, row.behind, row.sender_cpu = senders.sent_between(quiet_start, api_end)
         if "reports_received" in stats_start and "reports_received" in stats_end:
             received = stats_end["reports_received"] - stats_start["reports_received"]
             row.received_rate = received / (stats_time - quiet_start)
@@ -374,6 +360,35 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
             senders.stop()
         app.terminate()
     return row
+
+
+#: How long past the end of a phase its marked changes are waited for.
+GRACE = 10.0
+
+
+def phase(
+    senders: Senders,
+    seconds: float,
+    seen: dict[str, float],
+    run: Callable[[Callable[[], bool], Callable[[], bool]], None],
+) -> tuple[float, float, dict[str, float]]:
+    """Run `run(until, measuring)` in a thread for `seconds`, and past them (up to GRACE) until every
+    marked change sent meanwhile is in `seen`. Returns (start, end, {mark: sent at}) of the phase."""
+    start = time.monotonic()
+    end = start + seconds
+
+    def sent() -> dict[str, float]:
+        with senders.lock:
+            return {name: at for name, at in senders.marks.items() if start <= at <= end}
+
+    def until() -> bool:
+        now = time.monotonic()
+        return now >= end + GRACE or (now >= end and all(name in seen for name in sent()))
+
+    thread = threading.Thread(target=run, args=(until, lambda: time.monotonic() < end), daemon=True)
+    thread.start()
+    thread.join(timeout=seconds + GRACE + 30)
+    return start, end, sent()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -403,6 +418,7 @@ def table(rows: list[Row]) -> Iterator[str]:
         "N",
         "msgs",
         "CPU% quiet",
+        "CPU% ws",
         "CPU% polled",
         "RSS MiB",
         "containers med/p90",
@@ -422,12 +438,13 @@ def table(rows: list[Row]) -> Iterator[str]:
                 str(r.probes),
                 r.kind,
                 "—" if r.cpu_quiet is None else f"{r.cpu_quiet:.0f}",
-                "—" if r.cpu_active is None else f"{r.cpu_active:.0f}",
+                "—" if r.cpu_ws is None else f"{r.cpu_ws:.0f}",
+                "—" if r.cpu_polled is None else f"{r.cpu_polled:.0f}",
                 f"{r.rss:.0f}",
                 latency(r.containers),
                 latency(r.hosts),
-                fresh(r.fresh_api, r.marks),
-                fresh(r.fresh_ws, r.marks),
+                fresh(r.fresh_api, r.marks_api),
+                fresh(r.fresh_ws, r.marks_ws),
                 f"{r.sent_rate:.1f} ({r.intended_rate:.1f})",
                 "—" if r.received_rate is None else f"{r.received_rate:.1f}",
                 f"{r.behind:.1f}s",
@@ -452,7 +469,7 @@ def table(rows: list[Row]) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--probes", default="10,100", help="comma-separated fleet sizes")
-    parser.add_argument("--seconds", type=float, default=60.0, help="measured time per fleet size (two halves)")
+    parser.add_argument("--seconds", type=float, default=90.0, help="measured time per fleet size (three phases)")
     parser.add_argument("--checkout", type=Path, default=REPO, help="the checkout whose app and wire format run")
     parser.add_argument("--profile", choices=["real", "synthetic"], default="real")
     parser.add_argument("--containers", type=int, default=50, help="containers per probe")
