@@ -224,12 +224,12 @@ def poll(
         time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
 
-def watch(app: App, until: Callable[[], bool], requests: Requests) -> None:
+def watch(app: App, until: Callable[[], bool], requests: Requests, connect_timeout: float) -> None:
     """Read the containers view's websocket until `until()`, noting when each marked name first shows."""
 
     async def read() -> None:
         url = f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws"
-        ws = await asyncio.wait_for(tornado.websocket.websocket_connect(url, max_message_size=1 << 30), 10)
+        ws = await asyncio.wait_for(tornado.websocket.websocket_connect(url, max_message_size=1 << 30), connect_timeout)
         try:
             while not until():
                 try:
@@ -325,7 +325,7 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
         time.sleep(third)
         requests = Requests()
         ws_start, ws_end, ws_marks = phase(
-            senders, third, requests.ws_seen, lambda until, _: watch(app, until, requests)
+            senders, third, requests.ws_seen, lambda until, _: watch(app, until, requests, third)
         )
         api_start, api_end, api_marks = phase(
             senders,
@@ -388,6 +388,7 @@ def phase(
     thread = threading.Thread(target=run, args=(until, lambda: time.monotonic() < end), daemon=True)
     thread.start()
     thread.join(timeout=seconds + GRACE + 30)
+    time.sleep(max(0.0, end - time.monotonic()))  # a watcher that gave up early still leaves a whole phase
     return start, end, sent()
 
 
