@@ -5,6 +5,10 @@ containers), the publish tick (default 3 s) gathers the rest (processes, connect
 merged result; gathering those every spy tick would throw two reports in three away. A reporter that
 sees a change between ticks (a container started) wakes the loop, which then refreshes that reporter
 alone and publishes at once.
+
+What goes out is a full report now and then and, in between, a delta: the nodes that changed since the
+previous message (scope_common.delta). An app that subscribes (new, restarted, reconnected) gets a
+full report with the next publish; one that missed a message waits for the next periodic full report.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import zmq
 from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
 from scope_common.config import env_flag, on_off, parse_duration, split_host_port
+from scope_common.delta import DeltaEncoder
 from scope_common.report import Report, merge_reports
 from scope_probe.addresses import AddressScopes
 from scope_probe.conntrack import ConntrackReporter
@@ -52,6 +57,7 @@ class Probe:
         spy_interval: float = 1.0,
         publish_interval: float = 3.0,
         resolve_interval: float = 10.0,
+        full_report_interval: float = 30.0,
         cleanups: Sequence[Callable[[], None]] = (),
     ) -> None:
         self.ctx = ctx
@@ -68,7 +74,12 @@ class Probe:
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
         self._apps: set[str] | None = None
-        self._seq = 0
+        self._encoder = DeltaEncoder(
+            ctx.probe_id,
+            ctx.host_id,
+            __version__,
+            full_every=max(1, round(full_report_interval / publish_interval)),
+        )
         self.failures: dict[str, int] = {}
 
     def wake(self, reporter: str) -> None:
@@ -128,21 +139,15 @@ class Probe:
                     log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
 
     def _publish(self) -> None:
-        self._seq += 1
-        envelope = wire.Envelope(
-            probe_id=self.ctx.probe_id,
-            host_id=self.ctx.host_id,
-            seq=self._seq,
-            sent_at=time.time(),
-            report=merge_reports(self._latest.values()),
-            version=__version__,
-        )
+        if self._publisher.new_subscribers():
+            self._encoder.request_full()
         try:
-            message = wire.encode(envelope)
+            message = self._encoder.encode(merge_reports(self._latest.values()))
         except wire.EncodeError as exc:
             log.error("report not sent: %s", exc)
             return
-        self._publisher.send(message)
+        if not self._publisher.send(message):
+            self._encoder.request_full()  # the next delta would build on a message no app got
 
     def _discover(self) -> None:
         """Re-resolves the apps forever; the main loop applies what it finds (it owns the socket)."""
@@ -185,6 +190,13 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--spy-interval", default="1s", type=parse_duration, help="how often to gather")
     env_flag(group, "--publish-interval", default="3s", type=parse_duration, help="how often to publish")
     env_flag(group, "--resolve-interval", default="10s", type=parse_duration, help="how often to look apps up")
+    env_flag(
+        group,
+        "--full-report-interval",
+        default="30s",
+        type=parse_duration,
+        help="how often to publish a full report rather than what changed (apps that missed one wait this long)",
+    )
     env_flag(
         group,
         "--weave-dns-name",
@@ -242,6 +254,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         spy_interval=args.spy_interval,
         publish_interval=args.publish_interval,
         resolve_interval=args.resolve_interval,
+        full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
     )
 
