@@ -9,6 +9,11 @@ alone and publishes at once.
 What goes out is a full report now and then and, in between, a delta: the nodes that changed since the
 previous message (scope_common.delta). An app that subscribes (new, restarted, reconnected) gets a
 full report with the next publish; one that missed a message waits for the next periodic full report.
+
+A publish on a wake carries what the event changed and nothing else: the other reporters' newer
+reports, and the woken reporter's nodes whose only news is new metric samples or a value that follows
+the clock (an uptime), wait for the next publish tick. On a host where containers come and go all the
+time, every wake would otherwise re-send every container.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
 from scope_common.config import env_flag, on_off, parse_duration, split_host_port
 from scope_common.delta import DeltaEncoder
-from scope_common.report import Report, merge_reports
+from scope_common.report import CONTAINER_STATE_HUMAN, CONTAINER_UPTIME, UPTIME, Node, Report, merge_reports
 from scope_probe.addresses import AddressScopes
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
@@ -42,6 +47,9 @@ from scope_probe.reporter import ProbeContext, Reporter
 from scope_probe.resolver import ReverseResolver
 
 log = logging.getLogger("scope.probe")
+
+#: Latest values that move with the clock rather than with any event: "Up 3 minutes" and uptimes.
+CLOCK_KEYS = frozenset({UPTIME, CONTAINER_UPTIME, CONTAINER_STATE_HUMAN})
 
 
 class Probe:
@@ -69,6 +77,8 @@ class Probe:
         self._resolve_interval = resolve_interval
         self._cleanups = list(cleanups)
         self._latest: dict[str, Report] = {}
+        #: The reports the last message was made of, by reporter.
+        self._sent: dict[str, Report] = {}
         self._woken: set[str] = set()
         self._wake_lock = threading.Lock()
         self._wake_event = threading.Event()
@@ -116,7 +126,7 @@ class Probe:
                 next_spy = _next_tick(next_spy, self._spy_interval, now)
             if now >= next_publish:
                 self._gather([r for r in self._reporters if not r.samples_every_tick])
-                self._publish()
+                self._publish(dict(self._latest))
                 next_publish = _next_tick(next_publish, self._publish_interval, now)
             timeout = max(0.0, min(next_spy, next_publish) - time.monotonic())
             if self._wake_event.wait(timeout):
@@ -125,7 +135,10 @@ class Probe:
                     woken, self._woken = self._woken, set()
                 if woken and not self._stopping.is_set():
                     self._gather([r for r in self._reporters if r.name in woken])
-                    self._publish()
+                    reports = dict(self._sent)
+                    for name in woken & self._latest.keys():
+                        reports[name] = events_only(self._latest[name], self._sent.get(name))
+                    self._publish(reports)
 
     def _gather(self, reporters: Sequence[Reporter]) -> None:
         now = time.time()
@@ -138,14 +151,16 @@ class Probe:
                 if self.failures[reporter.name] in (1, 10, 100) or self.failures[reporter.name] % 1000 == 0:
                     log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
 
-    def _publish(self) -> None:
+    def _publish(self, reports: dict[str, Report]) -> None:
+        """Send the merge of `reports` (by reporter name) as a full report or a delta."""
         if self._publisher.new_subscribers():
             self._encoder.request_full()
         try:
-            message = self._encoder.encode(merge_reports(self._latest.values()))
+            message = self._encoder.encode(merge_reports(reports.values()))
         except wire.EncodeError as exc:
             log.error("report not sent: %s", exc)
             return
+        self._sent = reports
         if not self._publisher.send(message):
             self._encoder.request_full()  # the next delta would build on a message no app got
 
@@ -163,6 +178,35 @@ class Probe:
             apps, self._apps = self._apps, None
         if apps is not None:
             self._publisher.set_apps(apps)
+
+
+def events_only(report: Report, sent: Report | None) -> Report:
+    """`report` with each node that was in `sent` as it was there, unless more than its metrics and
+    clock-following values changed: what a publish on a wake sends, so that its delta holds the nodes
+    the event changed, not every node that has a new sample."""
+    if sent is None:
+        return report
+    result = Report()
+    for topology in report.topologies.values():
+        sent_nodes = sent.nodes(topology.name)
+        for node in topology.nodes.values():
+            previous = sent_nodes.get(node.id)
+            result.add(previous if previous is not None and _same_facts(node, previous) else node)
+    return result
+
+
+def _same_facts(node: Node, previous: Node) -> bool:
+    return (
+        node.sets == previous.sets
+        and node.adjacency == previous.adjacency
+        and node.edges == previous.edges
+        and node.parents == previous.parents
+        and _facts(node) == _facts(previous)
+    )
+
+
+def _facts(node: Node) -> dict[str, str]:
+    return {key: value for key, (_, value) in node.latest.items() if key not in CLOCK_KEYS}
 
 
 def _next_tick(previous: float, interval: float, now: float) -> float:

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from scope_common import wire
+from scope_common import ids, wire
 from scope_common.bus import configure_subscriber
 from scope_probe.publisher import Publisher
+from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port
 from tests.fixtures.scope import Scope, ScopeProcess, start_probe, wait_for
 
@@ -142,3 +143,27 @@ def test_an_app_restarted_on_the_same_port_shows_the_probes_nodes_within_seconds
     processes = restarted.nodes("processes", unconnected="show")
     assert len(processes) > 10, "the full picture, not only what changed since the restart"
     assert time.monotonic() - began < 5
+
+
+def test_a_container_that_starts_is_sent_at_once_without_the_others_new_samples(
+    context: zmq.Context[zmq.Socket[bytes]], probe_on_port: tuple[int, list[ScopeProcess]], containers: Containers
+) -> None:
+    port, probes = probe_on_port
+    subscriber = _subscriber(context, port)
+    running = {ids.container_id(containers.run("sleep 300", name=f"old-{i}").id) for i in range(2)}
+    # No publish tick after the first: every later message is a wake's.
+    extra = ["--publish-interval=1h", "--full-report-interval=10h"]
+    probes.append(start_probe([f"127.0.0.1:{port}"], hostname="wake-host", extra=extra))
+    seen: set[str] = set()
+    while not running <= seen:
+        (envelope,) = _receive(subscriber, 1)
+        seen.update(envelope.report.nodes("container"))
+    time.sleep(2)  # the running containers have new CPU and memory samples, and a longer uptime
+    started = ids.container_id(containers.run("sleep 300", name="new").id)
+    while True:
+        (envelope,) = _receive(subscriber, 1)
+        sent = set(envelope.report.nodes("container"))
+        if started in sent:
+            break
+    assert not envelope.full
+    assert not sent & running, "the wake's message carries what the event changed, not every new sample"
