@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -84,12 +85,11 @@ class Probe:
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
         self._apps: set[str] | None = None
-        self._encoder = DeltaEncoder(
-            ctx.probe_id,
-            ctx.host_id,
-            __version__,
-            full_every=max(1, round(full_report_interval / publish_interval)),
-        )
+        # Full reports are timed here rather than counted by the encoder: a busy Docker engine wakes
+        # the probe many times a minute, and those small messages must not bring the next full one forward.
+        self._encoder = DeltaEncoder(ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize)
+        self._full_report_interval = full_report_interval
+        self._next_full = 0.0
         self.failures: dict[str, int] = {}
 
     def wake(self, reporter: str) -> None:
@@ -153,7 +153,7 @@ class Probe:
 
     def _publish(self, reports: dict[str, Report]) -> None:
         """Send the merge of `reports` (by reporter name) as a full report or a delta."""
-        if self._publisher.new_subscribers():
+        if self._publisher.new_subscribers() or time.monotonic() >= self._next_full:
             self._encoder.request_full()
         try:
             message = self._encoder.encode(merge_reports(reports.values()))
@@ -161,6 +161,8 @@ class Probe:
             log.error("report not sent: %s", exc)
             return
         self._sent = reports
+        if self._encoder.last_was_full:
+            self._next_full = time.monotonic() + self._full_report_interval
         if not self._publisher.send(message):
             self._encoder.request_full()  # the next delta would build on a message no app got
 
