@@ -163,8 +163,7 @@ class Probe:
         self._sent = reports
         if self._encoder.last_was_full:
             self._next_full = time.monotonic() + self._full_report_interval
-        if not self._publisher.send(message):
-            self._encoder.request_full()  # the next delta would build on a message no app got
+        self._publisher.send(message)
 
     def _discover(self) -> None:
         """Re-resolves the apps forever; the main loop applies what it finds (it owns the socket)."""

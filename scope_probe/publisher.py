@@ -66,16 +66,14 @@ class Publisher:
             if message[:1] == b"\x01":  # \x00 is an unsubscription
                 count += 1
 
-    def send(self, message: bytes) -> bool:
-        """Queue `message` for every connected app; never blocks (a full queue drops the report).
-        False when it was dropped."""
+    def send(self, message: bytes) -> None:
+        """Queue `message` for every connected app; never blocks. ZeroMQ drops it, silently, for an app
+        whose queue is full: that app sees the gap in the sequence and waits for the next full report."""
         try:
             self._socket.send(message, zmq.NOBLOCK)
+            self.sent += 1
         except zmq.Again:
             self.dropped += 1
-            return False
-        self.sent += 1
-        return True
 
     def close(self) -> None:
         self._socket.close(linger=0)
