@@ -185,3 +185,23 @@ def test_a_container_that_starts_is_sent_at_once_without_the_others_new_samples(
             break
     assert not envelope.full
     assert not sent & running, "the wake's message carries what the event changed, not every new sample"
+
+
+def test_events_in_a_burst_are_sent_together_at_most_once_a_second(
+    context: zmq.Context[zmq.Socket[bytes]], probe_on_port: tuple[int, list[ScopeProcess]], containers: Containers
+) -> None:
+    port, probes = probe_on_port
+    subscriber = _subscriber(context, port)
+    extra = ["--publish-interval=1h", "--full-report-interval=10h"]
+    probes.append(start_probe([f"127.0.0.1:{port}"], hostname="burst-host", extra=extra))
+    _receive(subscriber, 1)
+    began = time.monotonic()
+    # Each start is a few events (create, network connect, start): a burst of wakes.
+    started = {ids.container_id(containers.run("sleep 300", name=f"burst-{i}").id) for i in range(6)}
+    seen: set[str] = set()
+    envelopes = []
+    while not started <= seen:
+        envelopes.extend(_receive(subscriber, 1))
+        seen.update(envelopes[-1].report.nodes("container"))
+    elapsed = time.monotonic() - began
+    assert len(envelopes) <= elapsed + 1, f"{len(envelopes)} messages in {elapsed:.1f}s"
