@@ -36,7 +36,7 @@ from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
 from scope_common.config import env_flag, on_off, parse_duration, split_host_port
 from scope_common.delta import DeltaEncoder
-from scope_common.report import CONTAINER_STATE_HUMAN, CONTAINER_UPTIME, UPTIME, Node, Report, merge_reports
+from scope_common.report import CONTAINER_STATE_HUMAN, UPTIME, Node, Report, merge_reports
 from scope_probe.addresses import AddressScopes
 from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
@@ -56,7 +56,7 @@ log = logging.getLogger("scope.probe")
 #: all its events together, rather than a whole report merged and encoded for each.
 WAKE_GAP = 1.0
 #: Latest values that move with the clock rather than with any event: "Up 3 minutes" and uptimes.
-CLOCK_KEYS = frozenset({UPTIME, CONTAINER_UPTIME, CONTAINER_STATE_HUMAN})
+CLOCK_KEYS = frozenset({UPTIME, CONTAINER_STATE_HUMAN})
 
 
 class Probe:
