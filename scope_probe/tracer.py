@@ -521,10 +521,13 @@ class ConnectionTracer(Reporter):
         if known is not None and mono - known[1] < LISTENER_CACHE_SECONDS:
             return known[0]
         inodes = self._listening_inodes(pid, port)
-        owner = self._holder(netns, inodes) if inodes else 0
+        owner = self._holder(self._pids_in(netns), inodes) if inodes else 0
+        if inodes and not owner:  # the namespace or the server may be newer than the pids we knew
+            owner = self._holder(self._pids_in(netns, fresh=True), inodes)
         if len(self._listeners) > 4096:
             self._listeners.clear()
-        self._listeners[(netns, port)] = (owner, mono)
+        # Not found: looked for again soon, as the listener may be in a process that has just started.
+        self._listeners[(netns, port)] = (owner, mono if owner else mono - LISTENER_CACHE_SECONDS + 1.0)
         return owner
 
     def _listening_inodes(self, pid: int, port: int) -> set[int]:
@@ -541,11 +544,11 @@ class ConnectionTracer(Reporter):
                 continue
         return inodes
 
-    def _holder(self, netns: int, inodes: set[int]) -> int:
-        """The topmost process of the namespace holding one of `inodes` (forking servers share it)."""
+    def _holder(self, pids: list[int], inodes: set[int]) -> int:
+        """The topmost of `pids` holding one of `inodes` (a forking server's children share it)."""
         targets = {f"socket:[{inode}]" for inode in inodes}
         holders: list[int] = []
-        for pid in self._pids_in(netns):
+        for pid in pids:
             try:
                 with os.scandir(os.path.join(self._proc, str(pid), "fd")) as entries:
                     for entry in entries:
@@ -562,9 +565,11 @@ class ConnectionTracer(Reporter):
                 return pid
         return holders[0] if holders else 0
 
-    def _pids_in(self, netns: int) -> list[int]:
+    def _pids_in(self, netns: int, *, fresh: bool = False) -> list[int]:
+        """The processes in a network namespace, from a listing at most PID_CACHE_SECONDS old (`fresh`:
+        a tenth of a second)."""
         by_netns, read_at = self._netns_pids
-        if time.monotonic() - read_at >= PID_CACHE_SECONDS:
+        if time.monotonic() - read_at >= (0.1 if fresh else PID_CACHE_SECONDS) or netns not in by_netns:
             by_netns = {}
             try:
                 names = os.listdir(self._proc)
