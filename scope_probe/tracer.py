@@ -39,7 +39,6 @@ import select
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -65,7 +64,9 @@ EVENT_FILTER = "protocol == 6 && (oldstate == 1 || oldstate == 2 || newstate == 
 BUFFER_KB = 2048
 LINGER_SECONDS = 15.0
 MAX_CONNECTIONS = 50_000
-MIN_WAKE_SECONDS = 0.1
+#: Each wake publishes what changed, which costs the probe a pass over its whole report: on a host
+#: with new connections all the time, one every quarter of a second at most.
+MIN_WAKE_SECONDS = 0.25
 #: How long what was learnt of a pid (its ancestors) or a port's listener is trusted.
 PID_CACHE_SECONDS = 2.0
 LISTENER_CACHE_SECONDS = 10.0
@@ -157,12 +158,23 @@ def parse_line(line: str) -> StateChange | Fork | None:
         return None
 
 
+_plain_cache: dict[str, str] = {}
+
+
 def _plain(addr: str) -> str:
     """The text form of an address; IPv4-mapped IPv6 ones as IPv4, so both families of a peer join."""
+    text = _plain_cache.get(addr)
+    if text is not None:
+        return text
     ip = ipaddress.ip_address(addr)  # ValueError on garbage
     if addr.startswith(_MAPPED_PREFIX) and isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+        text = str(ip.ipv4_mapped)
+    else:
+        text = str(ip)
+    if len(_plain_cache) > 65_536:
+        _plain_cache.clear()
+    _plain_cache[addr] = text
+    return text
 
 
 def _port(text: str) -> int:
@@ -274,6 +286,9 @@ class _Connection:
     lineage: tuple[int, ...]
     server_pid: int
     ended: float | None  # monotonic time it closed, None while open
+    #: Its client and server nodes as last reported, and the owners (client pid, server pid) they name.
+    nodes: tuple[Node, Node] | None = None
+    owners: tuple[int, int] = (0, 0)
 
 
 @dataclass(slots=True)
@@ -314,6 +329,8 @@ class ConnectionTracer(Reporter):
         self._listeners: dict[tuple[int, int], tuple[int, float]] = {}
         self._netns_pids: tuple[dict[int, list[int]], float] = ({}, -PID_CACHE_SECONDS)
         self._containers: dict[int, str | None] = {}
+        #: Server endpoints by (id, owner), shared by every connection to them (report() only).
+        self._servers: dict[tuple[str, int], Node] = {}
         self._instance: TraceInstance | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -358,6 +375,8 @@ class ConnectionTracer(Reporter):
     # -------------------------------------------------------------------------------------- report
 
     def report(self, now: float) -> Report:
+        """Each connection's two ends, the client's with its edge. A connection's nodes are built once and
+        again only when its owner changes (the process exited): on a busy host this runs on every wake."""
         mono = time.monotonic()
         cutoff = mono - self._linger
         with self._lock:
@@ -368,22 +387,31 @@ class ConnectionTracer(Reporter):
         report = Report()
         alive: dict[int, bool] = {}
 
-        def owner(pids: Iterable[int]) -> int:
-            for pid in pids:
-                found = alive.get(pid)
-                if found is None:
-                    found = alive[pid] = os.path.exists(os.path.join(self._proc, str(pid)))
-                if found:
-                    return pid
-            return 0
+        def is_alive(pid: int) -> bool:
+            found = alive.get(pid)
+            if found is None:
+                found = alive[pid] = os.path.exists(os.path.join(self._proc, str(pid)))
+            return found
 
+        if len(self._servers) > MAX_CONNECTIONS:
+            self._servers.clear()
         for conn in connections:
-            scope_ns = "" if conn.netns in (0, self._host_netns) else format(conn.netns, "x")
-            client_id = self._scopes.endpoint_id(conn.client.addr, conn.client.port, scope_ns)
-            server_id = self._scopes.endpoint_id(conn.server.addr, conn.server.port, scope_ns)
-            edges = {server_id: EdgeMetadata(connection_count=1)}
-            report.add(self._endpoint(client_id, now, owner(conn.lineage), edges))
-            report.add(self._endpoint(server_id, now, owner((conn.server_pid,)) if conn.server_pid else 0, {}))
+            while len(conn.lineage) > 1 and not is_alive(conn.lineage[0]):
+                conn.lineage = conn.lineage[1:]  # exited: for good
+            client_pid = conn.lineage[0] if conn.lineage and is_alive(conn.lineage[0]) else 0
+            server_pid = conn.server_pid if conn.server_pid and is_alive(conn.server_pid) else 0
+            if conn.nodes is None or conn.owners != (client_pid, server_pid):
+                scope_ns = "" if conn.netns in (0, self._host_netns) else format(conn.netns, "x")
+                client_id = self._scopes.endpoint_id(conn.client.addr, conn.client.port, scope_ns)
+                server_id = self._scopes.endpoint_id(conn.server.addr, conn.server.port, scope_ns)
+                edges = {server_id: EdgeMetadata(connection_count=1)}
+                server = self._servers.get((server_id, server_pid))
+                if server is None:
+                    server = self._servers[(server_id, server_pid)] = self._endpoint(server_id, now, server_pid, {})
+                conn.nodes = (self._endpoint(client_id, now, client_pid, edges), server)
+                conn.owners = (client_pid, server_pid)
+            report.add(conn.nodes[0])
+            report.add(conn.nodes[1])
         return report
 
     def _endpoint(self, node_id: str, now: float, pid: int, edges: dict[str, EdgeMetadata]) -> Node:
