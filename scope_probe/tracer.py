@@ -327,6 +327,8 @@ class ConnectionTracer(Reporter):
         self._forks: OrderedDict[int, int] = OrderedDict()
         self._lineages: dict[int, _Lineage] = {}
         self._listeners: dict[tuple[int, int], tuple[int, float]] = {}
+        #: When a connection was last opened, by (netns, client address, eldest owner, server).
+        self._edges: dict[tuple[int, str, int, Address], float] = {}
         self._netns_pids: tuple[dict[int, list[int]], float] = ({}, -PID_CACHE_SECONDS)
         self._containers: dict[int, str | None] = {}
         #: Server endpoints by (id, owner), shared by every connection to them (report() only).
@@ -442,7 +444,7 @@ class ConnectionTracer(Reporter):
     # ---------------------------------------------------------------------------------------- events
 
     def handle(self, event: StateChange | Fork) -> bool:
-        """Apply one parsed line; True when it opened a connection (worth publishing at once)."""
+        """Apply one parsed line; True when it opened a connection with a new edge (worth publishing now)."""
         if isinstance(event, Fork):
             self._forks[event.child] = event.parent
             if len(self._forks) > MAX_FORKS:
@@ -457,19 +459,27 @@ class ConnectionTracer(Reporter):
         if event.old == _SYN_SENT:
             pid = self._connecting.pop((event.src.addr, event.dst), 0)
             if event.new == _ESTABLISHED:
-                self._opened(event.src, event.dst, event.pid or pid)
-                return True
+                return self._opened(event.src, event.dst, event.pid or pid)
             return False
         if event.old == _ESTABLISHED:
             self._closed(event.src, event.dst)
         return False
 
-    def _opened(self, client: Address, server: Address, pid: int) -> None:
+    def _opened(self, client: Address, server: Address, pid: int) -> bool:
+        """Add a connection; True when it draws an edge the map may not have: none like it (same client
+        address, namespace and eldest owner, same server) was seen within the linger. A client that
+        connects every second adds nothing new after the first, and waits for the next publish."""
         lineage = self._lineage(pid) if pid else _Lineage((), 0, 0.0)
         if not lineage.netns and (_is_loopback(client.addr) or _is_loopback(server.addr)):
             # Loopback addresses only mean something in their namespace, which went with the process.
             self.unplaced += 1
-            return
+            return False
+        mono = time.monotonic()
+        edge = (lineage.netns, client.addr, lineage.pids[-1] if lineage.pids else 0, server)
+        known = self._edges.get(edge)
+        self._edges[edge] = mono
+        if len(self._edges) > MAX_CONNECTIONS:
+            self._edges = {e: t for e, t in self._edges.items() if mono - t < self._linger}
         server_pid = 0
         if lineage.pids and (server.addr == client.addr or _is_loopback(server.addr)):
             server_pid = self._listener(lineage.netns, lineage.pids[0], server.port)
@@ -480,6 +490,7 @@ class ConnectionTracer(Reporter):
             if len(self._connections) > self._max_connections:
                 self._connections.popitem(last=False)
             self.opened += 1
+        return known is None or mono - known >= self._linger
 
     def _closed(self, src: Address, dst: Address) -> None:
         mono = time.monotonic()

@@ -100,6 +100,21 @@ def test_an_interrupt_context_connect_takes_the_pid_of_its_syn_sent_line() -> No
     assert client.adjacency == (";192.0.2.23;80",)
 
 
+def test_only_a_connection_that_draws_a_new_edge_asks_for_a_publish_now() -> None:
+    tracer = ConnectionTracer(ProbeContext(HOST, "p"), AddressScopes(HOST))
+
+    def connect(client_port: int, server: str) -> bool:
+        line = ESTABLISHED.replace("wget-20565", f"python-{os.getpid()}").replace("172.17.0.48", "192.0.2.48")
+        event = parse_line(line.replace("sport=39606", f"sport={client_port}").replace("172.17.0.23", server))
+        assert event is not None
+        return tracer.handle(event)
+
+    assert connect(40001, "192.0.2.23"), "a first connection: an edge the map does not have"
+    assert not connect(40002, "192.0.2.23"), "the same client to the same server: the edge is there"
+    assert connect(40003, "192.0.2.99"), "another server"
+    assert len(tracer.report(time.time()).nodes(ENDPOINT)) == 5, "every connection is reported all the same"
+
+
 # ----------------------------------------------------------------------------------- real kernel
 
 
