@@ -17,9 +17,10 @@ A kernel filter keeps only the lines used:
 
 A connection belongs to the process that opened it or, once that has exited (a `wget` in a shell loop
 lives for milliseconds), to its nearest living ancestor in the same network namespace: the one the map
-can draw. Fork events from the same instance tell a gone process's parent. The server end is the owner
-of the listening socket on the destination port in the client's namespace, when the destination is
-the client's own (loopback, or its own address); elsewhere it is left to the address, as conntrack does.
+can draw. One with none left (its container removed, its address maybe another's by now) is dropped.
+Fork events from the same instance tell a gone process's parent. The server end is the owner of the
+listening socket on the destination port in the client's namespace, when the destination is the
+client's own (loopback, or its own address); elsewhere it is left to the address, as conntrack does.
 
 A new connection wakes the probe (at most every MIN_WAKE_SECONDS), which publishes at once: the edge is
 on the map within a second instead of at the next report.
@@ -395,12 +396,17 @@ class ConnectionTracer(Reporter):
                 found = alive[pid] = os.path.exists(os.path.join(self._proc, str(pid)))
             return found
 
+        orphans: list[tuple[Address, Address]] = []
         if len(self._servers) > MAX_CONNECTIONS:
             self._servers.clear()
         for conn in connections:
             while len(conn.lineage) > 1 and not is_alive(conn.lineage[0]):
                 conn.lineage = conn.lineage[1:]  # exited: for good
             client_pid = conn.lineage[0] if conn.lineage and is_alive(conn.lineage[0]) else 0
+            if not client_pid:
+                # Nobody left to draw it from (its container may be gone, its address another's by now).
+                orphans.append((conn.client, conn.server))
+                continue
             server_pid = conn.server_pid if conn.server_pid and is_alive(conn.server_pid) else 0
             if conn.nodes is None or conn.owners != (client_pid, server_pid):
                 scope_ns = "" if conn.netns in (0, self._host_netns) else format(conn.netns, "x")
@@ -414,6 +420,10 @@ class ConnectionTracer(Reporter):
                 conn.owners = (client_pid, server_pid)
             report.add(conn.nodes[0])
             report.add(conn.nodes[1])
+        if orphans:
+            with self._lock:
+                for key in orphans:
+                    self._connections.pop(key, None)
         return report
 
     def _endpoint(self, node_id: str, now: float, pid: int, edges: dict[str, EdgeMetadata]) -> Node:
