@@ -5,8 +5,9 @@ never leaves a network namespace (two containers sharing one, a host's loopback)
 lasts milliseconds there is seen by neither. Every TCP state change passes through this tracepoint, in
 every namespace at once, and tracefs hands its lines to any root process, no compiler or BPF needed.
 
-The probe reads them from a tracefs instance of its own (`instances/scope-<probe id>`), so that another
-tracer on the host resetting the global buffer or its events does not blind it, and removes it on exit.
+The probe reads them from a tracefs instance of its own (`instances/scope-<pid>-<probe id>`), so that
+another tracer on the host resetting the global buffer or its events does not blind it, and removes it
+on exit (or, killed, the next probe does).
 A kernel filter keeps only the lines used:
 - `TCP_CLOSE -> TCP_SYN_SENT`: connect() in the client's own context: its pid, the destination.
 - `TCP_SYN_SENT -> TCP_ESTABLISHED`: the connection, with the client's 4-tuple. On loopback and veth
@@ -236,14 +237,22 @@ def _mount(fstype: str, target: str) -> int | None:
 
 
 class TraceInstance:
-    """A tracefs instance of the probe's own with the events it reads enabled; `remove()` takes it away."""
+    """A tracefs instance of the probe's own (`scope-<pid>-<probe id>`) with the events it reads enabled;
+    `remove()` takes it away.
 
-    def __init__(self, tracefs: str, name: str) -> None:
-        self.path = os.path.join(tracefs, "instances", name)
+    A probe that is killed (SIGKILL, the OOM killer) cannot remove it, and an instance left enabled costs
+    its buffers and every event's tracing for good: so the instances of probes no longer running, told
+    by the pid in their names, are removed when another starts.
+    """
+
+    def __init__(self, tracefs: str, probe_id: str, proc_root: str = "/proc") -> None:
+        instances = os.path.join(tracefs, "instances")
+        remove_stale_instances(instances, proc_root)
+        self.path = os.path.join(instances, f"scope-{os.getpid()}-{probe_id}")
         try:
             os.mkdir(self.path)
         except FileExistsError:
-            pass  # left by a probe of the same id that was killed: reuse it
+            pass
         except OSError as exc:
             raise TracerUnavailable(f"cannot make {self.path}: {exc.strerror}") from None
         try:
@@ -264,14 +273,37 @@ class TraceInstance:
 
     def remove(self) -> None:
         """Disable the events and remove the instance (the kernel frees its buffers)."""
-        with contextlib.suppress(OSError):
-            self._write("events/enable", "0")
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("tracer: cannot remove %s: %s", self.path, exc.strerror)
+        _remove_instance(self.path)
+
+
+_INSTANCE_NAME = re.compile(r"^scope-(\d+)-")
+
+
+def remove_stale_instances(instances: str, proc_root: str = "/proc") -> list[str]:
+    """Remove the instances of probes that are not running any more; their names."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(instances)
+    except OSError:
+        return removed
+    for name in names:
+        match = _INSTANCE_NAME.match(name)
+        if match and not os.path.exists(os.path.join(proc_root, match.group(1))):
+            _remove_instance(os.path.join(instances, name))
+            log.info("tracer: removed %s, left by a probe that was killed", name)
+            removed.append(name)
+    return removed
+
+
+def _remove_instance(path: str) -> None:
+    with contextlib.suppress(OSError), open(os.path.join(path, "events", "enable"), "w") as f:
+        f.write("0")
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("tracer: cannot remove %s: %s", path, exc.strerror)
 
 
 # ---------------------------------------------------------------------------------------- reporter
@@ -365,7 +397,7 @@ class ConnectionTracer(Reporter):
     def open(self) -> None:
         """Make the instance (mounting tracefs if need be); TracerUnavailable says why it cannot be."""
         if self._instance is None:
-            self._instance = TraceInstance(open_tracefs(self._mounts), f"scope-{self._ctx.probe_id}")
+            self._instance = TraceInstance(open_tracefs(self._mounts), self._ctx.probe_id, self._proc)
 
     def stop(self) -> None:
         self._stopping.set()

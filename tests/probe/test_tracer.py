@@ -140,7 +140,7 @@ def test_the_instance_is_the_probes_own_and_goes_at_stop() -> None:
     tracer.start(lambda name: None)
     tracefs = find_tracefs()
     assert tracefs is not None
-    instance = os.path.join(tracefs, "instances", "scope-instancetest")
+    instance = os.path.join(tracefs, "instances", f"scope-{os.getpid()}-instancetest")
     try:
         wait_for(lambda: tracer.running, what="the tracer to read its instance")
         assert os.path.isdir(instance)
@@ -151,6 +151,28 @@ def test_the_instance_is_the_probes_own_and_goes_at_stop() -> None:
     assert not os.path.exists(instance)
     with open(os.path.join(tracefs, "tracing_on")) as f:
         assert f.read() == global_on, "the global buffer is not the probe's to touch"
+
+
+@pytest.mark.root
+def test_the_instance_of_a_killed_probe_is_removed_by_the_next(app: App) -> None:
+    tracefs = find_tracefs()
+    assert tracefs is not None
+    killed = subprocess.Popen(_probe_argv(app, "tracepoint"))
+    try:
+        wait_for(
+            lambda: [n for n in os.listdir(os.path.join(tracefs, "instances")) if n.startswith(f"scope-{killed.pid}-")],
+            what="the probe's instance",
+        )
+    finally:
+        killed.kill()
+        killed.wait()
+    [left] = [n for n in os.listdir(os.path.join(tracefs, "instances")) if n.startswith(f"scope-{killed.pid}-")]
+    tracer = ConnectionTracer(ProbeContext(HOST, "next"), AddressScopes(HOST))
+    tracer.start(lambda name: None)
+    try:
+        assert left not in os.listdir(os.path.join(tracefs, "instances"))
+    finally:
+        tracer.stop()
 
 
 @pytest.mark.root
