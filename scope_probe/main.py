@@ -48,6 +48,7 @@ from scope_probe.process import ProcessReporter
 from scope_probe.publisher import Publisher
 from scope_probe.reporter import ProbeContext, Reporter
 from scope_probe.resolver import ReverseResolver
+from scope_probe.tracer import ConnectionTracer, TracerUnavailable
 
 log = logging.getLogger("scope.probe")
 
@@ -272,8 +273,22 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--cgroup-root", default="/sys/fs/cgroup", help="the host's cgroup file system")
     env_flag(group, "--conntrack", default="on", type=on_off, help="follow conntrack for short-lived connections")
     env_flag(group, "--conntrack-linger", default="15s", type=parse_duration, help="keep ended connections this long")
+    env_flag(
+        group,
+        "--conn-tracer",
+        default="auto",
+        type=_tracer_mode,
+        help="see connections as they open with the kernel's tracepoint: auto (when it can), tracepoint (must), off",
+    )
     env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
+
+
+def _tracer_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("auto", "tracepoint", "off"):
+        raise argparse.ArgumentTypeError(f"invalid tracer mode {text!r} (use auto, tracepoint or off)")
+    return mode
 
 
 def probe_from_args(args: argparse.Namespace) -> Probe:
@@ -297,6 +312,14 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
     ]
     if args.conntrack:
         reporters.append(ConntrackReporter(ctx, addresses, linger=args.conntrack_linger, resolver=names, claims=claims))
+    if args.conn_tracer != "off":
+        tracer = ConnectionTracer(ctx, addresses, linger=args.conntrack_linger)
+        if args.conn_tracer == "tracepoint":
+            try:
+                tracer.open()
+            except TracerUnavailable as exc:
+                raise ValueError(f"--conn-tracer=tracepoint: {exc}") from None
+        reporters.append(tracer)
     resolver = PeerResolver(
         peers,
         weave_name=args.weave_dns_name or None,
