@@ -18,12 +18,15 @@ import zmq.asyncio
 
 from scope_app.api import AppContext, api_routes, not_found_route
 from scope_app.collector import Collector
+from scope_app.control_api import control_routes
+from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
+from scope_app.pipes import PipeHub
 from scope_app.render import Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
-from scope_common import __version__
+from scope_common import __version__, rpc
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
-from scope_common.config import env_flag, on_off, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
 from scope_common.delta import NodeKey
 from scope_common.report import Report
 
@@ -70,7 +73,13 @@ class ScopeApp:
     """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
 
     def __init__(
-        self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset(), *, log_http: bool = False
+        self,
+        bus: str,
+        window: float,
+        allowed_origins: frozenset[str] = frozenset(),
+        *,
+        log_http: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.renderer = Renderer()
@@ -78,7 +87,10 @@ class ScopeApp:
         self.collector = Collector(self._merged, window=window)
         self._zmq = zmq.asyncio.Context()
         self.receiver = BusReceiver(self.collector, self._zmq, bus)
+        self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address))
+        self.pipes = PipeHub(self.router)
         self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
+        self.context.read_only = read_only
         self.web = tornado.web.Application(
             [
                 *api_routes(self.context),
@@ -86,6 +98,9 @@ class ScopeApp:
                     r"/api/topology/([^/]+)/ws",
                     TopologyWebSocket,
                     {"hub": self.hub, "allowed_origins": allowed_origins},
+                ),
+                *control_routes(
+                    self.router, self.pipes, lambda: self.renderer.graph.report, read_only, allowed_origins
                 ),
                 not_found_route(self.context),
                 (
@@ -103,6 +118,9 @@ class ScopeApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: tornado.httpserver.HTTPServer | None = None
 
+    def _report(self) -> Report:
+        return self.renderer.graph.report
+
     def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
         self.renderer.update(report, version, changed)
         self.hub.changed()
@@ -112,6 +130,9 @@ class ScopeApp:
         self._tasks = [
             asyncio.create_task(self.receiver.run(), name="bus"),
             asyncio.create_task(self.collector.expire_forever(), name="expiry"),
+            asyncio.create_task(self.router.run(), name="controls"),
+            asyncio.create_task(self.router.heartbeat_forever(), name="control-heartbeats"),
+            asyncio.create_task(self.pipes.collect_forever(), name="pipe-collector"),
         ]
 
     async def stop(self) -> None:
@@ -120,6 +141,8 @@ class ScopeApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pipes.close_all()
+        self.router.close()
         self.receiver.close()
         self._zmq.term()
 
@@ -144,6 +167,7 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
+    switch_flag(group, "--read-only", help="refuse every control and pipe, and list none")
     env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
 
 
@@ -157,10 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, log_http=args.log_http)
+    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, log_http=args.log_http, read_only=args.read_only)
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
-    log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)
+    log.info(
+        "listening on http://%s:%d, bus %s, controls %s%s",
+        listen_host,
+        listen_port,
+        app.receiver.address,
+        app.router.address,
+        " (read-only: refused)" if args.read_only else "",
+    )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -88,3 +88,17 @@ def on_off(text: str) -> bool:
     if value in ("off", "false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"invalid switch {text!r} (use on or off)")
+
+
+def switch_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *, help: str) -> None:
+    """A switch that is off unless given: `--flag` alone turns it on, `--flag=off` spells the default
+    (as `scope` writes every flag back for its children), SCOPE_FLAG=on in the environment too."""
+    env = "SCOPE_" + flag.lstrip("-").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
+        nargs="?",
+        const="on",
+        default=os.environ.get(env, "off"),
+        type=on_off,
+        help=f"{help} (env {env}=on)",
+    )

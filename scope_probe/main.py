@@ -23,9 +23,10 @@ import zmq
 
 from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
-from scope_common.config import env_flag, on_off, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
 from scope_common.report import Report, merge_reports
 from scope_probe.addresses import AddressScopes
+from scope_probe.channel import ControlChannel, control_channel
 from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
@@ -54,6 +55,7 @@ class Probe:
         publish_interval: float = 3.0,
         resolve_interval: float = 10.0,
         cleanups: Sequence[Callable[[], None]] = (),
+        channel: ControlChannel | None = None,
     ) -> None:
         self.ctx = ctx
         self._reporters = list(reporters)
@@ -63,6 +65,8 @@ class Probe:
         self._publish_interval = publish_interval
         self._resolve_interval = resolve_interval
         self._cleanups = list(cleanups)
+        #: The control channel to the apps; None with --no-controls.
+        self.channel = channel
         self._latest: dict[str, Report] = {}
         self._woken: set[str] = set()
         self._wake_lock = threading.Lock()
@@ -87,9 +91,13 @@ class Probe:
             reporter.start(self.wake)
         discovery = threading.Thread(target=self._discover, name="discovery", daemon=True)
         discovery.start()
+        if self.channel is not None:
+            self.channel.start(self.wake)
         try:
             self._loop()
         finally:
+            if self.channel is not None:
+                self.channel.stop()
             for reporter in self._reporters:
                 reporter.stop()
             for cleanup in self._cleanups:
@@ -129,13 +137,16 @@ class Probe:
                     log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
 
     def _publish(self) -> None:
+        report = merge_reports(self._latest.values())
+        if self.channel is not None:
+            report = self.channel.controls.decorate(report)
         self._seq += 1
         envelope = wire.Envelope(
             probe_id=self.ctx.probe_id,
             host_id=self.ctx.host_id,
             seq=self._seq,
             sent_at=time.time(),
-            report=merge_reports(self._latest.values()),
+            report=report,
             version=__version__,
         )
         try:
@@ -159,6 +170,8 @@ class Probe:
             apps, self._apps = self._apps, None
         if apps is not None:
             self._publisher.set_apps(apps)
+            if self.channel is not None:
+                self.channel.set_apps(apps)
 
 
 def _next_tick(previous: float, interval: float, now: float) -> float:
@@ -205,6 +218,7 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--conntrack", default="on", type=on_off, help="follow conntrack for short-lived connections")
     env_flag(group, "--conntrack-linger", default="15s", type=parse_duration, help="keep ended connections this long")
     env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
+    switch_flag(group, "--no-controls", help="offer and accept no control at all (stop, exec, logs...)")
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
 
 
@@ -245,6 +259,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         publish_interval=args.publish_interval,
         resolve_interval=args.resolve_interval,
         cleanups=[names.stop] if names is not None else [],
+        channel=None if args.no_controls else control_channel(ctx),
     )
 
 
