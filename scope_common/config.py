@@ -91,14 +91,11 @@ def on_off(text: str) -> bool:
 
 
 def switch_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *, help: str) -> None:
-    """A switch that is off unless given: `--flag` alone turns it on, `--flag=off` spells the default
-    (as `scope` writes every flag back for its children), SCOPE_FLAG=on in the environment too."""
+    """A switch that is off unless given (`--read-only`), or SCOPE_READ_ONLY=on in the environment."""
     env = "SCOPE_" + flag.lstrip("-").replace("-", "_").upper()
     parser.add_argument(
         flag,
-        nargs="?",
-        const="on",
-        default=os.environ.get(env, "off"),
-        type=on_off,
+        action="store_true",
+        default=on_off(os.environ.get(env, "off")),
         help=f"{help} (env {env}=on)",
     )

@@ -110,7 +110,9 @@ class ControlChannel:
                 now = time.monotonic()
                 if now >= next_beat:
                     self._heartbeat(now)
-                    next_beat = now + rpc.HEARTBEAT_INTERVAL
+                    # Quickly at first, so that an app can use a probe within moments of its start.
+                    answered = self._heard.keys() >= self._dealers.keys()
+                    next_beat = now + (rpc.HEARTBEAT_INTERVAL if answered else rpc.HEARTBEAT_INTERVAL / 10)
                 timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000)) + 1
                 for item, _ in poller.poll(timeout_ms):
                     if isinstance(item, zmq.Socket):

@@ -213,8 +213,9 @@ def _call(call: Any) -> Any:
     except docker.errors.NotFound as exc:
         raise ControlError(rpc.UNKNOWN_NODE, _explain(exc)) from None
     except docker.errors.APIError as exc:
-        status = rpc.REFUSED if exc.status_code in (304, 409) else rpc.FAILED
-        raise ControlError(status, _explain(exc)) from None
+        # The engine answered and said no. Not only with 409: some refusals (unpause a running container)
+        # come as a 500 with the reason in the message.
+        raise ControlError(rpc.REFUSED, _explain(exc)) from None
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise ControlError(rpc.FAILED, f"the Docker engine did not answer: {exc}") from None
 
