@@ -29,10 +29,10 @@ CONTROL_PORT_OFFSET = 1
 #: Largest message either side accepts; ZeroMQ drops the connection of a peer that sends more.
 MAX_RPC_MESSAGE_BYTES = 1024 * 1024
 #: Pipe bytes travel in chunks of at most this.
-PIPE_CHUNK_BYTES = 64 * 1024
+PIPE_CHUNK_BYTES = 256 * 1024
 #: Bytes of a pipe a sender may have in flight before the receiver acknowledges them (`pipe_credit`):
 #: the end-to-end flow control that keeps a slow browser from making the probe buffer without limit.
-PIPE_WINDOW_BYTES = 1024 * 1024
+PIPE_WINDOW_BYTES = 2 * 1024 * 1024
 #: Each side says it is alive this often; a peer silent for PEER_TIMEOUT is gone.
 HEARTBEAT_INTERVAL = 1.0
 PEER_TIMEOUT = 3.5

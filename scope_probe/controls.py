@@ -129,6 +129,10 @@ class Controls:
         finally:
             with self._lock:
                 self._pending -= 1
+        # After the reply: the report the wake makes must not hold the answer up.
+        registered = self._handlers.get(request.text("control"))
+        if registered is not None and self._wake is not None:
+            self._wake(registered.wakes)
 
     def _perform(self, app: str, request: rpc.Message) -> rpc.Message:
         control_id, node_id = request.text("control"), request.text("node")
@@ -148,9 +152,6 @@ class Controls:
         except Exception as exc:
             log.exception("control %s on %s failed", control_id, node_id)
             return _response(request, rpc.FAILED, error=f"{type(exc).__name__}: {exc}"[: rpc.MAX_TEXT])
-        finally:
-            if self._wake is not None:
-                self._wake(registered.wakes)
         pipe = ""
         if outcome.stream is not None:
             try:

@@ -93,7 +93,9 @@ def test_random_bytes_raise_nothing_but_rpc_errors(raw: bytes) -> None:
     st.sampled_from(sorted(EVERY_KIND)),
     st.dictionaries(
         st.sampled_from(["pipe", "id", "bytes", "cols", "rows", "status", "probe_id", "x"]),
-        st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none(), st.binary(max_size=5)),
+        st.one_of(
+            st.integers(-(2**63), 2**64 - 1), st.text(max_size=5), st.booleans(), st.none(), st.binary(max_size=5)
+        ),
         max_size=6,
     ),
 )
