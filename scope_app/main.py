@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import tornado.web
 import zmq.asyncio
 
 from scope_app.api import AppContext, api_routes, not_found_route
+from scope_app.auth import Auth, auth_rules, choose_token, is_loopback
 from scope_app.collector import Collector
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
@@ -80,6 +82,7 @@ class ScopeApp:
         *,
         log_http: bool = False,
         read_only: bool = False,
+        auth_token: str | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.renderer = Renderer()
@@ -91,8 +94,10 @@ class ScopeApp:
         self.pipes = PipeHub(self.router)
         self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
         self.context.read_only = read_only
+        self.auth = Auth(auth_token)
         self.web = tornado.web.Application(
             [
+                *auth_rules(self.auth),
                 *api_routes(self.context),
                 (
                     r"/api/topology/([^/]+)/ws",
@@ -168,6 +173,13 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
     switch_flag(group, "--read-only", help="refuse every control and pipe, and list none")
+    env_flag(
+        group,
+        "--auth-token",
+        default="",
+        help="token every API route, websocket and pipe requires; empty: one is made up when listening beyond loopback",
+    )
+    switch_flag(group, "--no-auth", help="no token at all, even when listening beyond loopback")
     env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
 
 
@@ -181,7 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, log_http=args.log_http, read_only=args.read_only)
+    token, generated = choose_token(listen_host, args.auth_token, args.no_auth)
+    app = ScopeApp(
+        bus_endpoint(args.bus),
+        args.window,
+        origins,
+        log_http=args.log_http,
+        read_only=args.read_only,
+        auth_token=token,
+    )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
     log.info(
@@ -192,6 +212,11 @@ async def serve(args: argparse.Namespace) -> None:
         app.router.address,
         " (read-only: refused)" if args.read_only else "",
     )
+    page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
+    if args.no_auth and not is_loopback(listen_host):
+        log.warning("access control is off (--no-auth): whoever reaches %s can use every control", page)
+    elif generated:
+        log.info("access needs a token; log in at %s?token=%s", page, token)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

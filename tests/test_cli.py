@@ -33,6 +33,7 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
             # Switches (store_true) reach the child only when on: these are.
             "--read-only",
             "--no-controls",
+            "--no-auth",
             "peer.example:4031",
         ]
     )
