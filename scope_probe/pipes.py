@@ -197,18 +197,18 @@ class Pipe:
                 if isinstance(item, _Resize):
                     if self.stream.tty:
                         self.stream.resize(item.cols, item.rows)
-                    continue
-                assert isinstance(item, bytes)
-                self.stream.write(item)
+                else:
+                    assert isinstance(item, bytes)
+                    self.stream.write(item)
+                    with self._lock:
+                        self._inbound_bytes -= len(item)
+                    written += len(item)
             except Exception as exc:
                 self.close(f"writing to the stream failed: {exc}")
                 return
-            with self._lock:
-                self._inbound_bytes -= len(item)
-            written += len(item)
             # Acknowledge in batches while more is queued, at once when the queue is drained: a
             # keystroke's credit goes back straight away, a paste's in a few messages.
-            if self._inbound.empty() or written >= rpc.PIPE_WINDOW_BYTES // 4:
+            if written and (self._inbound.empty() or written >= rpc.PIPE_WINDOW_BYTES // 4):
                 self._send(self.app, rpc.Message.make(rpc.PIPE_CREDIT, pipe=self.id, bytes=written))
                 written = 0
 
