@@ -34,10 +34,11 @@ import zmq
 
 from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
-from scope_common.config import env_flag, on_off, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
 from scope_common.delta import DeltaEncoder
 from scope_common.report import CONTAINER_STATE_HUMAN, UPTIME, Node, Report, merge_reports
 from scope_probe.addresses import AddressScopes
+from scope_probe.channel import ControlChannel, control_channel
 from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
@@ -76,6 +77,7 @@ class Probe:
         full_report_interval: float = 30.0,
         wake_gap: float = WAKE_GAP,
         cleanups: Sequence[Callable[[], None]] = (),
+        channel: ControlChannel | None = None,
     ) -> None:
         self.ctx = ctx
         self._reporters = list(reporters)
@@ -85,6 +87,8 @@ class Probe:
         self._publish_interval = publish_interval
         self._resolve_interval = resolve_interval
         self._cleanups = list(cleanups)
+        #: The control channel to the apps; None with --no-controls.
+        self.channel = channel
         self._latest: dict[str, Report] = {}
         #: The reports the last message was made of, by reporter.
         self._sent: dict[str, Report] = {}
@@ -116,9 +120,13 @@ class Probe:
             reporter.start(self.wake)
         discovery = threading.Thread(target=self._discover, name="discovery", daemon=True)
         discovery.start()
+        if self.channel is not None:
+            self.channel.start(self.wake)
         try:
             self._loop()
         finally:
+            if self.channel is not None:
+                self.channel.stop()
             for reporter in self._reporters:
                 reporter.stop()
             for cleanup in self._cleanups:
@@ -168,8 +176,11 @@ class Probe:
         """Send the merge of `reports` (by reporter name) as a full report or a delta."""
         if self._publisher.new_subscribers() or time.monotonic() >= self._next_full:
             self._encoder.request_full()
+        report = merge_reports(reports.values())
+        if self.channel is not None:
+            report = self.channel.controls.decorate(report)
         try:
-            message = self._encoder.encode(merge_reports(reports.values()))
+            message = self._encoder.encode(report)
         except wire.EncodeError as exc:
             log.error("report not sent: %s", exc)
             return
@@ -192,6 +203,8 @@ class Probe:
             apps, self._apps = self._apps, None
         if apps is not None:
             self._publisher.set_apps(apps)
+            if self.channel is not None:
+                self.channel.set_apps(apps)
 
 
 def events_only(report: Report, sent: Report | None) -> Report:
@@ -281,6 +294,7 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
         help="see connections as they open with the kernel's tracepoint: auto (when it can), tracepoint (must), off",
     )
     env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
+    switch_flag(group, "--no-controls", help="offer and accept no control at all (stop, exec, logs...)")
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
 
 
@@ -337,6 +351,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         resolve_interval=args.resolve_interval,
         full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
+        channel=None if args.no_controls else control_channel(ctx),
     )
 
 
