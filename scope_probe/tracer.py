@@ -41,6 +41,7 @@ import select
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -524,7 +525,7 @@ class ConnectionTracer(Reporter):
             self._edges = {e: t for e, t in self._edges.items() if mono - t < self._linger}
         server_pid = 0
         if lineage.pids and (server.addr == client.addr or _is_loopback(server.addr)):
-            server_pid = self._listener(lineage.netns, lineage.pids[0], server.port)
+            server_pid = self._listener(lineage.netns, lineage.pids, server.port)
         conn = _Connection(client, server, lineage.netns, lineage.pids, server_pid, None)
         with self._lock:
             self._connections.pop((client, server), None)  # the same 4-tuple again: a new connection
@@ -595,13 +596,20 @@ class ConnectionTracer(Reporter):
         except OSError:
             return None
 
-    def _listener(self, netns: int, pid: int, port: int) -> int:
-        """The process owning the socket listening on `port` in the namespace `pid` is in; 0 if none."""
+    def _listener(self, netns: int, pids: Sequence[int], port: int) -> int:
+        """The process owning the socket listening on `port` in the namespace `pids` (a lineage) are in;
+        0 if none."""
         mono = time.monotonic()
         known = self._listeners.get((netns, port))
         if known is not None and mono - known[1] < LISTENER_CACHE_SECONDS:
             return known[0]
-        inodes = self._listening_inodes(pid, port)
+        # The client itself (a wget) may be gone already: its namespace's table is read through the first
+        # of its lineage that is still there.
+        inodes: set[int] | None = None
+        for pid in pids:
+            inodes = self._listening_inodes(pid, port)
+            if inodes is not None:
+                break
         owner = self._holder(self._pids_in(netns), inodes) if inodes else 0
         if inodes and not owner:  # the namespace or the server may be newer than the pids we knew
             owner = self._holder(self._pids_in(netns, fresh=True), inodes)
@@ -611,9 +619,12 @@ class ConnectionTracer(Reporter):
         self._listeners[(netns, port)] = (owner, mono if owner else mono - LISTENER_CACHE_SECONDS + 1.0)
         return owner
 
-    def _listening_inodes(self, pid: int, port: int) -> set[int]:
+    def _listening_inodes(self, pid: int, port: int) -> set[int] | None:
+        """The inodes of sockets listening on `port` in `pid`'s namespace; None when `pid` is gone."""
         inodes: set[int] = set()
         suffix = f":{port:04X}"
+        if not os.path.exists(os.path.join(self._proc, str(pid), "net")):
+            return None
         for name in ("tcp", "tcp6"):
             try:
                 with open(os.path.join(self._proc, str(pid), "net", name)) as f:
