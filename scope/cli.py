@@ -43,11 +43,16 @@ def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     The names come from the child's own parser, so a flag added to `scope app` or `scope probe` reaches it
     through `scope` too; --help and --version (whose default is SUPPRESS) are not settings.
     """
-    return [
-        f"{max(action.option_strings, key=len)}={flag_value(getattr(args, action.dest))}"
-        for action in child._actions
-        if action.option_strings and action.default != argparse.SUPPRESS
-    ]
+    flags = []
+    for action in child._actions:
+        if not action.option_strings or action.default == argparse.SUPPRESS:
+            continue
+        name, value = max(action.option_strings, key=len), getattr(args, action.dest)
+        if action.nargs == 0:  # a switch (store_true) takes no value: given when on
+            flags.extend([name] if value else [])
+        else:
+            flags.append(f"{name}={flag_value(value)}")
+    return flags
 
 
 def local_app_peer(bus: str) -> str:

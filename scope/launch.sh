@@ -22,7 +22,9 @@
 # Env:
 #   SCOPE_*            every other SCOPE_ variable is passed into the container, where scope reads its flags
 #                      from them: SCOPE_LISTEN=127.0.0.1:4040, SCOPE_BUS, SCOPE_LOG_LEVEL, SCOPE_PEERS, ...
-#                      (SCOPE_HOSTNAME defaults to this host's name)
+#                      (SCOPE_HOSTNAME defaults to this host's name). SCOPE_AUTH_TOKEN: the token the UI
+#                      and API ask for; made up here (and printed) when the UI listens beyond loopback and
+#                      neither it, --auth-token nor --no-auth is given.
 #   SCOPE_IMAGE        image to run (default scope-local/scope:latest)
 #   SCOPE_DOCKER_ARGS  extra `docker run` arguments, split on spaces (e.g. "--label team=ops")
 #   SCOPE_LAUNCH_AS    the command to name in messages (default: this script's path; `scope` sets `scope`)
@@ -108,6 +110,44 @@ host_name() {
     hostname 2>/dev/null || cat /proc/sys/kernel/hostname
 }
 
+# The host part of where the UI listens (SCOPE_LISTEN or --listen), as given: "0.0.0.0" for all.
+listen_host() {
+    local listen="${SCOPE_LISTEN:-0.0.0.0:4040}"
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+        --listen=*) listen="${1#--listen=}" ;;
+        --listen) [[ $# -lt 2 ]] || listen="$2" ;;
+        esac
+        shift
+    done
+    case "$listen" in
+    \[*) listen="${listen#[}" listen="${listen%%]*}" ;; # [v6]:port or [v6]
+    *:*:*) ;;                                           # a bare IPv6 address
+    *:*) listen="${listen%:*}" ;;                       # host:port
+    esac
+    printf '%s\n' "$listen"
+}
+
+# The token the UI will ask for: given (SCOPE_AUTH_TOKEN, --auth-token), none (--no-auth, or the UI on
+# loopback alone), or made up here, so that it stays the same when the container restarts.
+ui_token() {
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+        --no-auth | --no-auth=on) return 0 ;;
+        --auth-token=*) printf '%s\n' "${arg#--auth-token=}"; return 0 ;;
+        esac
+    done
+    if [[ -n "${SCOPE_AUTH_TOKEN:-}" ]]; then
+        printf '%s\n' "$SCOPE_AUTH_TOKEN"
+        return 0
+    fi
+    case "${SCOPE_NO_AUTH:-off}" in on | true | yes | 1) return 0 ;; esac
+    case "$(listen_host "$@")" in 127.* | ::1 | localhost) return 0 ;; esac
+    head -c 24 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+    printf '\n'
+}
+
 # Where the UI listens, "HOST PORT", from SCOPE_LISTEN or a --listen flag given to launch.
 ui_address() {
     local listen="${SCOPE_LISTEN:-0.0.0.0:4040}"
@@ -184,6 +224,11 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
         for skip in "${LAUNCH_VARIABLES[@]}"; do [[ "$name" != "$skip" ]] || continue 2; done
         run_args+=(-e "$name=${!name}")
     done < <(compgen -e | grep -E '^SCOPE_[A-Za-z0-9_]+$' || true)
+    local token
+    token="$(ui_token "$@")"
+    if [[ -n "$token" && -z "${SCOPE_AUTH_TOKEN:-}" ]]; then
+        run_args+=(-e "SCOPE_AUTH_TOKEN=$token")
+    fi
     if [[ -n "${SCOPE_DOCKER_ARGS:-}" ]]; then
         local extra
         read -r -a extra <<<"$SCOPE_DOCKER_ARGS"
@@ -221,6 +266,10 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
     [[ "$host" != 127.0.0.1 ]] || host=localhost
     log "scope is running in container $CONTAINER_NAME ($IMAGE)"
     log "UI and API: http://$host:$port/"
+    if [[ -n "$token" ]]; then
+        log "they ask for a token; log in at: http://$host:$port/?token=$token"
+        log "(from other hosts, use this host's address; programs send: Authorization: Bearer $token)"
+    fi
 }
 
 launch_service() { # launch_service TOKEN ARGS...: a probe only, publishing to the hosted service

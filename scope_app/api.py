@@ -32,6 +32,8 @@ class AppContext:
         self.collector = collector
         self.renderer = renderer
         self.receiver = receiver
+        #: With --read-only, node details list no controls (and the control routes refuse them).
+        self.read_only = False
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -91,6 +93,8 @@ class NodeHandler(TopologyHandler):
         details = self._view(topology).details(node_id)
         if details is None:
             raise tornado.web.HTTPError(404, "no node %r in topology %r", node_id[:100], topology[:60])
+        if self.ctx.read_only:
+            details = {**details, "controls": []}
         self.write_json({"node": details})
 
 

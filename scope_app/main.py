@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,13 +18,17 @@ import tornado.web
 import zmq.asyncio
 
 from scope_app.api import AppContext, api_routes, not_found_route
+from scope_app.auth import Auth, auth_rules, choose_token, is_loopback
 from scope_app.collector import Collector
+from scope_app.control_api import control_routes
+from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
+from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
-from scope_common import __version__
+from scope_common import __version__, rpc
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
-from scope_common.config import env_flag, on_off, parse_duration, split_host_port
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
 from scope_common.delta import NodeKey
 from scope_common.report import Report
 
@@ -77,6 +82,8 @@ class ScopeApp:
         *,
         log_http: bool = False,
         max_view_nodes: int = MAX_VIEW_NODES,
+        read_only: bool = False,
+        auth_token: str | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.renderer = Renderer(max_view_nodes)
@@ -84,14 +91,22 @@ class ScopeApp:
         self.collector = Collector(self._merged, window=window)
         self._zmq = zmq.asyncio.Context()
         self.receiver = BusReceiver(self.collector, self._zmq, bus)
+        self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address))
+        self.pipes = PipeHub(self.router)
         self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
+        self.context.read_only = read_only
+        self.auth = Auth(auth_token)
         self.web = tornado.web.Application(
             [
+                *auth_rules(self.auth),
                 *api_routes(self.context),
                 (
                     r"/api/topology/([^/]+)/ws",
                     TopologyWebSocket,
                     {"hub": self.hub, "allowed_origins": allowed_origins},
+                ),
+                *control_routes(
+                    self.router, self.pipes, lambda: self.renderer.graph.report, read_only, allowed_origins
                 ),
                 not_found_route(self.context),
                 (
@@ -109,6 +124,9 @@ class ScopeApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: tornado.httpserver.HTTPServer | None = None
 
+    def _report(self) -> Report:
+        return self.renderer.graph.report
+
     def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
         self.renderer.update(report, version, changed)
         self.hub.changed()
@@ -118,6 +136,9 @@ class ScopeApp:
         self._tasks = [
             asyncio.create_task(self.receiver.run(), name="bus"),
             asyncio.create_task(self.collector.expire_forever(), name="expiry"),
+            asyncio.create_task(self.router.run(), name="controls"),
+            asyncio.create_task(self.router.heartbeat_forever(), name="control-heartbeats"),
+            asyncio.create_task(self.pipes.collect_forever(), name="pipe-collector"),
         ]
 
     async def stop(self) -> None:
@@ -126,6 +147,8 @@ class ScopeApp:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.pipes.close_all()
+        self.router.close()
         self.receiver.close()
         self._zmq.term()
 
@@ -157,6 +180,14 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
         help="most nodes a view sends; past it, the most connected (the UI says how many there are)",
     )
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
+    switch_flag(group, "--read-only", help="refuse every control and pipe, and list none")
+    env_flag(
+        group,
+        "--auth-token",
+        default="",
+        help="token every API route, websocket and pipe requires; empty: one is made up when listening beyond loopback",
+    )
+    switch_flag(group, "--no-auth", help="no token at all, even when listening beyond loopback")
     env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
 
 
@@ -170,12 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+    token, generated = choose_token(listen_host, args.auth_token, args.no_auth)
     app = ScopeApp(
-        bus_endpoint(args.bus), args.window, origins, log_http=args.log_http, max_view_nodes=args.max_view_nodes
+        bus_endpoint(args.bus),
+        args.window,
+        origins,
+        log_http=args.log_http,
+        read_only=args.read_only,
+        auth_token=token,
+        max_view_nodes=args.max_view_nodes,
     )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
-    log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)
+    log.info(
+        "listening on http://%s:%d, bus %s, controls %s%s",
+        listen_host,
+        listen_port,
+        app.receiver.address,
+        app.router.address,
+        " (read-only: refused)" if args.read_only else "",
+    )
+    page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
+    if args.no_auth and not is_loopback(listen_host):
+        log.warning("access control is off (--no-auth): whoever reaches %s can use every control", page)
+    elif generated:
+        log.info("access needs a token; log in at %s?token=%s", page, token)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

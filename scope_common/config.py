@@ -88,3 +88,14 @@ def on_off(text: str) -> bool:
     if value in ("off", "false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"invalid switch {text!r} (use on or off)")
+
+
+def switch_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, *, help: str) -> None:
+    """A switch that is off unless given (`--read-only`), or SCOPE_READ_ONLY=on in the environment."""
+    env = "SCOPE_" + flag.lstrip("-").replace("-", "_").upper()
+    parser.add_argument(
+        flag,
+        action="store_true",
+        default=on_off(os.environ.get(env, "off")),
+        help=f"{help} (env {env}=on)",
+    )

@@ -9,6 +9,11 @@ port (`-p 8080:80`) is answered by the container, and the edge goes to the conta
 A flow is reported from when its handshake completes until LINGER_SECONDS after it closed, so a client
 that connects once a second draws a steady edge rather than one that blinks.
 
+With the kernel's accounting on (`nf_conntrack_acct`, which the reporter turns on where it may, saying
+so where it may not), flows carry the bytes sent each way: events only do at a flow's end, so the table
+is also dumped every ACCOUNTING_SECONDS for the counters of open flows. An edge carries the sum of its
+flows' bytes, client to server (egress) and back (ingress).
+
 Lingering makes container addresses treacherous: the engine gives a removed container's IP to the next
 one it starts, and an ended flow of the old one would be drawn from the new one by whoever looks the
 address up now. So each end of a flow belongs to the container that held its address when the flow was
@@ -63,6 +68,9 @@ STARTUP_GRACE_SECONDS = 5.0
 #: After lost events the table is dumped again, but not more often than this on a host losing them
 #: all the time.
 MIN_RESYNC_SECONDS = 5.0
+#: How often open flows' byte counters are read (a dump of the table) when accounting is on.
+ACCOUNTING_SECONDS = 5.0
+ACCOUNTING_SYSCTL = "sys/net/netfilter/nf_conntrack_acct"
 
 #: TCP states of a connection that was open and is closing or closed.
 _CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
@@ -86,6 +94,9 @@ class FlowEvent(NamedTuple):
     dst: Address
     reply_src: Address
     assured: bool
+    #: Bytes sent in the original direction (client to server) and in reply, with accounting on.
+    sent: int | None = None
+    received: int | None = None
 
 
 def parse_flow(line: str) -> FlowEvent | None:
@@ -96,7 +107,7 @@ def parse_flow(line: str) -> FlowEvent | None:
     kind = ""
     state = ""
     assured = False
-    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": []}
+    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": [], "bytes": []}
     for token in line.split():
         key, sep, value = token.partition("=")
         if sep:
@@ -109,7 +120,7 @@ def parse_flow(line: str) -> FlowEvent | None:
             state = token
         elif token == "[ASSURED]":
             assured = True
-    src, dst, sport, dport = fields["src"], fields["dst"], fields["sport"], fields["dport"]
+    src, dst, sport, dport, counted = fields["src"], fields["dst"], fields["sport"], fields["dport"], fields["bytes"]
     if not state or len(src) < 2 or len(dst) < 2 or len(sport) < 2 or len(dport) < 2:
         return None
     try:
@@ -120,6 +131,8 @@ def parse_flow(line: str) -> FlowEvent | None:
             Address(dst[0], int(dport[0])),
             Address(src[1], int(sport[1])),
             assured,
+            int(counted[0]) if len(counted) >= 2 else None,
+            int(counted[1]) if len(counted) >= 2 else None,
         )
     except ValueError:
         return None
@@ -133,6 +146,8 @@ class _Flow:
     seen: float  # wall clock time it was first seen, for finding who held its addresses then
     client_claim: Claim | None = None
     server_claim: Claim | None = None
+    sent: int | None = None
+    received: int | None = None
 
 
 class ConntrackReporter(Reporter):
@@ -172,6 +187,7 @@ class ConntrackReporter(Reporter):
         self._following = threading.Event()
         self._losses = 0
         self._loss_warned = False
+        self._accounting = False
 
     @property
     def losses(self) -> int:
@@ -197,6 +213,7 @@ class ConntrackReporter(Reporter):
             log.warning("conntrack: %r not found; short-lived connections will be missed", self._binary)
             return
         self._check_bridge_netfilter()
+        self._accounting = self._enable_accounting()
         self._thread = threading.Thread(target=self._follow, args=(path,), name="conntrack", daemon=True)
         self._thread.start()
 
@@ -225,12 +242,27 @@ class ConntrackReporter(Reporter):
                 path,
             )
 
+    def _enable_accounting(self) -> bool:
+        """Turn on the kernel's byte counters for new flows, or say why edges will carry no traffic."""
+        path = os.path.join(self._proc_root, ACCOUNTING_SYSCTL)
+        try:
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    return True
+            with open(path, "w") as f:
+                f.write("1")
+        except OSError as exc:
+            log.warning("conntrack: cannot turn on accounting (%s: %s); edges will carry no traffic", path, exc)
+            return False
+        log.info("conntrack: accounting turned on (%s); connections opened from now on are counted", path)
+        return True
+
     def report(self, now: float) -> Report:
         """Client endpoints with an edge to each server they connected to; the servers too."""
         mono = time.monotonic()
         cutoff = mono - self._linger
         claimed = self._claims.addresses() if self._claims is not None else frozenset()
-        counts: dict[Address, dict[Address, int]] = {}
+        counts: dict[Address, dict[Address, EdgeMetadata]] = {}
         owners: dict[Address, str] = {}
         with self._lock:
             gone = [k for k, f in self._flows.items() if f.ended is not None and f.ended < cutoff]
@@ -240,7 +272,12 @@ class ConntrackReporter(Reporter):
                 self._flows.pop(key, None)
             for flow in self._flows.values():
                 servers = counts.setdefault(flow.client, {})
-                servers[flow.server] = servers.get(flow.server, 0) + 1
+                known = servers.get(flow.server)
+                servers[flow.server] = EdgeMetadata(
+                    (known.connection_count if known else 0) + 1,
+                    _add(known.egress_bytes if known else None, flow.sent),
+                    _add(known.ingress_bytes if known else None, flow.received),
+                )
                 if flow.client_claim is not None:
                     owners[flow.client] = flow.client_claim.container_id
                 if flow.server_claim is not None:
@@ -266,7 +303,7 @@ class ConntrackReporter(Reporter):
 
         all_servers: set[Address] = set()
         for client, servers in counts.items():
-            edges = {node_id(server): EdgeMetadata(connection_count=n) for server, n in servers.items()}
+            edges = {node_id(server): metadata for server, metadata in servers.items()}
             report.add(
                 Node.build(
                     node_id(client),
@@ -343,7 +380,7 @@ class ConntrackReporter(Reporter):
                 if not (event.assured or event.state == "ESTABLISHED") or (closing and event.kind != "update"):
                     return False
                 seen = time.time() - (time.monotonic() - mono)
-                self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None, seen)
+                flow = self._flows[key] = _Flow(event.src, event.reply_src, mono if closing else None, seen)
                 if len(self._flows) > self._max_flows:
                     self._flows.popitem(last=False)
                     self._dropped += 1
@@ -351,6 +388,10 @@ class ConntrackReporter(Reporter):
                         log.warning("conntrack: more than %d flows; forgetting the oldest", self._max_flows)
             elif closing and flow.ended is None:
                 flow.ended = mono
+            if event.sent is not None:
+                # Counters only grow; a dump read before an event may be applied after it.
+                flow.sent = max(flow.sent or 0, event.sent)
+                flow.received = max(flow.received or 0, event.received or 0)
             return True
 
     def _end_missing(self, seen: set[tuple[Address, Address]], mono: float) -> None:
@@ -423,7 +464,8 @@ class ConntrackReporter(Reporter):
             last_other = ""
             resync_due = False
             while True:
-                if resync_due and time.monotonic() - dumped_at >= MIN_RESYNC_SECONDS:
+                due = time.monotonic() - dumped_at
+                if (resync_due and due >= MIN_RESYNC_SECONDS) or (self._accounting and due >= ACCOUNTING_SECONDS):
                     dump_error = self._dump(path)
                     if dump_error:
                         return dump_error
@@ -495,6 +537,13 @@ class ConntrackReporter(Reporter):
             return f"conntrack -L exited with {proc.returncode}: {error}"
         self._end_missing(seen, mono)
         return ""
+
+
+def _add(total: int | None, more: int | None) -> int | None:
+    """A sum of byte counts that stays unknown while all of them are."""
+    if more is None:
+        return total
+    return more if total is None else total + more
 
 
 def _read_lines(stream: IO[str], lines: queue.SimpleQueue[tuple[str, float] | None]) -> None:

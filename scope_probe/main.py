@@ -5,16 +5,27 @@ containers), the publish tick (default 3 s) gathers the rest (processes, connect
 merged result; gathering those every spy tick would throw two reports in three away. A reporter that
 sees a change between ticks (a container started) wakes the loop, which then refreshes that reporter
 alone and publishes at once.
+
+What goes out is a full report now and then and, in between, a delta: the nodes that changed since the
+previous message (scope_common.delta). An app that subscribes (new, restarted, reconnected) gets a
+full report with the next publish; one that missed a message waits for the next periodic full report.
+
+A publish on a wake carries what the event changed and nothing else: the other reporters' newer
+reports, and the woken reporter's nodes whose only news is new metric samples or a value that follows
+the clock (an uptime), wait for the next publish tick. On a host where containers come and go all the
+time, every wake would otherwise re-send every container. Wakes are published at most every WAKE_GAP.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +34,11 @@ import zmq
 
 from scope_common import __version__, wire
 from scope_common.bus import DEFAULT_BUS_PORT
-from scope_common.config import env_flag, on_off, parse_duration, split_host_port
-from scope_common.report import Report, merge_reports
+from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
+from scope_common.delta import DeltaEncoder
+from scope_common.report import CONTAINER_STATE_HUMAN, UPTIME, Node, Report, merge_reports
 from scope_probe.addresses import AddressScopes
+from scope_probe.channel import ControlChannel, control_channel
 from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
@@ -36,8 +49,16 @@ from scope_probe.process import ProcessReporter
 from scope_probe.publisher import Publisher
 from scope_probe.reporter import ProbeContext, Reporter
 from scope_probe.resolver import ReverseResolver
+from scope_probe.tracer import ConnectionTracer, TracerUnavailable
 
 log = logging.getLogger("scope.probe")
+
+#: Least time between two publishes on wakes. The first event after a quiet spell goes out at once;
+#: a busy engine (other people's test containers here: 4 events a second) is sent at most this often,
+#: all its events together, rather than a whole report merged and encoded for each.
+WAKE_GAP = 1.0
+#: Latest values that move with the clock rather than with any event: "Up 3 minutes" and uptimes.
+CLOCK_KEYS = frozenset({UPTIME, CONTAINER_STATE_HUMAN})
 
 
 class Probe:
@@ -53,7 +74,10 @@ class Probe:
         spy_interval: float = 1.0,
         publish_interval: float = 3.0,
         resolve_interval: float = 10.0,
+        full_report_interval: float = 30.0,
+        wake_gap: float = WAKE_GAP,
         cleanups: Sequence[Callable[[], None]] = (),
+        channel: ControlChannel | None = None,
     ) -> None:
         self.ctx = ctx
         self._reporters = list(reporters)
@@ -63,13 +87,22 @@ class Probe:
         self._publish_interval = publish_interval
         self._resolve_interval = resolve_interval
         self._cleanups = list(cleanups)
+        #: The control channel to the apps; None with --no-controls.
+        self.channel = channel
         self._latest: dict[str, Report] = {}
+        #: The reports the last message was made of, by reporter.
+        self._sent: dict[str, Report] = {}
         self._woken: set[str] = set()
         self._wake_lock = threading.Lock()
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
         self._apps: set[str] | None = None
-        self._seq = 0
+        # Full reports are timed here rather than counted by the encoder: a busy Docker engine wakes
+        # the probe many times a minute, and those small messages must not bring the next full one forward.
+        self._encoder = DeltaEncoder(ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize)
+        self._full_report_interval = full_report_interval
+        self._wake_gap = wake_gap
+        self._next_full = 0.0
         self.failures: dict[str, int] = {}
 
     def wake(self, reporter: str) -> None:
@@ -87,9 +120,13 @@ class Probe:
             reporter.start(self.wake)
         discovery = threading.Thread(target=self._discover, name="discovery", daemon=True)
         discovery.start()
+        if self.channel is not None:
+            self.channel.start(self.wake)
         try:
             self._loop()
         finally:
+            if self.channel is not None:
+                self.channel.stop()
             for reporter in self._reporters:
                 reporter.stop()
             for cleanup in self._cleanups:
@@ -97,7 +134,7 @@ class Probe:
             self._publisher.close()
 
     def _loop(self) -> None:
-        next_spy = next_publish = time.monotonic()
+        next_spy = next_publish = next_wake = time.monotonic()
         while not self._stopping.is_set():
             self._apply_discovery()
             now = time.monotonic()
@@ -106,16 +143,23 @@ class Probe:
                 next_spy = _next_tick(next_spy, self._spy_interval, now)
             if now >= next_publish:
                 self._gather([r for r in self._reporters if not r.samples_every_tick])
-                self._publish()
+                self._publish(dict(self._latest))
                 next_publish = _next_tick(next_publish, self._publish_interval, now)
-            timeout = max(0.0, min(next_spy, next_publish) - time.monotonic())
-            if self._wake_event.wait(timeout):
+            with self._wake_lock:
+                due = min(next_spy, next_publish, next_wake if self._woken else math.inf)
+            if self._wake_event.wait(max(0.0, due - time.monotonic())):
                 self._wake_event.clear()
-                with self._wake_lock:
-                    woken, self._woken = self._woken, set()
-                if woken and not self._stopping.is_set():
-                    self._gather([r for r in self._reporters if r.name in woken])
-                    self._publish()
+            if time.monotonic() < next_wake or self._stopping.is_set():
+                continue
+            with self._wake_lock:
+                woken, self._woken = self._woken, set()
+            if woken:
+                self._gather([r for r in self._reporters if r.name in woken])
+                reports = dict(self._sent)
+                for name in woken & self._latest.keys():
+                    reports[name] = events_only(self._latest[name], self._sent.get(name))
+                self._publish(reports)
+                next_wake = time.monotonic() + self._wake_gap
 
     def _gather(self, reporters: Sequence[Reporter]) -> None:
         now = time.time()
@@ -128,21 +172,21 @@ class Probe:
                 if self.failures[reporter.name] in (1, 10, 100) or self.failures[reporter.name] % 1000 == 0:
                     log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
 
-    def _publish(self) -> None:
-        self._seq += 1
-        envelope = wire.Envelope(
-            probe_id=self.ctx.probe_id,
-            host_id=self.ctx.host_id,
-            seq=self._seq,
-            sent_at=time.time(),
-            report=merge_reports(self._latest.values()),
-            version=__version__,
-        )
+    def _publish(self, reports: dict[str, Report]) -> None:
+        """Send the merge of `reports` (by reporter name) as a full report or a delta."""
+        if self._publisher.new_subscribers() or time.monotonic() >= self._next_full:
+            self._encoder.request_full()
+        report = merge_reports(reports.values())
+        if self.channel is not None:
+            report = self.channel.controls.decorate(report)
         try:
-            message = wire.encode(envelope)
+            message = self._encoder.encode(report)
         except wire.EncodeError as exc:
             log.error("report not sent: %s", exc)
             return
+        self._sent = reports
+        if self._encoder.last_was_full:
+            self._next_full = time.monotonic() + self._full_report_interval
         self._publisher.send(message)
 
     def _discover(self) -> None:
@@ -159,6 +203,37 @@ class Probe:
             apps, self._apps = self._apps, None
         if apps is not None:
             self._publisher.set_apps(apps)
+            if self.channel is not None:
+                self.channel.set_apps(apps)
+
+
+def events_only(report: Report, sent: Report | None) -> Report:
+    """`report` with each node that was in `sent` as it was there, unless more than its metrics and
+    clock-following values changed: what a publish on a wake sends, so that its delta holds the nodes
+    the event changed, not every node that has a new sample."""
+    if sent is None:
+        return report
+    result = Report()
+    for topology in report.topologies.values():
+        sent_nodes = sent.nodes(topology.name)
+        for node in topology.nodes.values():
+            previous = sent_nodes.get(node.id)
+            result.add(previous if previous is not None and _same_facts(node, previous) else node)
+    return result
+
+
+def _same_facts(node: Node, previous: Node) -> bool:
+    return (
+        node.sets == previous.sets
+        and node.adjacency == previous.adjacency
+        and node.edges == previous.edges
+        and node.parents == previous.parents
+        and _facts(node) == _facts(previous)
+    )
+
+
+def _facts(node: Node) -> dict[str, str]:
+    return {key: value for key, (_, value) in node.latest.items() if key not in CLOCK_KEYS}
 
 
 def _next_tick(previous: float, interval: float, now: float) -> float:
@@ -188,6 +263,13 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--resolve-interval", default="10s", type=parse_duration, help="how often to look apps up")
     env_flag(
         group,
+        "--full-report-interval",
+        default="30s",
+        type=parse_duration,
+        help="how often to publish a full report rather than what changed (apps that missed one wait this long)",
+    )
+    env_flag(
+        group,
         "--weave-dns-name",
         default=WEAVE_DNS_NAME,
         help="DNS name whose A records are apps; empty: off",
@@ -204,8 +286,23 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--cgroup-root", default="/sys/fs/cgroup", help="the host's cgroup file system")
     env_flag(group, "--conntrack", default="on", type=on_off, help="follow conntrack for short-lived connections")
     env_flag(group, "--conntrack-linger", default="15s", type=parse_duration, help="keep ended connections this long")
+    env_flag(
+        group,
+        "--conn-tracer",
+        default="auto",
+        type=_tracer_mode,
+        help="see connections as they open with the kernel's tracepoint: auto (when it can), tracepoint (must), off",
+    )
     env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
+    switch_flag(group, "--no-controls", help="offer and accept no control at all (stop, exec, logs...)")
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
+
+
+def _tracer_mode(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("auto", "tracepoint", "off"):
+        raise argparse.ArgumentTypeError(f"invalid tracer mode {text!r} (use auto, tracepoint or off)")
+    return mode
 
 
 def probe_from_args(args: argparse.Namespace) -> Probe:
@@ -229,6 +326,14 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
     ]
     if args.conntrack:
         reporters.append(ConntrackReporter(ctx, addresses, linger=args.conntrack_linger, resolver=names, claims=claims))
+    if args.conn_tracer != "off":
+        tracer = ConnectionTracer(ctx, addresses, linger=args.conntrack_linger)
+        if args.conn_tracer == "tracepoint":
+            try:
+                tracer.open()
+            except TracerUnavailable as exc:
+                raise ValueError(f"--conn-tracer=tracepoint: {exc}") from None
+        reporters.append(tracer)
     resolver = PeerResolver(
         peers,
         weave_name=args.weave_dns_name or None,
@@ -244,7 +349,9 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         spy_interval=args.spy_interval,
         publish_interval=args.publish_interval,
         resolve_interval=args.resolve_interval,
+        full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
+        channel=None if args.no_controls else control_channel(ctx),
     )
 
 

@@ -1,4 +1,12 @@
-"""The probe's one PUB socket, connected to every app it knows."""
+"""The probe's one publishing socket, connected to every app it knows.
+
+It is an XPUB socket: it sends like PUB (the apps' SUB sockets see no difference), and it also
+receives each app's subscription, which reaches it when the app has connected and will get every
+message sent from then on. The probe sends full reports now and then and deltas in between; an app
+that (re)connects needs a full report to start from, and the subscription is the moment to send it.
+A socket monitor's "connected" or "handshake succeeded" event would come too early: the app's
+subscription may not have arrived yet, and a PUB socket drops what it sends to a peer until then.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +26,11 @@ class Publisher:
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
         self._context = context or zmq.Context.instance()
-        self._socket = self._context.socket(zmq.PUB)
+        self._socket = self._context.socket(zmq.XPUB)
         configure_publisher(self._socket)
+        # Every app subscribes to everything (b""): without VERBOSE only the first one's subscription
+        # would be passed up, and an app that reconnects would go unnoticed.
+        self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         self._apps: set[str] = set()
         self.sent = 0
         self.dropped = 0
@@ -44,8 +55,20 @@ class Publisher:
             log.info("app at %s is gone", address)
             self._apps.discard(address)
 
+    def new_subscribers(self) -> int:
+        """How many apps subscribed since the last call: each gets every message sent from now on."""
+        count = 0
+        while True:
+            try:
+                message = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return count
+            if message[:1] == b"\x01":  # \x00 is an unsubscription
+                count += 1
+
     def send(self, message: bytes) -> None:
-        """Queue `message` for every connected app; never blocks (a full queue drops the report)."""
+        """Queue `message` for every connected app; never blocks. ZeroMQ drops it, silently, for an app
+        whose queue is full: that app sees the gap in the sequence and waits for the next full report."""
         try:
             self._socket.send(message, zmq.NOBLOCK)
             self.sent += 1

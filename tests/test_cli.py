@@ -30,6 +30,10 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
             "--weave-dns-name=",
             "--weave-port=5000",
             "--log-level=debug",
+            # Switches (store_true) reach the child only when on: these are.
+            "--read-only",
+            "--no-controls",
+            "--no-auth",
             "peer.example:4031",
         ]
     )

@@ -18,16 +18,18 @@ common=(--bundle --format=esm --minify --target=es2020 --legal-comments=eof --lo
 "$esbuild" src/forceatlas2.js "${common[@]}" --outfile="$out/forceatlas2.js"
 "$esbuild" src/uplot.js "${common[@]}" --outfile="$out/uplot.js"
 cp node_modules/uplot/dist/uPlot.min.css "$out/uplot.css"
+"$esbuild" src/xterm.js "${common[@]}" --outfile="$out/xterm.js"
+cp node_modules/@xterm/xterm/css/xterm.css "$out/xterm.css"
 
 # Every package that ends up in a bundle (direct and transitive) ships its licence next to it.
 {
   echo "Bundled by ui/build.sh; versions pinned in ui/package-lock.json."
-  for pkg in graphology graphology-utils graphology-layout-forceatlas2 sigma events uplot; do
+  for pkg in graphology graphology-utils graphology-layout-forceatlas2 sigma events uplot @xterm/xterm @xterm/addon-fit; do
     dir="node_modules/$pkg"
     version="$(node -p "require('./$dir/package.json').version")"
     license="$(node -p "require('./$dir/package.json').license")"
     lic_file="$(ls "$dir" | grep -i -E '^(licen[cs]e|copying)' | head -n 1)"
-    cp "$dir/$lic_file" "$out/licenses/$pkg.LICENSE.txt"
+    cp "$dir/$lic_file" "$out/licenses/${pkg//\//-}.LICENSE.txt"  # @xterm/xterm -> @xterm-xterm
     echo "$pkg $version $license"
   done
 } > "$out/VERSIONS.txt"

@@ -22,6 +22,7 @@ from scope_app.render.containers import (
 )
 from scope_app.render.hosts import render_hosts
 from scope_app.render.processes import render_processes, render_processes_by_name
+from scope_common.controls import node_controls
 from scope_common.delta import NodeKey
 from scope_common.report import CMDLINE, CONTAINER_NAME, NAME, PID, Report
 
@@ -132,7 +133,7 @@ class View:
             "out": [_connection_row(node, target, self.nodes[target]) for target in sorted(node.edges)],
         }
         details["children"] = [self._children(topology, child_ids) for topology, child_ids in node.children.items()]
-        details["controls"] = []
+        details["controls"] = node_controls(self.graph.report, node_id)
         return details
 
     def _children(self, topology: str, child_ids: list[str]) -> Json:

@@ -114,3 +114,32 @@ export class TopologySocket {
     this.onStatus(status, detail);
   }
 }
+
+// Controls (docs/design.md, "Controls"): POST with a JSON body, so that another site's page cannot send
+// one without a preflight the app refuses. Resolves to {value, error, pipe, removedNode}; throws with
+// the app's error message (and .status) when it refuses.
+export async function postControl(probeId, nodeId, controlId) {
+  const path = ["api/control", probeId, nodeId, controlId].map((p, i) => (i ? encodeURIComponent(p) : p)).join("/");
+  const response = await fetch(apiUrl(path), {
+    method: "POST",
+    headers: { Accept: "application/json", "Content-Type": "application/json" },
+    body: "{}",
+  });
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON: the status line says enough.
+  }
+  if (!response.ok || body?.error) {
+    const error = new Error(body?.error || `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+// The websocket URL of a pipe a control opened.
+export function pipeUrl(pipeId) {
+  return apiUrl(`api/pipe/${encodeURIComponent(pipeId)}`).replace(/^http/, "ws");
+}

@@ -1,11 +1,29 @@
 // Details panel: shows the NodeSummary at once (from the websocket store), then the full
 // NodeDetails from REST (connections, children, controls), and refetches when the node updates.
 import { uPlot } from "../vendor/uplot.js";
-import { fetchNodeDetails } from "./api.js";
+import { fetchNodeDetails, postControl } from "./api.js";
 import { escapeHtml, formatMetric } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
+
+// Icons of the controls (the `icon` of each), 16 px line drawings in the UI's own style.
+const CONTROL_ICONS = {
+  stop: '<rect x="5" y="5" width="14" height="14" rx="1.5"/>',
+  start: '<path d="M7 4.5v15l12-7.5z"/>',
+  unpause: '<path d="M7 4.5v15l12-7.5z"/>',
+  pause: '<path d="M7 5v14M17 5v14"/>',
+  restart: '<path d="M19 12a7 7 0 1 1-2.05-4.95M19 4v4.5h-4.5"/>',
+  remove: '<path d="M4 7h16M9 7V4.5h6V7M6.5 7l1 13h9l1-13"/>',
+  terminal: '<rect x="3" y="4.5" width="18" height="15" rx="2"/><path d="M7 10l3 2.5L7 15M12.5 15h4.5"/>',
+  attach: '<path d="M10 14l4-4M8.5 11.5l-2 2a3.2 3.2 0 0 0 4.5 4.5l2-2M15.5 12.5l2-2A3.2 3.2 0 0 0 13 6l-2 2"/>',
+  logs: '<path d="M5 6h14M5 10h14M5 14h10M5 18h7"/>',
+};
+
+function controlIcon(name) {
+  const paths = CONTROL_ICONS[name] || '<circle cx="12" cy="12" r="6"/>';
+  return `<svg viewBox="0 0 24 24" width="15" height="15" aria-hidden="true" fill="none" stroke="currentColor" stroke-width="2" stroke-linecap="round" stroke-linejoin="round">${paths}</svg>`;
+}
 
 function sparkline(target, m, color) {
   const samples = (m.samples || []).filter((s) => Number.isFinite(s.date) && Number.isFinite(s.value));
@@ -33,11 +51,14 @@ function sparkline(target, m, color) {
 }
 
 export class DetailsPanel {
-  constructor(root, { onNavigate, onSelect, onClose }) {
+  constructor(root, { onNavigate, onSelect, onClose, onPipe }) {
     this.root = root;
     this.onNavigate = onNavigate; // (topologyId, nodeId) for parents and children
     this.onSelect = onSelect; // (nodeId) within the current topology, for connections
     this.onClose = onClose;
+    this.onPipe = onPipe; // (pipeId, kind "tty" | "log", title) when a control opened a pipe
+    this.pending = new Set(); // ids of the controls in flight: their buttons are disabled
+    this.controlError = "";
     this.topology = "";
     this.nodeId = "";
     this.summary = null;
@@ -63,6 +84,8 @@ export class DetailsPanel {
     if (!same) {
       this.details = null;
       this.error = "";
+      this.controlError = "";
+      this.pending.clear();
     }
     this.gone = false;
     this.root.hidden = false;
@@ -124,7 +147,29 @@ export class DetailsPanel {
     if (action === "close") this.onClose();
     else if (action === "navigate") this.onNavigate(el.dataset.topology, el.dataset.nodeId);
     else if (action === "select") this.onSelect(el.dataset.nodeId);
-    // action === "control": rendered for the controls issue; intentionally does nothing yet.
+    else if (action === "control") this._control(el.dataset.controlId);
+  }
+
+  async _control(controlId) {
+    const control = (this.details?.controls || []).find((c) => c.id === controlId);
+    if (!control || this.pending.has(controlId)) return;
+    if (control.confirm && !window.confirm(control.confirm)) return;
+    const { nodeId } = this;
+    const title = `${control.human}: ${this.details?.label_major || nodeId}`;
+    this.pending.add(controlId);
+    this.controlError = "";
+    this._render();
+    try {
+      const result = await postControl(control.probeId, control.nodeId, control.id);
+      if (result.pipe && this.onPipe) this.onPipe(result.pipe, control.pipe || "log", title);
+    } catch (err) {
+      if (nodeId === this.nodeId) this.controlError = `${control.human} failed: ${err.message}`;
+    } finally {
+      this.pending.delete(controlId);
+    }
+    if (nodeId !== this.nodeId) return;
+    this._render();
+    this._fetch(); // the node's state, and so its controls, changed
   }
 
   _destroyPlots() {
@@ -154,9 +199,13 @@ export class DetailsPanel {
     const controls = this.details?.controls || [];
     if (controls.length) {
       parts.push(`<div class="controls" data-testid="details-controls">${controls
-        .map((c) => `<button type="button" class="control" data-action="control" data-testid="details-control-${escapeHtml(c.id)}" data-control-id="${escapeHtml(c.id)}" data-probe-id="${escapeHtml(c.probeId)}" data-node-id="${escapeHtml(c.nodeId)}" title="${escapeHtml(c.human)}">${escapeHtml(c.human)}</button>`)
+        .map((c) => {
+          const busy = this.pending.has(c.id);
+          return `<button type="button" class="control${busy ? " pending" : ""}" data-action="control" data-testid="details-control-${escapeHtml(c.id)}" data-control-id="${escapeHtml(c.id)}" data-probe-id="${escapeHtml(c.probeId)}" data-node-id="${escapeHtml(c.nodeId)}" title="${escapeHtml(c.human)}${busy ? " (in progress)" : ""}" aria-label="${escapeHtml(c.human)}"${busy ? " disabled" : ""}>${controlIcon(c.icon)}<span>${escapeHtml(c.human)}</span></button>`;
+        })
         .join("")}</div>`);
     }
+    if (this.controlError) parts.push(`<div class="notice error" data-testid="details-control-error">${escapeHtml(this.controlError)}</div>`);
 
     const metrics = node.metrics || [];
     if (metrics.length) {

@@ -8,6 +8,7 @@
 //  - uPlot: tiny, fast canvas time-series charts for the CPU/memory sparklines.
 import { TopologySocket, fetchTopologies } from "./api.js";
 import { DetailsPanel } from "./details.js";
+import { PipeWindow } from "./pipes.js";
 import { escapeHtml, formatCount } from "./format.js";
 import { GraphView } from "./graph.js";
 import { compileSearch } from "./search.js";
@@ -54,10 +55,12 @@ const table = new TableView($('[data-testid="node-table"]'), {
   onSelect: select,
   onSort: (sort) => url.update({ sort }),
 });
+const pipes = new PipeWindow($('[data-testid="pipe-window"]'));
 const details = new DetailsPanel($('[data-testid="details"]'), {
   onNavigate: (topology, node) => url.update({ topology, node }),
   onSelect: select,
   onClose: () => select(""),
+  onPipe: (pipeId, kind, title) => pipes.open(pipeId, kind, title),
 });
 
 const socket = new TopologySocket({

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,14 @@ from scope_common import ids
 from scope_common.report import ADDR, CONNTRACKED, CONTAINER, ENDPOINT, PORT, REVERSE_DNS, EdgeMetadata, Node, Report
 from scope_probe.addresses import AddressScopes
 from scope_probe.claims import AddressClaims
-from scope_probe.conntrack import STARTUP_GRACE_SECONDS, Address, ConntrackReporter, FlowEvent, parse_flow
+from scope_probe.conntrack import (
+    ACCOUNTING_SECONDS,
+    STARTUP_GRACE_SECONDS,
+    Address,
+    ConntrackReporter,
+    FlowEvent,
+    parse_flow,
+)
 from scope_probe.reporter import ProbeContext
 from scope_probe.resolver import ReverseResolver
 from tests.fixtures.dns import DnsServer
@@ -174,6 +182,54 @@ def test_published_port_is_mapped_to_the_container(reporter: ConntrackReporter, 
     assert node.adjacency == (server_id,), "the edge goes to the container, not the published port"
 
 
+MB = 1_000_000
+
+
+def _exchange(sock: socket.socket, send: int, receive: int) -> None:
+    """Send `send` bytes and read `receive`, at once (both ends' buffers are far smaller than 10 MB)."""
+    out = bytes(send)
+    sender = threading.Thread(target=sock.sendall, args=(out,))
+    sender.start()
+    got = 0
+    while got < receive:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "closed early"
+        got += len(chunk)
+    sender.join()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("held_open", [True, False])
+def test_an_edge_carries_the_bytes_sent_each_way(reporter: ConntrackReporter, held_open: bool) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        server_id = f"{HOST};127.0.0.1;{listener.getsockname()[1]}"
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+        client_id = f"{HOST};127.0.0.1;{client.getsockname()[1]}"
+        serving = threading.Thread(target=_exchange, args=(accepted, 1 * MB, 10 * MB))
+        serving.start()
+        _exchange(client, 10 * MB, 1 * MB)
+        serving.join()
+        if not held_open:
+            client.close()
+            accepted.close()
+
+        def counted() -> EdgeMetadata | None:
+            node = reporter.report(time.time()).nodes(ENDPOINT).get(client_id)
+            edge = node.edges.get(server_id) if node is not None else None
+            return edge if edge is not None and (edge.egress_bytes or 0) >= 10 * MB else None
+
+        # An open flow's counters come with the next dump (every ACCOUNTING_SECONDS); a closed one's at once.
+        edge = wait_for(counted, timeout=ACCOUNTING_SECONDS + 5, what="10 MB on the edge")
+        client.close()
+        accepted.close()
+    assert edge.egress_bytes is not None and edge.ingress_bytes is not None
+    assert 10 * MB <= edge.egress_bytes <= 11 * MB, "what the client sent, headers included"
+    assert 1 * MB <= edge.ingress_bytes <= 1.1 * MB, "what the server sent back"
+
+
 @pytest.mark.root
 def test_closed_flow_lingers_then_goes() -> None:
     reporter = new_reporter(linger=1.5)
@@ -307,6 +363,9 @@ def test_parse_flow() -> None:
     assert dnat.reply_src == Address("172.17.0.2", 80)
     dumped = parse_flow(DUMPED_IPV6)
     assert dumped is not None and dumped.kind == "" and dumped.src == Address("2001:db8::1", 40000)
+    assert dumped.sent is None and dumped.received is None, "no accounting, no figures"
+    counted = parse_flow(DUMPED_TIME_WAIT)
+    assert counted is not None and (counted.sent, counted.received) == (5503, 2627126)
     assert parse_flow("conntrack v1.4.7 (conntrack-tools): 26 flow events have been shown.") is None
     assert parse_flow("WARNING: We have hit ENOBUFS! We are losing events.") is None
 

@@ -246,28 +246,50 @@ def test_a_quiet_namespace_is_not_read_again_but_a_new_connection_in_it_is_seen(
     host = netns.create()
     reporter = _reporter()
     with _connected_pair("127.0.0.1", "127.0.0.1", host) as (_, _, first_client, first_port):
-        ns = _netns_inode(first_client.pid)
-        scope = f"{HOST}/{ns}"
+        ns = os.stat(f"/proc/{first_client.pid}/ns/net").st_ino
+        scope = f"{HOST}/{format(ns, 'x')}"
         assert ids.endpoint_id(scope, "127.0.0.1", first_port) in reporter.report(time.time()).nodes("endpoint")
-        reads = reporter.table_reads
+        reads = reporter.reads[ns]
         report = reporter.report(time.time())
-        # Only namespaces whose TCP counters moved were read again (the host's own may be busy).
-        assert reporter.table_reads - reads < _namespace_count()
+        assert reporter.reads[ns] == reads, "the namespace's counters did not move: its cached table is used"
         assert ids.endpoint_id(scope, "127.0.0.1", first_port) in report.nodes("endpoint"), "cached table kept"
-        quiet_reads = reporter.table_reads
-        report = reporter.report(time.time())
         with _connected_pair("127.0.0.1", "127.0.0.1", host) as (_, _, _, second_port):
             report = reporter.report(time.time())
             assert ids.endpoint_id(scope, "127.0.0.1", second_port) in report.nodes("endpoint")
-        assert reporter.table_reads > quiet_reads
+        assert reporter.reads[ns] > reads
 
 
-def _namespace_count() -> int:
-    namespaces = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                namespaces.add(os.stat(f"/proc/{name}/ns/net").st_ino)
-            except OSError:
-                continue
-    return len(namespaces)
+# Makes short connections to itself, each closed by the client first (which keeps its end in
+# TIME_WAIT), then closes its listening socket too and waits.
+_SHORT_CONNECTIONS = """
+import socket, time
+server = socket.create_server(("127.0.0.1", 0))
+for _ in range(5):
+    client = socket.create_connection(server.getsockname())
+    conn, _ = server.accept()
+    client.close()
+    time.sleep(0.05)
+    conn.close()
+server.close()
+print("done", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_namespace_left_with_only_time_wait_sockets_is_not_read(netns: Netns) -> None:
+    """Like a container whose short connections have all closed: nothing in its tables to report."""
+    host = netns.create()
+    proc = host.popen([sys.executable, "-c", _SHORT_CONNECTIONS], stdout=subprocess.PIPE, text=True)
+    try:
+        assert _line(proc) == "done"
+        with open(f"/proc/{proc.pid}/net/sockstat") as f:
+            assert " tw 0 " not in f.read(), "the namespace should hold TIME_WAIT sockets"
+        ns = os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+        reporter = _reporter()
+        report = reporter.report(time.time())
+        reporter.report(time.time())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert reporter.reads[ns] == 0
+    assert not [n for n in report.nodes("endpoint") if format(ns, "x") in n]

@@ -1,0 +1,200 @@
+"""The app's end of the control channel, and `POST /api/control/{probeId}/{nodeId}/{control}`.
+
+`ControlRouter` binds a ROUTER beside the bus. Probes connect and say `hello` every second; the router
+keeps the ones heard within rpc.PEER_TIMEOUT (those it can reach now), heartbeats back, and matches
+each response to the request it answers. A request gets rpc.REQUEST_TIMEOUT to be answered. Whatever
+arrives is decoded by rpc.decode and dropped with a counter when it is bad, from a probe that never
+said hello, or an answer to nothing asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import tornado.web
+import zmq
+import zmq.asyncio
+
+from scope_common import rpc
+
+log = logging.getLogger(__name__)
+
+#: Probes the router keeps track of; hellos from more are dropped.
+MAX_PROBES = 10_000
+#: Requests waiting for one probe's answer; more are refused as busy.
+MAX_PENDING_PER_PROBE = 16
+_LOG_EVERY = 10.0
+
+
+class ProbeNotConnected(Exception):
+    pass
+
+
+class ProbeBusy(Exception):
+    pass
+
+
+@dataclass
+class ProbeLink:
+    """A probe that said hello within rpc.PEER_TIMEOUT."""
+
+    probe_id: str
+    host_id: str
+    version: str
+    last_seen: float
+
+
+#: Called with (probe id, message) for pipe messages, and (probe id) when a probe goes away.
+PipeListener = Callable[[str, rpc.Message], None]
+GoneListener = Callable[[str], None]
+
+
+class ControlRouter:
+    def __init__(self, context: zmq.asyncio.Context, bind: str) -> None:
+        self._socket = context.socket(zmq.ROUTER)
+        rpc.configure_router(self._socket)
+        self._socket.bind(bind)
+        self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.probes: dict[str, ProbeLink] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[rpc.Message]]] = {}
+        self._ids = itertools.count(1)
+        self.dropped: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+        self.on_pipe: PipeListener | None = None
+        self.on_gone: GoneListener | None = None
+
+    def connected(self, probe_id: str) -> bool:
+        return probe_id in self.probes
+
+    async def run(self) -> None:
+        while True:
+            identity, *rest = await self._socket.recv_multipart(copy=True)
+            if len(rest) != 1:
+                self._drop("malformed", "not one frame")
+                continue
+            self.handle(identity.decode(errors="replace"), rest[0])
+
+    async def heartbeat_forever(self) -> None:
+        beat = rpc.encode(rpc.Message.make(rpc.HEARTBEAT))
+        while True:
+            now = time.monotonic()
+            for probe_id, link in list(self.probes.items()):
+                if now - link.last_seen > rpc.PEER_TIMEOUT:
+                    self._forget(probe_id, "stopped answering")
+                else:
+                    self.send_raw(probe_id, beat)
+            await asyncio.sleep(rpc.HEARTBEAT_INTERVAL)
+
+    def handle(self, identity: str, raw: bytes) -> None:
+        try:
+            message = rpc.decode(raw, rpc.APP_RECEIVES)
+        except rpc.RpcError as exc:
+            self._drop(exc.reason, f"from {identity[:40]!r}: {exc}")
+            return
+        if message.kind == rpc.HELLO:
+            self._hello(identity, message)
+            return
+        link = self.probes.get(identity)
+        if link is None:
+            self._drop("unknown_probe", f"a {message.kind} from {identity[:40]!r}, which has not said hello")
+            return
+        link.last_seen = time.monotonic()
+        if message.kind == rpc.RESPONSE:
+            pending = self._pending.get(message.number("id"))
+            if pending is None or pending[0] != identity:
+                self._drop("unexpected_response", f"from {identity[:40]!r}, to no request of its")
+                return
+            del self._pending[message.number("id")]
+            if not pending[1].done():
+                pending[1].set_result(message)
+        elif self.on_pipe is not None:
+            self.on_pipe(identity, message)
+
+    def _hello(self, identity: str, message: rpc.Message) -> None:
+        if message.text("probe_id") != identity:
+            self._drop("identity_mismatch", f"{identity[:40]!r} says it is {message.text('probe_id')[:40]!r}")
+            return
+        link = self.probes.get(identity)
+        if link is None:
+            if len(self.probes) >= MAX_PROBES:
+                self._drop("too_many_probes", f"{identity[:40]!r}")
+                return
+            link = self.probes[identity] = ProbeLink(identity, "", "", 0.0)
+            log.info("probe %s (%s) connected its control channel", identity, message.text("host_id"))
+        link.host_id, link.version = message.text("host_id"), message.text("version")
+        link.last_seen = time.monotonic()
+
+    def _forget(self, probe_id: str, why: str) -> None:
+        self.probes.pop(probe_id, None)
+        log.info("probe %s control channel: %s", probe_id, why)
+        for request_id, (owner, future) in list(self._pending.items()):
+            if owner == probe_id:
+                del self._pending[request_id]
+                if not future.done():
+                    future.set_exception(TimeoutError(f"probe {probe_id} {why}"))
+        if self.on_gone is not None:
+            self.on_gone(probe_id)
+
+    def send(self, probe_id: str, message: rpc.Message) -> bool:
+        return self.send_raw(probe_id, rpc.encode(message))
+
+    def send_raw(self, probe_id: str, raw: bytes) -> bool:
+        """Queue `raw` for the probe; False if it is not connected (or its queue is full)."""
+        try:
+            self._socket.send_multipart([probe_id.encode(), raw], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN
+            self._drop("unsent", f"to {probe_id[:40]!r}: {exc}")
+            return False
+        return True
+
+    async def request(self, probe_id: str, node_id: str, control: str, args: str = "") -> rpc.Message:
+        """Ask `probe_id` to perform `control` on `node_id`; its response. Raises ProbeNotConnected,
+        ProbeBusy, or TimeoutError when no answer comes within rpc.REQUEST_TIMEOUT."""
+        if probe_id not in self.probes:
+            raise ProbeNotConnected(probe_id)
+        if sum(1 for owner, _ in self._pending.values() if owner == probe_id) >= MAX_PENDING_PER_PROBE:
+            raise ProbeBusy(probe_id)
+        request_id = next(self._ids)
+        future: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (probe_id, future)
+        message = rpc.Message.make(rpc.REQUEST, id=request_id, node=node_id, control=control, args=args)
+        try:
+            if not self.send(probe_id, message):
+                raise ProbeNotConnected(probe_id)
+            return await asyncio.wait_for(future, rpc.REQUEST_TIMEOUT)
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged_at[reason] = now
+            log.warning(
+                "control channel dropped a message (%s); %d so far for this reason", detail, self.dropped[reason]
+            )
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+def same_origin(request: tornado.httputil.HTTPServerRequest, allowed: frozenset[str]) -> bool:
+    """Whether a browser sent this request from a page of this app (or of an allowed origin).
+
+    Browsers name the page's origin on every cross-origin POST and websocket; requests without one
+    (curl, tests, other programs) are not a browser acting for another site.
+    """
+    if request.headers.get("Sec-Fetch-Site", "") == "cross-site":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    if origin in allowed or "*" in allowed:
+        return True
+    return urlparse(origin).netloc.lower() == request.host.lower()

@@ -1,0 +1,225 @@
+"""The probe's end of the control channel: one DEALER per app, owned by one thread.
+
+The probe finds apps as it always has (peers on the command line, every A record of the WeaveDNS
+name); for each bus address it connects a DEALER to the control port beside it, with its probe id as
+identity, and says `hello` every heartbeat. Apps heartbeat back; an app silent for rpc.PEER_TIMEOUT is
+gone, and the pipes it had are closed.
+
+ZeroMQ sockets belong to one thread, so every other thread (control workers, pipe threads) hands its
+messages to `send`, which queues them and wakes the channel's thread through a pipe it polls.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import socket
+import threading
+import time
+
+import zmq
+
+from scope_common import __version__, rpc
+from scope_probe.controls import Controls
+from scope_probe.docker_controls import DockerControls
+from scope_probe.host_controls import HostControls
+from scope_probe.pipes import Pipes
+from scope_probe.reporter import ProbeContext, Wake
+
+log = logging.getLogger(__name__)
+
+#: At most one log line per reason this often; the counters say how many.
+_LOG_EVERY = 10.0
+
+
+class ControlChannel:
+    """Connects to every app's control port and serves the requests that come in."""
+
+    def __init__(self, probe_id: str, host_id: str, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        self.probe_id = probe_id
+        self.host_id = host_id
+        self.pipes = Pipes(self.send)
+        #: Modules register their controls here before `start`.
+        self.controls = Controls(probe_id, self.pipes)
+        self._context = context or zmq.Context.instance()
+        self._dealers: dict[str, zmq.Socket[bytes]] = {}  # control address -> socket; channel thread only
+        self._heard: dict[str, float] = {}  # control address -> when it last heartbeated
+        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._wanted: set[str] | None = None
+        self._lock = threading.Lock()
+        # A socket pair rather than os.pipe: once closed, a late `_signal` fails on the object instead
+        # of writing to whatever file reused the descriptor.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.dropped: dict[str, int] = {}
+        self._logged_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self, wake: Wake) -> None:
+        self.controls.start(wake)
+        self._thread = threading.Thread(target=self._run, name="control-channel", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.controls.stop()
+        self._stopping.set()
+        self._signal()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def set_apps(self, bus_addresses: set[str]) -> None:
+        """The apps found now, by their bus addresses; the channel connects to each one's control port."""
+        wanted = set()
+        for address in bus_addresses:
+            try:
+                wanted.add(rpc.control_address(address))
+            except ValueError as exc:
+                log.warning("%s", exc)
+        with self._lock:
+            self._wanted = wanted
+        self._signal()
+
+    def send(self, app: str, message: rpc.Message) -> None:
+        """Queue `message` for the app at control address `app`. Never blocks."""
+        with self._lock:
+            self._outbox.append((app, rpc.encode(message)))
+        self._signal()
+
+    def _signal(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # already signalled, or closed at exit
+            self._wake_w.send(b"x")
+
+    # ------------------------------------------------------------------ the channel's thread
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_beat = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self._apply_apps(poller)
+                self._flush()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat(now)
+                    # Quickly at first, so that an app can use a probe within moments of its start.
+                    answered = self._heard.keys() >= self._dealers.keys()
+                    next_beat = now + (rpc.HEARTBEAT_INTERVAL if answered else rpc.HEARTBEAT_INTERVAL / 10)
+                timeout_ms = max(0, int((next_beat - time.monotonic()) * 1000)) + 1
+                for item, _ in poller.poll(timeout_ms):
+                    if isinstance(item, zmq.Socket):
+                        self._receive(item)
+                    else:  # the wake socket, which the poller names by its descriptor
+                        with contextlib.suppress(BlockingIOError):
+                            self._wake_r.recv(4096)
+        finally:
+            for dealer in self._dealers.values():
+                dealer.close(linger=0)
+            self._dealers.clear()
+
+    def _apply_apps(self, poller: zmq.Poller) -> None:
+        with self._lock:
+            wanted, self._wanted = self._wanted, None
+        if wanted is None:
+            return
+        for address in sorted(wanted - self._dealers.keys()):
+            dealer = self._context.socket(zmq.DEALER)
+            rpc.configure_dealer(dealer, self.probe_id)
+            try:
+                dealer.connect(address)
+            except zmq.ZMQError as exc:
+                log.warning("cannot connect to the control port %s: %s", address, exc)
+                dealer.close(linger=0)
+                continue
+            log.info("control channel to %s", address)
+            self._dealers[address] = dealer
+            poller.register(dealer, zmq.POLLIN)
+        for address in sorted(self._dealers.keys() - wanted):
+            dealer = self._dealers.pop(address)
+            poller.unregister(dealer)
+            dealer.close(linger=0)
+            self._heard.pop(address, None)
+            self.pipes.app_gone(address)
+            log.info("control channel to %s closed: the app is no longer found", address)
+
+    def _hello(self) -> rpc.Message:
+        return rpc.Message.make(rpc.HELLO, probe_id=self.probe_id, host_id=self.host_id, version=__version__)
+
+    def _heartbeat(self, now: float) -> None:
+        hello = rpc.encode(self._hello())
+        for address in self._dealers:
+            # Unsent while the app is away (IMMEDIATE): that is what heartbeats are for, not a loss.
+            with contextlib.suppress(zmq.ZMQError):
+                self._dealers[address].send(hello, zmq.NOBLOCK)
+        for address, heard in list(self._heard.items()):
+            if now - heard > rpc.PEER_TIMEOUT:
+                del self._heard[address]
+                log.info("the app at %s stopped answering", address)
+                self.pipes.app_gone(address)
+
+    def _flush(self) -> None:
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    return
+                address, raw = self._outbox.popleft()
+            self._send_now(address, raw)
+
+    def _send_now(self, address: str, raw: bytes) -> None:
+        dealer = self._dealers.get(address)
+        if dealer is None:
+            self._drop("no_app", f"a message for {address}, which is not connected")
+            return
+        try:
+            dealer.send(raw, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # Not connected (IMMEDIATE) or past the high-water mark: the app will time out or the
+            # pipe will stall and be closed; the channel carries on.
+            self._drop("unsent", f"to {address}: {exc}")
+
+    def _receive(self, dealer: zmq.Socket[bytes]) -> None:
+        address = next(a for a, s in self._dealers.items() if s is dealer)
+        for _ in range(1000):  # bounded: the other apps get their turn
+            try:
+                raw = dealer.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = rpc.decode(raw, rpc.PROBE_RECEIVES)
+            except rpc.RpcError as exc:
+                self._drop(exc.reason, str(exc))
+                continue
+            if address not in self._heard:
+                log.info("the app at %s answers", address)
+            self._heard[address] = time.monotonic()
+            if message.kind == rpc.REQUEST:
+                self.controls.handle(address, message, functools.partial(self.send, address))
+            elif message.kind != rpc.HEARTBEAT:
+                self.pipes.receive(address, message)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
+            self._logged_at[reason] = now
+            log.warning(
+                "control channel dropped a message (%s); %d so far for this reason",
+                detail,
+                self.dropped[reason],
+            )
+
+
+def control_channel(ctx: ProbeContext) -> ControlChannel:
+    """The channel with every control this probe offers: the Docker engine's and the host's."""
+    channel = ControlChannel(ctx.probe_id, ctx.host_id)
+    DockerControls(ctx.docker_url).register(channel.controls)
+    HostControls(ctx.host_id, ctx.proc_root).register(channel.controls)
+    return channel
