@@ -114,19 +114,6 @@ def ours(report: Report) -> Report:
     return kept
 
 
-def node_record(node: Node) -> list[Any]:
-    return [
-        node.topology,
-        node.id,
-        {k: [ts, v] for k, (ts, v) in node.latest.items()},
-        {k: list(v) for k, v in node.sets.items()},
-        list(node.adjacency),
-        {k: [e.connection_count, e.egress_bytes, e.ingress_bytes] for k, e in node.edges.items()},
-        {k: [m.min, m.max, [x for s in m.samples for x in (s.timestamp, s.value)]] for k, m in node.metrics.items()},
-        {k: list(v) for k, v in node.parents.items()},
-    ]
-
-
 def edges_between_ours(report: Report) -> int:
     """Client endpoints of ours with a connection: the sign conntrack has seen the fetches."""
     return sum(1 for node in report.nodes("endpoint").values() if node.adjacency and node.parents)
@@ -189,7 +176,7 @@ def main() -> None:
             "host_addresses": host_addresses(report),
             "captured_at": max(ts for n in report.nodes("host").values() for ts, _ in n.latest.values()),
             "node_fields": NODE_FIELDS,
-            "nodes": [node_record(n) for t in report.topologies.values() for n in t.nodes.values()],
+            "nodes": [wire.node_record(n) for t in report.topologies.values() for n in t.nodes.values()],
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(captured, separators=(",", ":")))

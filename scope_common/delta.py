@@ -174,7 +174,8 @@ class Applied:
     #: (topology, id) -> the node's version before the message (None: it is new).
     before: dict[NodeKey, Node | None] = field(default_factory=dict)
     #: Why the message was not used, or "": `stale` (a copy, or older than what was applied),
-    #: `missed_delta` (a delta on a base this side does not have).
+    #: `missed_delta` (a delta on a base this side does not have), `too_many_nodes` (a delta that
+    #: would take the report past wire.MAX_NODES).
     refused: str = ""
     full: bool = False
 
@@ -197,11 +198,19 @@ class ProbeNodes:
             self.complete = False
             self.seq = envelope.seq
             return Applied(refused="missed_delta")
-        changes = Applied(full=envelope.full)
         incoming: dict[NodeKey, Node] = {}
         for topology in envelope.report.topologies.values():
             for node in topology.nodes.values():
                 incoming[(node.topology, node.id)] = node
+        if not envelope.full:
+            gone = sum((name, node_id) in self.nodes for name, ids in envelope.removed.items() for node_id in ids)
+            if len(self.nodes) - gone + len(incoming.keys() - self.nodes.keys()) > wire.MAX_NODES:
+                # A report may hold no more nodes than one message may carry, however many deltas
+                # build it: memory per probe stays bounded. The probe's next full report starts afresh.
+                self.complete = False
+                self.seq = envelope.seq
+                return Applied(refused="too_many_nodes")
+        changes = Applied(full=envelope.full)
         if envelope.full:
             for key in self.nodes.keys() - incoming.keys():
                 changes.before[key] = self.nodes.pop(key)

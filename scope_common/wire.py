@@ -48,6 +48,9 @@ MAX_REPORT_BYTES = 64 * 1024 * 1024
 MAX_NODES = 100_000
 #: Largest record: one node with all its facts. A container with many labels is a few KB.
 MAX_RECORD_BYTES = 256 * 1024
+#: Most entries of any container in the envelope itself (a map of ten fields): an 8 MiB envelope of
+#: millions of empty lists is refused before one is built.
+MAX_HEAD_ITEMS = 32
 
 ENCODING_ZLIB = "zlib"
 ENCODING_NONE = "none"
@@ -90,7 +93,7 @@ class Envelope:
 def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     """The bytes of one message. Raises EncodeError past MAX_MESSAGE_BYTES."""
     packer = msgpack.Packer(use_bin_type=True)
-    records = [packer.pack(_node_record(node)) for node in _all_nodes(envelope.report)]
+    records = [packer.pack(node_record(node)) for node in _all_nodes(envelope.report)]
     records.extend(packer.pack([name, list(removed)]) for name, removed in envelope.removed.items() if removed)
     body = b"".join(packer.pack(record) for record in records)
     if compress:
@@ -124,7 +127,7 @@ def decode(message: bytes) -> Envelope:
     """The envelope in `message`. Raises DecodeError, and only DecodeError, when it is unusable."""
     if len(message) > MAX_MESSAGE_BYTES:
         raise DecodeError("too_large", f"{len(message)} bytes")
-    head = _unpack(message, MAX_MESSAGE_BYTES)
+    head = _unpack(message, MAX_MESSAGE_BYTES, max_items=MAX_HEAD_ITEMS)
     if not isinstance(head, dict):
         raise DecodeError("malformed", "envelope is not a map")
     if head.get("v") != FORMAT_VERSION:
@@ -171,7 +174,10 @@ def _decompress(body: bytes) -> bytes:
     return out
 
 
-def _unpack(data: bytes, limit: int) -> Any:
+def _unpack(data: bytes, limit: int, *, max_items: int | None = None) -> Any:
+    """`data` unpacked, no string or bin longer than `limit` and no container of more than `max_items`
+    (default: `limit`) entries."""
+    items = limit if max_items is None else max_items
     try:
         return msgpack.unpackb(
             data,
@@ -180,8 +186,8 @@ def _unpack(data: bytes, limit: int) -> Any:
             use_list=True,
             max_str_len=limit,
             max_bin_len=limit,
-            max_array_len=limit,
-            max_map_len=limit,
+            max_array_len=items,
+            max_map_len=items,
             max_ext_len=0,
         )
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
@@ -218,7 +224,7 @@ def _records(body: bytes) -> Iterator[bytes]:
 
 def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int]]:
     report = Report()
-    removed: dict[str, tuple[str, ...]] = {}
+    removed: dict[str, list[str]] = {}
     rejected: dict[str, int] = {}
     for record in _records(body):
         try:
@@ -227,7 +233,7 @@ def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], di
                 raise DecodeError("malformed", "record is not a list")
             if len(fields) == 2:
                 name = _str(fields[0])
-                removed[name] = removed.get(name, ()) + _sorted_strs(fields[1])
+                removed.setdefault(name, []).extend(_sorted_strs(fields[1]))
                 continue
             node = _node_from_record(fields)
         except DecodeError as exc:
@@ -235,7 +241,7 @@ def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], di
             rejected[reason] = rejected.get(reason, 0) + 1
             continue
         report.add(node)
-    return report, removed, rejected
+    return report, {name: tuple(sorted(set(ids_))) for name, ids_ in removed.items()}, rejected
 
 
 def _str(value: object) -> str:
@@ -249,7 +255,8 @@ def _str(value: object) -> str:
 # metrics: {key: [min, max, [t0, v0, t1, v1, ...]]}.
 
 
-def _node_record(node: Node) -> list[Any]:
+def node_record(node: Node) -> list[Any]:
+    """A node's record (before packing), as laid out above."""
     return [
         node.topology,
         node.id,
@@ -330,4 +337,4 @@ def _metric(raw: Any) -> Metric:
 def report_records(nodes: Iterable[Node]) -> bytes:
     """The uncompressed report body for `nodes`: for tests and tools that build messages by hand."""
     packer = msgpack.Packer(use_bin_type=True)
-    return b"".join(packer.pack(packer.pack(_node_record(node))) for node in nodes)
+    return b"".join(packer.pack(packer.pack(node_record(node))) for node in nodes)

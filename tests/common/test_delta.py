@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,3 +145,19 @@ def test_a_copy_of_a_message_changes_nothing() -> None:
         receiver.apply(wire.decode(message))
     assert receiver.complete
     assert list(receiver.nodes) == [("process", "h;1")]
+
+
+def test_deltas_cannot_grow_a_report_past_the_node_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each delta may carry up to the limit; many of them must not add up past it."""
+    monkeypatch.setattr(wire, "MAX_NODES", 5)
+    encoder = DeltaEncoder("p", "h", full_every=1000)
+    receiver = ProbeNodes()
+    report = Report()
+    applied = []
+    for pid in range(8):
+        report.add(Node.build(f"h;{pid}", "process", latest={"name": "x"}))
+        applied.append(receiver.apply(wire.decode(encoder.encode(report))).refused)
+    assert applied[:5] == [""] * 5
+    assert applied[5] == "too_many_nodes"
+    assert len(receiver.nodes) == 5
+    assert not receiver.complete, "what follows waits for a full report"

@@ -156,3 +156,17 @@ def test_arbitrary_records_never_raise_anything_but_decode_error(records: list[o
         wire.decode(_message(_records(*records)))
     with contextlib.suppress(DecodeError):
         wire.decode(_message(_records(*records) + msgpack.packb(stray, use_bin_type=True)))
+
+
+def test_an_envelope_of_millions_of_lists_is_refused_before_they_are_built() -> None:
+    message = msgpack.packb({"v": wire.FORMAT_VERSION, "probe_id": [[]] * 1_000_000}, use_bin_type=True)
+    assert len(message) < wire.MAX_MESSAGE_BYTES
+    with pytest.raises(DecodeError) as info:
+        wire.decode(message)
+    assert info.value.reason == "malformed"
+
+
+def test_removal_records_of_one_topology_add_up() -> None:
+    body = _records(*(["process", [f"h;{i}"]] for i in range(50_000)))
+    decoded = wire.decode(_message(body, full=False, base_seq=0))
+    assert len(decoded.removed["process"]) == 50_000
