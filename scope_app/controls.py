@@ -22,6 +22,7 @@ import zmq
 import zmq.asyncio
 
 from scope_common import rpc
+from scope_common.drops import Drops
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 MAX_PROBES = 10_000
 #: Requests waiting for one probe's answer; more are refused as busy.
 MAX_PENDING_PER_PROBE = 16
-_LOG_EVERY = 10.0
 
 
 class ProbeNotConnected(Exception):
@@ -64,8 +64,9 @@ class ControlRouter:
         self.probes: dict[str, ProbeLink] = {}
         self._pending: dict[int, tuple[str, asyncio.Future[rpc.Message]]] = {}
         self._ids = itertools.count(1)
-        self.dropped: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
+        self._drops = Drops(log, "control channel dropped a message")
+        #: Dropped messages by reason.
+        self.dropped = self._drops.counts
         self.on_pipe: PipeListener | None = None
         self.on_gone: GoneListener | None = None
 
@@ -76,7 +77,7 @@ class ControlRouter:
         while True:
             identity, *rest = await self._socket.recv_multipart(copy=True)
             if len(rest) != 1:
-                self._drop("malformed", "not one frame")
+                self._drops.add("malformed", "not one frame")
                 continue
             self.handle(identity.decode(errors="replace"), rest[0])
 
@@ -95,20 +96,20 @@ class ControlRouter:
         try:
             message = rpc.decode(raw, rpc.APP_RECEIVES)
         except rpc.RpcError as exc:
-            self._drop(exc.reason, f"from {identity[:40]!r}: {exc}")
+            self._drops.add(exc.reason, f"from {identity[:40]!r}: {exc}")
             return
         if message.kind == rpc.HELLO:
             self._hello(identity, message)
             return
         link = self.probes.get(identity)
         if link is None:
-            self._drop("unknown_probe", f"a {message.kind} from {identity[:40]!r}, which has not said hello")
+            self._drops.add("unknown_probe", f"a {message.kind} from {identity[:40]!r}, which has not said hello")
             return
         link.last_seen = time.monotonic()
         if message.kind == rpc.RESPONSE:
             pending = self._pending.get(message.number("id"))
             if pending is None or pending[0] != identity:
-                self._drop("unexpected_response", f"from {identity[:40]!r}, to no request of its")
+                self._drops.add("unexpected_response", f"from {identity[:40]!r}, to no request of its")
                 return
             del self._pending[message.number("id")]
             if not pending[1].done():
@@ -118,12 +119,12 @@ class ControlRouter:
 
     def _hello(self, identity: str, message: rpc.Message) -> None:
         if message.text("probe_id") != identity:
-            self._drop("identity_mismatch", f"{identity[:40]!r} says it is {message.text('probe_id')[:40]!r}")
+            self._drops.add("identity_mismatch", f"{identity[:40]!r} says it is {message.text('probe_id')[:40]!r}")
             return
         link = self.probes.get(identity)
         if link is None:
             if len(self.probes) >= MAX_PROBES:
-                self._drop("too_many_probes", f"{identity[:40]!r}")
+                self._drops.add("too_many_probes", f"{identity[:40]!r}")
                 return
             link = self.probes[identity] = ProbeLink(identity, "", "", 0.0)
             log.info("probe %s (%s) connected its control channel", identity, message.text("host_id"))
@@ -149,7 +150,7 @@ class ControlRouter:
         try:
             self._socket.send_multipart([probe_id.encode(), raw], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN
-            self._drop("unsent", f"to {probe_id[:40]!r}: {exc}")
+            self._drops.add("unsent", f"to {probe_id[:40]!r}: {exc}")
             return False
         return True
 
@@ -170,15 +171,6 @@ class ControlRouter:
             return await asyncio.wait_for(future, rpc.REQUEST_TIMEOUT)
         finally:
             self._pending.pop(request_id, None)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged_at[reason] = now
-            log.warning(
-                "control channel dropped a message (%s); %d so far for this reason", detail, self.dropped[reason]
-            )
 
     def close(self) -> None:
         self._socket.close(linger=0)

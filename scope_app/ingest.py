@@ -7,7 +7,6 @@ reason. Nothing a sender does reaches the rest of the app as an exception.
 from __future__ import annotations
 
 import logging
-import time
 
 import zmq
 import zmq.asyncio
@@ -15,12 +14,10 @@ import zmq.asyncio
 from scope_app.collector import Collector
 from scope_common import wire
 from scope_common.bus import configure_subscriber
+from scope_common.drops import Drops
 
 log = logging.getLogger(__name__)
 
-#: At most one log line per reason in this many seconds: a broken probe sending every second must
-#: not flood the log; the counters say how many.
-_LOG_EVERY = 10.0
 #: Messages taken in one go before the merge they share.
 MAX_BATCH = 500
 
@@ -34,8 +31,9 @@ class BusReceiver:
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.received = 0
         self.received_bytes = 0
-        self.dropped: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
+        self._drops = Drops(log, "dropped a report")
+        #: Dropped messages by reason.
+        self.dropped = self._drops.counts
 
     async def run(self) -> None:
         while True:
@@ -54,16 +52,9 @@ class BusReceiver:
         try:
             envelope = wire.decode(message)
         except wire.DecodeError as exc:
-            self._drop(exc.reason, str(exc))
+            self._drops.add(exc.reason, str(exc))
             return
         self._collector.add(envelope)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged_at[reason] = now
-            log.warning("dropped a report (%s); %d so far for this reason", detail, self.dropped[reason])
 
     def close(self) -> None:
         self._socket.close(linger=0)

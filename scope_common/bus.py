@@ -38,7 +38,7 @@ def configure_publisher(socket: zmq.Socket[Any]) -> None:
     socket.setsockopt(zmq.IMMEDIATE, 1)
     # Do not block process exit on undelivered reports.
     socket.setsockopt(zmq.LINGER, 0)
-    _set_liveness(socket)
+    set_liveness(socket)
 
 
 def configure_subscriber(socket: zmq.Socket[Any]) -> None:
@@ -49,10 +49,12 @@ def configure_subscriber(socket: zmq.Socket[Any]) -> None:
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SUBSCRIBE, b"")
-    _set_liveness(socket)
+    set_liveness(socket)
 
 
-def _set_liveness(socket: zmq.Socket[Any]) -> None:
+def set_liveness(socket: zmq.Socket[Any]) -> None:
+    """Reconnect back-off, ZMTP heartbeats and TCP keepalive: a peer that vanished is noticed in
+    seconds, one that comes back is found again. The control channel's sockets use the same."""
     socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)

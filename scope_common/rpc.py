@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from scope_common.bus import HEARTBEAT_IVL_MS, HEARTBEAT_TIMEOUT_MS, RECONNECT_IVL_MAX_MS, RECONNECT_IVL_MS
+from scope_common.bus import set_liveness
 
 #: The control channel listens on the bus port + this, so that a probe derives it from the bus address.
 CONTROL_PORT_OFFSET = 1
@@ -195,9 +195,4 @@ def _configure(socket: zmq.Socket[Any]) -> None:
     socket.setsockopt(zmq.SNDHWM, 10_000)
     socket.setsockopt(zmq.RCVHWM, 10_000)
     socket.setsockopt(zmq.LINGER, 0)
-    socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
-    socket.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
-    socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-    socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TIMEOUT_MS)
-    socket.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    set_liveness(socket)

@@ -22,6 +22,7 @@ import time
 import zmq
 
 from scope_common import __version__, rpc
+from scope_common.drops import Drops
 from scope_probe.controls import Controls
 from scope_probe.docker_controls import DockerControls
 from scope_probe.host_controls import HostControls
@@ -29,9 +30,6 @@ from scope_probe.pipes import Pipes
 from scope_probe.reporter import ProbeContext, Wake
 
 log = logging.getLogger(__name__)
-
-#: At most one log line per reason this often; the counters say how many.
-_LOG_EVERY = 10.0
 
 
 class ControlChannel:
@@ -56,8 +54,9 @@ class ControlChannel:
         self._wake_w.setblocking(False)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.dropped: dict[str, int] = {}
-        self._logged_at: dict[str, float] = {}
+        self._drops = Drops(log, "control channel dropped a message")
+        #: Dropped messages by reason.
+        self.dropped = self._drops.counts
 
     # ------------------------------------------------------------------ any thread
 
@@ -176,14 +175,14 @@ class ControlChannel:
     def _send_now(self, address: str, raw: bytes) -> None:
         dealer = self._dealers.get(address)
         if dealer is None:
-            self._drop("no_app", f"a message for {address}, which is not connected")
+            self._drops.add("no_app", f"a message for {address}, which is not connected")
             return
         try:
             dealer.send(raw, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             # Not connected (IMMEDIATE) or past the high-water mark: the app will time out or the
             # pipe will stall and be closed; the channel carries on.
-            self._drop("unsent", f"to {address}: {exc}")
+            self._drops.add("unsent", f"to {address}: {exc}")
 
     def _receive(self, dealer: zmq.Socket[bytes]) -> None:
         address = next(a for a, s in self._dealers.items() if s is dealer)
@@ -195,7 +194,7 @@ class ControlChannel:
             try:
                 message = rpc.decode(raw, rpc.PROBE_RECEIVES)
             except rpc.RpcError as exc:
-                self._drop(exc.reason, str(exc))
+                self._drops.add(exc.reason, str(exc))
                 continue
             if address not in self._heard:
                 log.info("the app at %s answers", address)
@@ -204,17 +203,6 @@ class ControlChannel:
                 self.controls.handle(address, message, functools.partial(self.send, address))
             elif message.kind != rpc.HEARTBEAT:
                 self.pipes.receive(address, message)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._logged_at.get(reason, -_LOG_EVERY) >= _LOG_EVERY:
-            self._logged_at[reason] = now
-            log.warning(
-                "control channel dropped a message (%s); %d so far for this reason",
-                detail,
-                self.dropped[reason],
-            )
 
 
 def control_channel(ctx: ProbeContext) -> ControlChannel:
