@@ -8,6 +8,7 @@ import importlib.util
 import logging
 import secrets
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +16,12 @@ import tornado.httpserver
 import tornado.web
 import zmq.asyncio
 
+from scope_app import collector as collector_defaults
+from scope_app.allowed_hosts import AllowedHosts, host_checked
 from scope_app.api import AppContext, api_routes, not_found_route
-from scope_app.collector import Collector
+from scope_app.collector import Collector, Limits
 from scope_app.ingest import BusReceiver
+from scope_app.metrics import AppMetrics, StateMetrics
 from scope_app.render import Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__
@@ -25,6 +29,7 @@ from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
 from scope_common.config import env_flag, parse_duration, split_host_port
 from scope_common.delta import NodeKey
 from scope_common.report import Report
+from scope_common.supervise import Supervisor
 
 log = logging.getLogger("scope.app")
 
@@ -43,54 +48,72 @@ def static_dir() -> str:
 class ScopeApp:
     """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
 
-    def __init__(self, bus: str, window: float, allowed_origins: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        bus: str,
+        window: float,
+        allowed_origins: frozenset[str] = frozenset(),
+        allowed_hosts: AllowedHosts | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.app_id = secrets.token_hex(8)
-        self.renderer = Renderer()
-        self.hub = FeedHub(self.renderer)
-        self.collector = Collector(self._merged, window=window)
+        self.metrics = AppMetrics()
+        self.supervisor = Supervisor(log)
+        self.renderer = Renderer(on_render=self.metrics.observe_render)
+        self.hub = FeedHub(self.renderer, supervisor=self.supervisor)
+        self.collector = Collector(self._merged, window=window, limits=limits)
         self._zmq = zmq.asyncio.Context()
-        self.receiver = BusReceiver(self.collector, self._zmq, bus)
-        self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
+        self.receiver = BusReceiver(self.collector, self._zmq, bus, self.metrics)
+        self.allowed_hosts = allowed_hosts or AllowedHosts()
+        self.metrics.registry.register(
+            StateMetrics(self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts)
+        )
+        self.context = AppContext(
+            self.app_id, self.collector, self.renderer, self.receiver, self.supervisor, self.metrics
+        )
+        routes = [
+            *api_routes(self.context),
+            (
+                r"/api/topology/([^/]+)/ws",
+                TopologyWebSocket,
+                {"hub": self.hub, "allowed_origins": allowed_origins},
+            ),
+            not_found_route(self.context),
+            (
+                r"/(.*)",
+                tornado.web.StaticFileHandler,
+                {"path": static_dir(), "default_filename": "index.html"},
+            ),
+        ]
         self.web = tornado.web.Application(
-            [
-                *api_routes(self.context),
-                (
-                    r"/api/topology/([^/]+)/ws",
-                    TopologyWebSocket,
-                    {"hub": self.hub, "allowed_origins": allowed_origins},
-                ),
-                not_found_route(self.context),
-                (
-                    r"/(.*)",
-                    tornado.web.StaticFileHandler,
-                    {"path": static_dir(), "default_filename": "index.html"},
-                ),
-            ],
+            host_checked(self.allowed_hosts, routes),
             websocket_ping_interval=10,
             websocket_ping_timeout=30,
             websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
             compress_response=True,
         )
-        self._tasks: list[asyncio.Task[None]] = []
         self._server: tornado.httpserver.HTTPServer | None = None
 
     def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
-        self.renderer.update(report, version, changed)
-        self.hub.changed()
+        started = time.perf_counter()
+        try:
+            self.renderer.update(report, version, changed)
+            self.hub.changed()
+        except Exception:
+            # Called from the bus receiver's or the expiry's merge: a failure here is theirs to count,
+            # but must not stop them applying what comes next.
+            self.supervisor.failed("merge")
+        self.metrics.merge_seconds.observe(time.perf_counter() - started)
 
     def start(self, listen_host: str, listen_port: int) -> None:
         self._server = self.web.listen(listen_port, listen_host, xheaders=False)
-        self._tasks = [
-            asyncio.create_task(self.receiver.run(), name="bus"),
-            asyncio.create_task(self.collector.expire_forever(), name="expiry"),
-        ]
+        self.supervisor.start("bus", self.receiver.run)
+        self.supervisor.start("expiry", self.collector.expire_forever)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         self.receiver.close()
         self._zmq.term()
 
@@ -115,6 +138,44 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")
+    env_flag(
+        group,
+        "--allowed-hosts",
+        default="",
+        help="host names the UI and API answer to besides IP addresses, localhost and this machine's names, "
+        "comma-separated; * for any (DNS rebinding protection off)",
+    )
+    env_flag(
+        group,
+        "--max-nodes",
+        default=str(collector_defaults.MAX_NODES),
+        type=_positive_int,
+        help="nodes all probes' reports together may hold (bounds the app's memory)",
+    )
+    env_flag(
+        group,
+        "--max-nodes-per-source",
+        default=str(collector_defaults.MAX_NODES_PER_SOURCE),
+        type=_positive_int,
+        help="nodes the probes of one source address may hold",
+    )
+    env_flag(
+        group,
+        "--max-probes-per-source",
+        default=str(collector_defaults.MAX_PROBES_PER_SOURCE),
+        type=_positive_int,
+        help="probes one source address may report as (more from behind one NAT address)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number above 0)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
-    app = ScopeApp(bus_endpoint(args.bus), args.window, origins)
+    limits = Limits(
+        max_nodes=args.max_nodes,
+        max_nodes_per_source=args.max_nodes_per_source,
+        max_probes_per_source=args.max_probes_per_source,
+    )
+    app = ScopeApp(bus_endpoint(args.bus), args.window, origins, AllowedHosts(args.allowed_hosts.split(",")), limits)
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
     log.info("listening on http://%s:%d, bus %s", listen_host, listen_port, app.receiver.address)
