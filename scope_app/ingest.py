@@ -46,11 +46,10 @@ class BusReceiver:
     def __init__(self, collector: Collector, context: zmq.asyncio.Context, bind: str, metrics: AppMetrics) -> None:
         self._collector = collector
         self._metrics = metrics
-        self._socket = context.socket(zmq.SUB)
-        configure_subscriber(self._socket)
-        self._socket.bind(bind)
+        self._context = context
+        self._socket = self._open(bind)
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        self._decoder: ThreadPoolExecutor | None = None
         self.received = 0
         self.received_bytes = 0
         #: Messages dropped at decoding, by reason.
@@ -59,17 +58,35 @@ class BusReceiver:
         self.nodes_rejected: dict[str, int] = {}
         self._log = RateLimitedLog(log)
 
+    def _open(self, bind: str) -> zmq.asyncio.Socket:
+        socket = self._context.socket(zmq.SUB)
+        configure_subscriber(socket)
+        try:
+            socket.bind(bind)
+        except zmq.ZMQError:
+            socket.close(linger=0)
+            raise
+        return socket
+
     async def run(self) -> None:
-        while True:
-            frames = [await self._socket.recv(copy=False)]
-            size = len(frames[0])
-            # Take what has already arrived before the loop runs the merge: a burst of reports from
-            # many probes then costs one merge, not one each. Bounded, so requests are still served
-            # while a flood comes in.
-            while len(frames) < MAX_BATCH and size < MAX_BATCH_BYTES and self._readable():
-                frames.append(await self._socket.recv(copy=False))
-                size += len(frames[-1])
-            await self.handle([(_peer_address(frame), frame.bytes) for frame in frames])
+        """Receive until cancelled. Run again after a failure, it binds a new socket if the old one
+        was closed, on the address the first one had."""
+        if self._socket.closed:
+            self._socket = self._open(self.address)
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+        try:
+            while True:
+                frames = [await self._socket.recv(copy=False)]
+                size = len(frames[0])
+                # Take what has already arrived before the loop runs the merge: a burst of reports from
+                # many probes then costs one merge, not one each. Bounded, so requests are still served
+                # while a flood comes in.
+                while len(frames) < MAX_BATCH and size < MAX_BATCH_BYTES and self._readable():
+                    frames.append(await self._socket.recv(copy=False))
+                    size += len(frames[-1])
+                await self.handle([(_peer_address(frame), frame.bytes) for frame in frames])
+        finally:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def _readable(self) -> bool:
         return bool(int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN)
@@ -127,7 +144,6 @@ class BusReceiver:
 
     def close(self) -> None:
         self._socket.close(linger=0)
-        self._decoder.shutdown(wait=False, cancel_futures=True)
 
 
 def _peer_address(frame: zmq.Frame) -> str:

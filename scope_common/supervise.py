@@ -91,7 +91,11 @@ class Supervisor:
                 await factory()
             except asyncio.CancelledError:
                 self.running[name] = False
-                raise
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                # Not this task cancelled, but something it awaited (a socket closed under it).
+                self.failed(name)
             except Exception:
                 self.running[name] = False
                 self.failed(name)
