@@ -92,16 +92,18 @@ class BusReceiver:
         return bool(int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN)
 
     async def handle(self, messages: list[tuple[str, bytes]]) -> None:
-        """Decode (off the loop) and apply `messages`, each with the address it came from, in order."""
-        for _, message in messages:
-            self.received += 1
-            self.received_bytes += len(message)
-            self._metrics.report_bytes.observe(len(message))
+        """Decode (off the loop) and apply `messages`, each with the address it came from, in order.
+
+        A message counts as received when it is applied or dropped, in the same step: the counts
+        always add up (`received = applied + dropped`), whenever they are read."""
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(messages):
             decoded = await loop.run_in_executor(self._decoder, self._decode, [m for _, m in messages[done:]])
-            for (source, _), result in zip(messages[done:], decoded, strict=False):
+            for (source, message), result in zip(messages[done:], decoded, strict=False):
+                self.received += 1
+                self.received_bytes += len(message)
+                self._metrics.report_bytes.observe(len(message))
                 self._apply(source, result)
             done += len(decoded)
             # Merge before the loop runs anything else: see Collector.flush.

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
-import psutil
 import pytest
-import zmq
 
-from scope_app.render import TOPOLOGIES
 from scope_common import wire
 from scope_common.report import Report
-from tests.fixtures.hostile import HostileMessages
-from tests.fixtures.scope import App, Scope, ScopeProcess, loopback_source, wait_for
+from tests.fixtures.hostile import HostileMessages, HostileSender, Watcher, worked_through
+from tests.fixtures.scope import App, Scope, ScopeProcess, wait_for
 
 VICTIM = "victim-host"
 VICTIM_NODE = f"{VICTIM};<host>"
@@ -37,63 +31,13 @@ def dropped(app: App, reason: str) -> float:
     return app.metrics().get(f'scope_app_reports_dropped_total{{reason="{reason}"}}', 0.0)
 
 
-class HostileSender:
-    """A PUB socket publishing from its own loopback address to the app's bus."""
-
-    def __init__(self, app: App, source: str | None = None) -> None:
-        self.source = source or loopback_source()
-        self._context = zmq.Context()
-        self._socket = self._context.socket(zmq.PUB)
-        self._socket.setsockopt(zmq.SNDHWM, 100_000)
-        self._socket.connect(f"tcp://{self.source}:0;{app.bus}")
-
-    def send(self, message: bytes) -> None:
-        self._socket.send(message)
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
-        self._context.term()
-
-
-@dataclass
-class Watcher:
-    """Reads every view and /api/report in a loop, noting every answer that is not 200 or lacks the
-    real probe's host, and the app's largest memory."""
-
-    app: App
-    failures: list[str] = field(default_factory=list)
-    reads: int = 0
-    max_rss: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        process = psutil.Process(self.app.pid)
-        paths = [f"/api/topology/{t}" for t in TOPOLOGIES] + ["/api/report", "/api/topology", "/api/probes"]
-        while not self._stop.is_set():
-            for path in paths:
-                try:
-                    with urllib.request.urlopen(self.app.url + path, timeout=20) as response:
-                        body = response.read().decode()
-                except (urllib.error.URLError, OSError) as exc:
-                    self.failures.append(f"{path}: {exc}")
-                    continue
-                if path in ("/api/topology/hosts", "/api/report") and VICTIM_NODE not in body:
-                    self.failures.append(f"{path}: the real probe's host is missing")
-                self.reads += 1
-            self.max_rss = max(self.max_rss, process.memory_info().rss)
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 @pytest.fixture
 def watched(scope: Scope) -> Iterator[tuple[App, ScopeProcess, Watcher]]:
     """An app with a small node budget, a real probe, and a watcher reading the app all along."""
     app = scope.app(extra=[f"--max-nodes={NODE_BUDGET}", "--max-nodes-per-source=8000", "--max-probes-per-source=8"])
     probe = scope.probe([app.bus], hostname=VICTIM)
     wait_for(lambda: VICTIM_NODE in app.nodes("hosts"), timeout=15, what="the real probe's host")
-    watcher = Watcher(app)
+    watcher = Watcher(app, VICTIM_NODE)
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     try:
@@ -189,15 +133,7 @@ def test_fuzzed_hostile_messages_alongside_a_real_probe(watched: tuple[App, Scop
         for sender, _ in senders:
             sender.close()
 
-    def settled() -> dict[str, float] | None:
-        before = app.metrics()
-        time.sleep(1.0)
-        after = app.metrics()
-        return (
-            after if after["scope_app_reports_received_total"] == before["scope_app_reports_received_total"] else None
-        )
-
-    counts = wait_for(settled, timeout=60, what="the app to work through the hostile messages")
+    counts = worked_through(app, timeout=60)
     received = counts["scope_app_reports_received_total"]
     applied = counts["scope_app_reports_applied_total"]
     drops = {k: v for k, v in counts.items() if k.startswith("scope_app_reports_dropped_total")}
