@@ -59,6 +59,9 @@ class ScopeApp:
         self.app_id = secrets.token_hex(8)
         self.metrics = AppMetrics()
         self.supervisor = Supervisor(log)
+        # Failures of callbacks rather than tasks, counted from the start so that /metrics shows them.
+        for name in ("merge", "feeds", "websocket_open"):
+            self.supervisor.restarts[name] = 0
         self.renderer = Renderer(on_render=self.metrics.observe_render)
         self.hub = FeedHub(self.renderer, supervisor=self.supervisor)
         self.collector = Collector(self._merged, window=window, limits=limits)
