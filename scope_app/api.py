@@ -11,10 +11,12 @@ import tornado.web
 
 from scope_app.collector import Collector
 from scope_app.ingest import BusReceiver
+from scope_app.metrics import CONTENT_TYPE, AppMetrics
 from scope_app.render import TOPOLOGIES, Renderer, View, view_options
 from scope_app.render.base import metric_json
 from scope_common import __version__
 from scope_common.report import Report
+from scope_common.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,15 @@ MAX_SEARCH = 200
 class AppContext:
     """What the handlers read: one per app process."""
 
-    def __init__(self, app_id: str, collector: Collector, renderer: Renderer, receiver: BusReceiver) -> None:
+    def __init__(
+        self,
+        app_id: str,
+        collector: Collector,
+        renderer: Renderer,
+        receiver: BusReceiver,
+        supervisor: Supervisor,
+        metrics: AppMetrics,
+    ) -> None:
         self.app_id = app_id
         self.hostname = socket.gethostname()
         self.collector = collector
@@ -34,6 +44,8 @@ class AppContext:
         self.receiver = receiver
         #: With --read-only, node details list no controls (and the control routes refuse them).
         self.read_only = False
+        self.supervisor = supervisor
+        self.metrics = metrics
 
 
 class ApiHandler(tornado.web.RequestHandler):
@@ -136,15 +148,42 @@ class StatsHandler(ApiHandler):
 
     def get(self) -> None:
         receiver = self.ctx.receiver
+        collector = self.ctx.collector
         self.write_json(
             {
                 "reports_received": receiver.received,
                 "bytes_received": receiver.received_bytes,
-                "reports_dropped": {**receiver.dropped, **self.ctx.collector.rejected},
-                "probes": len(self.ctx.collector.probes),
-                "merges": self.ctx.collector.version,
+                "reports_applied": collector.applied,
+                "reports_dropped": {**receiver.dropped, **collector.rejected},
+                "nodes_rejected": receiver.nodes_rejected,
+                "probes": len(collector.probes),
+                "nodes": collector.node_count,
+                "merges": collector.version,
             }
         )
+
+
+#: Tasks without which the app serves a map that is no longer kept up to date.
+REQUIRED_TASKS = ("bus", "expiry")
+
+
+class HealthHandler(ApiHandler):
+    """Readiness: 200 while the bus receiver and probe expiry run, 503 while either is down."""
+
+    def get(self) -> None:
+        running = self.ctx.supervisor.running
+        down = [name for name in REQUIRED_TASKS if not running.get(name)]
+        if down:
+            self.set_status(503)
+        self.write_json({"status": "down" if down else "ok", "down": down, "tasks": running})
+
+
+class MetricsHandler(ApiHandler):
+    """`/metrics`, in Prometheus' text format."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self.ctx.metrics.exposition())
 
 
 class NotFoundHandler(ApiHandler):
@@ -162,6 +201,8 @@ def api_routes(ctx: AppContext) -> list[tuple[Any, ...]]:
         (r"/api/report", ReportHandler, args),
         (r"/api/probes", ProbesHandler, args),
         (r"/api/stats", StatsHandler, args),
+        (r"/api/health", HealthHandler, args),
+        (r"/metrics", MetricsHandler, args),
     ]
 
 

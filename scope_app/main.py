@@ -9,6 +9,7 @@ import logging
 import secrets
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,12 +18,15 @@ import tornado.log
 import tornado.web
 import zmq.asyncio
 
+from scope_app import collector as collector_defaults
+from scope_app.allowed_hosts import AllowedHosts, host_checked
 from scope_app.api import AppContext, api_routes, not_found_route
 from scope_app.auth import Auth, auth_rules, choose_token, is_loopback
-from scope_app.collector import Collector
+from scope_app.collector import Collector, Limits
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
+from scope_app.metrics import AppMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.websocket import FeedHub, TopologyWebSocket
@@ -31,6 +35,7 @@ from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
 from scope_common.config import env_flag, on_off, parse_duration, split_host_port, switch_flag
 from scope_common.delta import NodeKey
 from scope_common.report import Report
+from scope_common.supervise import Supervisor
 
 log = logging.getLogger("scope.app")
 
@@ -80,73 +85,87 @@ class ScopeApp:
         window: float,
         allowed_origins: frozenset[str] = frozenset(),
         *,
+        allowed_hosts: AllowedHosts | None = None,
+        limits: Limits | None = None,
         log_http: bool = False,
         max_view_nodes: int = MAX_VIEW_NODES,
         read_only: bool = False,
         auth_token: str | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
-        self.renderer = Renderer(max_view_nodes)
-        self.hub = FeedHub(self.renderer)
-        self.collector = Collector(self._merged, window=window)
+        self.metrics = AppMetrics()
+        self.supervisor = Supervisor(log)
+        # Failures of callbacks rather than tasks, counted from the start so that /metrics shows them.
+        for name in ("merge", "feeds", "websocket_open"):
+            self.supervisor.restarts[name] = 0
+        self.renderer = Renderer(max_view_nodes, on_render=self.metrics.observe_render)
+        self.hub = FeedHub(self.renderer, supervisor=self.supervisor)
+        self.collector = Collector(self._merged, window=window, limits=limits)
         self._zmq = zmq.asyncio.Context()
-        self.receiver = BusReceiver(self.collector, self._zmq, bus)
+        self.receiver = BusReceiver(self.collector, self._zmq, bus, self.metrics)
         self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address))
         self.pipes = PipeHub(self.router)
-        self.context = AppContext(self.app_id, self.collector, self.renderer, self.receiver)
+        self.allowed_hosts = allowed_hosts or AllowedHosts()
+        self.metrics.registry.register(
+            StateMetrics(self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts)
+        )
+        self.context = AppContext(
+            self.app_id, self.collector, self.renderer, self.receiver, self.supervisor, self.metrics
+        )
         self.context.read_only = read_only
         self.auth = Auth(auth_token)
+        routes = [
+            *auth_rules(self.auth),
+            *api_routes(self.context),
+            (
+                r"/api/topology/([^/]+)/ws",
+                TopologyWebSocket,
+                {"hub": self.hub, "allowed_origins": allowed_origins},
+            ),
+            *control_routes(self.router, self.pipes, lambda: self.renderer.graph.report, read_only, allowed_origins),
+            not_found_route(self.context),
+            (
+                r"/(.*)",
+                tornado.web.StaticFileHandler,
+                {"path": static_dir(), "default_filename": "index.html"},
+            ),
+        ]
         self.web = tornado.web.Application(
-            [
-                *auth_rules(self.auth),
-                *api_routes(self.context),
-                (
-                    r"/api/topology/([^/]+)/ws",
-                    TopologyWebSocket,
-                    {"hub": self.hub, "allowed_origins": allowed_origins},
-                ),
-                *control_routes(
-                    self.router, self.pipes, lambda: self.renderer.graph.report, read_only, allowed_origins
-                ),
-                not_found_route(self.context),
-                (
-                    r"/(.*)",
-                    tornado.web.StaticFileHandler,
-                    {"path": static_dir(), "default_filename": "index.html"},
-                ),
-            ],
+            host_checked(self.allowed_hosts, routes),
             websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
             websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
             log_function=request_logger(log_http),
             websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
             compress_response=True,
         )
-        self._tasks: list[asyncio.Task[None]] = []
         self._server: tornado.httpserver.HTTPServer | None = None
 
     def _report(self) -> Report:
         return self.renderer.graph.report
 
     def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
-        self.renderer.update(report, version, changed)
-        self.hub.changed()
+        started = time.perf_counter()
+        try:
+            self.renderer.update(report, version, changed)
+            self.hub.changed()
+        except Exception:
+            # Called from the bus receiver's or the expiry's merge: a failure here is theirs to count,
+            # but must not stop them applying what comes next.
+            self.supervisor.failed("merge")
+        self.metrics.merge_seconds.observe(time.perf_counter() - started)
 
     def start(self, listen_host: str, listen_port: int) -> None:
         self._server = self.web.listen(listen_port, listen_host, xheaders=False)
-        self._tasks = [
-            asyncio.create_task(self.receiver.run(), name="bus"),
-            asyncio.create_task(self.collector.expire_forever(), name="expiry"),
-            asyncio.create_task(self.router.run(), name="controls"),
-            asyncio.create_task(self.router.heartbeat_forever(), name="control-heartbeats"),
-            asyncio.create_task(self.pipes.collect_forever(), name="pipe-collector"),
-        ]
+        self.supervisor.start("bus", self.receiver.run)
+        self.supervisor.start("expiry", self.collector.expire_forever)
+        self.supervisor.start("controls", self.router.run)
+        self.supervisor.start("control-heartbeats", self.router.heartbeat_forever)
+        self.supervisor.start("pipe-collector", self.pipes.collect_forever)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.supervisor.stop()
         self.pipes.close_all()
         self.router.close()
         self.receiver.close()
@@ -189,6 +208,44 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     )
     switch_flag(group, "--no-auth", help="no token at all, even when listening beyond loopback")
     env_flag(group, "--log-http", default="off", type=on_off, help="log every HTTP request at INFO, not DEBUG")
+    env_flag(
+        group,
+        "--allowed-hosts",
+        default="",
+        help="host names the UI and API answer to besides IP addresses, localhost and this machine's names, "
+        "comma-separated; * for any (DNS rebinding protection off)",
+    )
+    env_flag(
+        group,
+        "--max-nodes",
+        default=str(collector_defaults.MAX_NODES),
+        type=_positive_int,
+        help="nodes all probes' reports together may hold (bounds the app's memory)",
+    )
+    env_flag(
+        group,
+        "--max-nodes-per-source",
+        default=str(collector_defaults.MAX_NODES_PER_SOURCE),
+        type=_positive_int,
+        help="nodes the probes of one source address may hold",
+    )
+    env_flag(
+        group,
+        "--max-probes-per-source",
+        default=str(collector_defaults.MAX_PROBES_PER_SOURCE),
+        type=_positive_int,
+        help="probes one source address may report as (more from behind one NAT address)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r} (a whole number above 0)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,11 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(args: argparse.Namespace) -> None:
     listen_host, listen_port = split_address(args.listen, DEFAULT_HTTP_PORT)
     origins = frozenset(o.strip() for o in args.allowed_origins.split(",") if o.strip())
+    limits = Limits(
+        max_nodes=args.max_nodes,
+        max_nodes_per_source=args.max_nodes_per_source,
+        max_probes_per_source=args.max_probes_per_source,
+    )
     token, generated = choose_token(listen_host, args.auth_token, args.no_auth)
     app = ScopeApp(
         bus_endpoint(args.bus),
         args.window,
         origins,
+        allowed_hosts=AllowedHosts(args.allowed_hosts.split(",")),
+        limits=limits,
         log_http=args.log_http,
         read_only=args.read_only,
         auth_token=token,

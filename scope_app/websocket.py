@@ -5,6 +5,12 @@ exists, the feed renders its view once, works out the delta once, serialises it 
 same bytes to every watcher. A browser that cannot keep up never makes the app buffer deltas for it:
 while its previous message is still unsent it is marked behind, skips deltas, and gets one fresh full
 view when it catches up.
+
+Every feed costs a render per merged report whoever watches it, so the number of feeds is bounded
+(each view's options are reduced to those it reads, so 34 distinct feeds exist at most), and so are
+websockets in total and per client address: one client asking for every option combination once
+made a single merge cost 1.5 s of the event loop. A websocket over a limit is refused before the
+upgrade, with a JSON error.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tornado.websocket
 
 from scope_app.render import STALE_AFTER_COSTS, TOPOLOGIES, Renderer, view_options
 from scope_app.render.base import Json, ViewOptions
+from scope_common.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +52,25 @@ def view_delta(old: dict[str, Json], new: dict[str, Json]) -> Json:
 #: Messages a watcher may have unsent before it counts as behind. One is normal (a write's future
 #: completes a loop turn later); two in flight means the browser is not reading fast enough.
 MAX_UNSENT = 2
+#: Distinct views watched at once, by everyone. The UI watches one view per tab, mostly with the
+#: default options.
+MAX_FEEDS = 16
+#: Open websockets, in all and per client address (a person with many tabs open).
+MAX_WEBSOCKETS = 256
+MAX_WEBSOCKETS_PER_CLIENT = 16
 
 
 class Watcher:
-    """One browser's websocket, as a feed sees it."""
+    """One browser's websocket, as a feed sees it. `on_sent` is told the size of each message sent."""
 
-    def __init__(self, send: Callable[[str], Any]) -> None:
+    def __init__(self, send: Callable[[str], Any], on_sent: Callable[[int], None] | None = None) -> None:
         self._send = send
+        self._on_sent = on_sent
         self._unsent: list[asyncio.Future[None]] = []
         self.behind = False
+        #: Set by `FeedHub.join`: whose websocket it is, and the feed it watches.
+        self.client = ""
+        self.feed: ViewFeed | None = None
 
     @property
     def busy(self) -> bool:
@@ -63,6 +80,8 @@ class Watcher:
     def send(self, message: str) -> None:
         with contextlib.suppress(tornado.websocket.WebSocketClosedError):  # on_close removes it
             self._unsent.append(self._send(message))
+            if self._on_sent is not None:
+                self._on_sent(len(message))
 
 
 class ViewFeed:
@@ -112,32 +131,97 @@ class ViewFeed:
                 watcher.send(message)
 
 
+def feed_options(topology: str, options: ViewOptions) -> ViewOptions:
+    """`options` with those `topology` does not read at their defaults: one feed per view that differs."""
+    read = TOPOLOGIES[topology].options
+    defaults = ViewOptions()
+    return ViewOptions(**{name: getattr(options if name in read else defaults, name) for name in ViewOptions.names()})
+
+
 class FeedHub:
     """All feeds; told by the collector when a new merged report exists.
 
     Pushes are spaced by `STALE_AFTER_COSTS` times what the last one cost: in a big fleet reports
     arrive many times a second, and one push for several of them is as fresh to a person while it
     keeps rendering to a share of the app's time. A fleet that is cheap to render is pushed at once.
+    A push that fails is counted and logged by `supervisor` (as task `feeds`), and the next one
+    happens as usual.
     """
 
-    def __init__(self, renderer: Renderer, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        renderer: Renderer,
+        clock: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._renderer = renderer
         self._feeds: dict[tuple[str, ViewOptions], ViewFeed] = {}
         self._clock = clock
+        self._supervisor = supervisor or Supervisor(log)
         self._next_push = 0.0
         self._pending: asyncio.TimerHandle | None = None
+        self._clients: dict[str, int] = {}
+        #: Bytes of messages sent; websockets refused, by the limit they were over.
+        self.sent_bytes = 0
+        self.refused: dict[str, int] = {}
 
     def feed(self, topology: str, options: ViewOptions) -> ViewFeed:
-        key = (topology, options)
+        key = (topology, feed_options(topology, options))
         found = self._feeds.get(key)
         if found is None:
-            found = self._feeds[key] = ViewFeed(self._renderer, topology, options)
+            found = self._feeds[key] = ViewFeed(self._renderer, *key)
         return found
 
-    def remove(self, feed: ViewFeed, watcher: Watcher) -> None:
+    def refusal(self, client: str, topology: str, options: ViewOptions) -> str | None:
+        """Why a new websocket of `client` for this view would be over a limit, or None."""
+        if self._clients.get(client, 0) >= MAX_WEBSOCKETS_PER_CLIENT:
+            reason = "too_many_websockets_from_client"
+        elif self.watcher_count >= MAX_WEBSOCKETS:
+            reason = "too_many_websockets"
+        elif (topology, feed_options(topology, options)) not in self._feeds and len(self._feeds) >= MAX_FEEDS:
+            reason = "too_many_views"
+        else:
+            return None
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return reason
+
+    def join(self, client: str, topology: str, options: ViewOptions, send: Callable[[str], Any]) -> Watcher:
+        """A new watcher of the view, sent the whole view. Leaves nothing registered when it fails."""
+        feed = self.feed(topology, options)
+        watcher = Watcher(send, self._count_sent)
+        try:
+            feed.add(watcher)
+        except BaseException:
+            self._forget(feed, watcher)
+            raise
+        watcher.client, watcher.feed = client, feed
+        self._clients[client] = self._clients.get(client, 0) + 1
+        return watcher
+
+    def leave(self, watcher: Watcher) -> None:
+        """Forget a watcher whose websocket closed. Once is enough; twice does nothing."""
+        feed, watcher.feed = watcher.feed, None
+        if feed is None:
+            return
+        left = self._clients.get(watcher.client, 0) - 1
+        if left > 0:
+            self._clients[watcher.client] = left
+        else:
+            self._clients.pop(watcher.client, None)
+        self._forget(feed, watcher)
+
+    def _forget(self, feed: ViewFeed, watcher: Watcher) -> None:
         feed.watchers.discard(watcher)
-        if not feed.watchers:
-            self._feeds.pop((feed.topology, feed.options), None)
+        key = (feed.topology, feed.options)
+        if not feed.watchers and self._feeds.get(key) is feed:
+            del self._feeds[key]
+
+    def _count_sent(self, size: int) -> None:
+        self.sent_bytes += size
+
+    def failed_open(self) -> None:
+        """Count and log (rate-limited) the exception being handled, raised opening a websocket."""
+        self._supervisor.failed("websocket_open")
 
     def changed(self) -> None:
         if self._pending is not None:
@@ -156,13 +240,17 @@ class FeedHub:
             try:
                 feed.catch_up()
             except Exception:
-                log.exception("pushing %s failed", feed.topology)
+                self._supervisor.failed("feeds")
         done = self._clock()
         self._next_push = done + STALE_AFTER_COSTS * (done - start)
 
     @property
     def watcher_count(self) -> int:
         return sum(len(f.watchers) for f in self._feeds.values())
+
+    @property
+    def feed_count(self) -> int:
+        return len(self._feeds)
 
 
 class TopologyWebSocket(tornado.websocket.WebSocketHandler):
@@ -174,7 +262,6 @@ class TopologyWebSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, hub: FeedHub, allowed_origins: frozenset[str] = frozenset()) -> None:
         self.hub = hub
         self.allowed_origins = allowed_origins
-        self._feed: ViewFeed | None = None
         self._watcher: Watcher | None = None
 
     def get_compression_options(self) -> dict[str, Any]:
@@ -195,22 +282,32 @@ class TopologyWebSocket(tornado.websocket.WebSocketHandler):
             self.finish({"error": f"unknown topology {topology[:60]!r}"})
             return
         try:
-            view_options({k: self.get_argument(k) for k in self.request.arguments})
+            options = view_options({k: self.get_argument(k) for k in self.request.arguments})
         except ValueError as exc:
             self.set_status(400)
             self.finish({"error": str(exc)})
+            return
+        refused = self.hub.refusal(self.request.remote_ip or "", topology, options)
+        if refused is not None:
+            # 429 for what one client can fix by closing tabs; 503 for the app's own limits.
+            self.set_status(429 if refused == "too_many_websockets_from_client" else 503)
+            self.finish({"error": f"refused: {refused.replace('_', ' ')}"})
             return
         await super().get(*args, **kwargs)
 
     def open(self, *args: str, **kwargs: str) -> None:
         options = view_options({k: self.get_argument(k) for k in self.request.arguments})
-        self._feed = self.hub.feed(args[0], options)
-        self._watcher = Watcher(self.write_message)
-        self._feed.add(self._watcher)
+        try:
+            self._watcher = self.hub.join(self.request.remote_ip or "", args[0], options, self.write_message)
+        except Exception:
+            # Nothing of it stays registered (`join`); the browser reconnects and tries again.
+            self.hub.failed_open()
+            self.close(1011, "the view could not be opened")
 
     def on_message(self, message: str | bytes) -> None:
         """Browsers have nothing to say yet; the controls issue will use this direction."""
 
     def on_close(self) -> None:
-        if self._feed is not None and self._watcher is not None:
-            self.hub.remove(self._feed, self._watcher)
+        if self._watcher is not None:
+            self.hub.leave(self._watcher)
+            self._watcher = None

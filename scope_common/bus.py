@@ -18,9 +18,11 @@ DEFAULT_HTTP_PORT = 4040
 #: Reports queued per app before new ones are dropped. Reports are full snapshots, so an old one is
 #: worth nothing once a newer exists: a short queue keeps memory flat while an app is slow or away.
 SEND_HWM = 4
-#: The app may hold a few reports per probe in its kernel and ZeroMQ buffers; beyond that the newest
-#: snapshot per probe is all it needs.
-RECEIVE_HWM = 1000
+#: Messages the app's SUB socket queues per connection before it drops new ones. Probes publish about
+#: once a second, so four are seconds of backlog while the app is busy, and a message lost past them
+#: costs a missed delta, which the next full report repairs. Worst case per connection, at the
+#: message size limit: 4 x 8 MiB = 32 MiB (it was 1,000 x 8 MiB = 8 GiB).
+RECEIVE_HWM = 4
 #: ZMTP heartbeats find a dead peer (a host that vanished without a FIN) in about 3 intervals, so the
 #: probe stops queueing for it and the app drops its half of the connection.
 HEARTBEAT_IVL_MS = 5_000

@@ -3,11 +3,16 @@
 `Renderer.view(topology, options)` is what the API and the websockets call. The first call after a
 new merged report renders; every other caller (each browser, each request) gets the same `View`, whose
 JSON is also built once.
+
+A view whose rendering fails anyway (a node that breaks is already left out, `cached_node`) is served
+as it was last rendered, or empty, and the connection graph is built afresh for the next render:
+whatever went wrong, the API keeps answering. Failures are counted in `Renderer.failures`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
@@ -25,6 +30,9 @@ from scope_app.render.processes import render_processes, render_processes_by_nam
 from scope_common.controls import node_controls
 from scope_common.delta import NodeKey
 from scope_common.report import CMDLINE, CONTAINER_NAME, NAME, PID, Report
+from scope_common.supervise import RateLimitedLog
+
+log = logging.getLogger(__name__)
 
 RenderFunction = Callable[[ConnectionGraph, ViewOptions], tuple[dict[str, RenderedNode], int]]
 
@@ -210,19 +218,29 @@ view_options = ViewOptions.parse
 class Renderer:
     """Caches views of one merged report; `update` moves it to the next report."""
 
-    def __init__(self, max_view_nodes: int = MAX_VIEW_NODES) -> None:
+    def __init__(
+        self, max_view_nodes: int = MAX_VIEW_NODES, on_render: Callable[[str, float], None] | None = None
+    ) -> None:
         self.version = 0
         self.max_view_nodes = max_view_nodes
         self._report = Report()
         self._graph: ConnectionGraph | None = None
         self._views: OrderedDict[tuple[str, ViewOptions, str], View] = OrderedDict()
         self._clock = time.monotonic
+        #: Told the topology and the seconds each render took.
+        self._on_render = on_render
+        #: Nodes left out (`node:<kind>`), views served stale (`view:<topology>`), graph rebuilds (`graph`).
+        self.failures: dict[str, int] = {}
+        self._log = RateLimitedLog(log)
 
     def update(self, report: Report, version: int, changed: Collection[NodeKey] = ()) -> None:
         """Move to `report` at `version`. The same report object again (updated in place) with the keys
         of the nodes that `changed` keeps the connection graph, updated; any other report starts afresh."""
         if report is self._report and self._graph is not None:
-            self._graph.update(changed)
+            try:
+                self._graph.update(changed)
+            except Exception:
+                self._failed("graph", "following the merged report")
         else:
             self._graph = None
             self._views.clear()
@@ -232,8 +250,14 @@ class Renderer:
     @property
     def graph(self) -> ConnectionGraph:
         if self._graph is None:
-            self._graph = ConnectionGraph(self._report)
+            self._graph = ConnectionGraph(self._report, self.failures)
         return self._graph
+
+    def _failed(self, key: str, doing: str) -> None:
+        """Count and log the exception being handled, and start the graph afresh at the next render."""
+        self.failures[key] = self.failures.get(key, 0) + 1
+        self._graph = None
+        self._log.log(key, logging.ERROR, "%s failed; the views' graph is built afresh", doing, exc_info=True)
 
     def view(self, topology_id: str, options: ViewOptions, *, max_age: float | None = None, search: str = "") -> View:
         """The view, rendered now unless the one rendered last is of the current report or younger
@@ -254,15 +278,21 @@ class Renderer:
             if view.version == self.version or now - view.rendered_at <= allowed:
                 self._views.move_to_end(key)
                 return view
-        nodes, filtered = topology.render(self.graph, options)
+        try:
+            graph = self.graph
+            nodes, filtered = topology.render(graph, options)
+        except Exception:
+            self._failed(f"view:{topology_id}", f"rendering {topology_id}")
+            return view if view is not None else View(topology_id, {}, 0, ConnectionGraph(Report()))
         if search:
             nodes = matching(nodes, search.casefold())
         total = len(nodes)
         if total > self.max_view_nodes:
             nodes = most_connected(nodes, self.max_view_nodes)
         done = self._clock()
-        view = View(topology_id, nodes, filtered, self.graph, self.version, done, done - now, total)
-        self._views[key] = view
+        if self._on_render is not None:
+            self._on_render(topology_id, done - now)
+        view = self._views[key] = View(topology_id, nodes, filtered, graph, self.version, done, done - now, total)
         self._views.move_to_end(key)
         while len(self._views) > MAX_CACHED_VIEWS:
             self._views.popitem(last=False)

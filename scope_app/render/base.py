@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import logging
 from collections.abc import Callable, Collection, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -31,8 +32,12 @@ from scope_common.report import (
     Node,
     Report,
 )
+from scope_common.supervise import RateLimitedLog
 
 Json = dict[str, Any]
+
+log = logging.getLogger(__name__)
+_failures_log = RateLimitedLog(log)
 
 # Pseudo node ids. `;` keeps them out of every real id space.
 INTERNET_IN = "pseudo;in-theinternet"
@@ -290,8 +295,10 @@ class ConnectionGraph:
     changed, rather than for all of a fleet's (100,000 connections at 100 hosts). Shared by every view.
     """
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, failures: dict[str, int] | None = None) -> None:
         self.report = report
+        #: Report nodes left out of views because building their view node failed, by kind.
+        self.failures: dict[str, int] = {} if failures is None else failures
         self.endpoints = report.topology("endpoint").nodes
         self.processes = report.topology("process").nodes
         self.containers = report.topology("container").nodes
@@ -746,17 +753,27 @@ def connected_ids(edges: Edges) -> set[str]:
 
 def cached_node(
     graph: ConnectionGraph, kind: str, node_id: str, inputs: tuple[object, ...], build: Callable[[], RenderedNode]
-) -> RenderedNode:
+) -> RenderedNode | None:
     """The view node of kind `kind` for `node_id`, built again only when its `inputs` (the report nodes
     and labels it is made of; compared by identity first) differ from the last render's. A copy each
-    time, with edges and children of its own: views of other options hold the earlier copies."""
+    time, with edges and children of its own: views of other options hold the earlier copies.
+
+    None when building it fails: decoding checks what it can, but one node no check foresaw must cost
+    only itself, never the view. Counted in `graph.failures` and logged (rate-limited)."""
     cache = graph.rendered.get(kind)
     if cache is None:
         cache = graph.rendered[kind] = {}
     hit = cache.get(node_id)
     if hit is not None and hit[0] == inputs:
         return hit[1].fresh_copy()
-    node = build()
+    try:
+        node = build()
+        node.summary()
+    except Exception:
+        key = f"node:{kind}"
+        graph.failures[key] = graph.failures.get(key, 0) + 1
+        _failures_log.log(key, logging.ERROR, "left %s %r out of the views", kind, node_id[:100], exc_info=True)
+        return None
     cache[node_id] = (inputs, node.fresh_copy())
     return node
 

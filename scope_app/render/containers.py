@@ -169,8 +169,10 @@ def _uncontained_node(graph: ConnectionGraph, pseudo_id: str) -> RenderedNode | 
 
 def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
     nodes = {
-        c.id: cached_node(graph, "container", c.id, (c, host_label(graph, c)), partial(container_node, graph, c))
+        c.id: node
         for c in graph.containers.values()
+        if (node := cached_node(graph, "container", c.id, (c, host_label(graph, c)), partial(container_node, graph, c)))
+        is not None
     }
     for container_id, node in nodes.items():
         processes = graph.process_ids_in(container_id)

@@ -57,7 +57,11 @@ def host_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
 
 
 def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
-    nodes = {h.id: cached_node(graph, "host", h.id, (h,), partial(host_node, h)) for h in graph.hosts.values()}
+    nodes = {
+        h.id: node
+        for h in graph.hosts.values()
+        if (node := cached_node(graph, "host", h.id, (h,), partial(host_node, h))) is not None
+    }
     for container in graph.containers.values():
         host = container.get(HOST_NODE_ID)
         if host in nodes:

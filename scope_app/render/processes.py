@@ -62,7 +62,9 @@ def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict
     for process_id in shown:
         process = graph.processes[process_id]
         inputs = (process, host_label(graph, process), container_label(graph, process))
-        nodes[process_id] = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process))
+        node = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process))
+        if node is not None:
+            nodes[process_id] = node
     attach_edges(nodes, edges)
     return nodes, hidden + filter_view(nodes, options, drop_unconnected=True)
 

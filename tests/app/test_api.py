@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -100,3 +104,55 @@ def test_search_narrows_a_view_on_the_server(app_with_report: App) -> None:
     assert ids.container_id(CONTAINER) in app_with_report.get("/api/topology/containers?search=WEB")["nodes"]
     assert app_with_report.get("/api/topology/containers?search=busybox")["nodes"], "metadata matches too"
     assert app_with_report.get("/api/topology/containers?search=nothing-like-it")["nodes"] == {}
+
+
+def _get_with_host(app: App, path: str, host: str) -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", app.http_port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        body = response.read()
+        return response.status, json.loads(body) if response.getheader("Content-Type", "").startswith(
+            "application/json"
+        ) else body
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("evil.example", 403),
+        ("evil.example:{port}", 403),
+        ("127.0.0.1:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("192.0.2.7:{port}", 200),  # the server's address, typed by someone on another machine
+        ("localhost:{port}", 200),
+        ("{hostname}:{port}", 200),
+        ("scope.example", 200),  # named with --allowed-hosts
+    ],
+)
+def test_dns_rebinding_is_refused_by_host(scope: Scope, host: str, status: int) -> None:
+    """A page whose own name was made to resolve to the app's address still sends its name as Host."""
+    app = scope.app(extra=["--allowed-hosts=scope.example"])
+    host = host.format(port=app.http_port, hostname=socket.gethostname())
+    for path in ("/api/topology/hosts", "/api/report", "/", "/api/topology/hosts/ws", "/metrics"):
+        code, body = _get_with_host(app, path, host)
+        assert code == status or (status == 200 and path.endswith("/ws") and code == 400), (path, code)
+        if status == 403:
+            assert "not one this app serves" in body["error"]
+    if status == 403:
+        assert app.metrics()["scope_app_refused_hosts_total"] == 5
+
+
+def test_health_and_metrics(app_with_report: App) -> None:
+    code, health = app_with_report.get_status("/api/health")
+    assert code == 200 and health["status"] == "ok"
+    assert health["tasks"] == dict.fromkeys(("bus", "expiry", "controls", "control-heartbeats", "pipe-collector"), True)
+    metrics = app_with_report.metrics()
+    assert metrics["scope_app_probes"] == 1
+    assert metrics["scope_app_reports_applied_total"] >= 1
+    assert metrics["scope_app_report_bytes_count"] == metrics["scope_app_reports_received_total"]
+    assert metrics['scope_app_task_up{task="bus"}'] == 1
+    assert metrics['scope_app_render_seconds_count{topology="containers"}'] >= 1
+    assert metrics["scope_app_node_budget"] > metrics["scope_app_stored_nodes"] >= 2

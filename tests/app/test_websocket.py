@@ -132,3 +132,74 @@ def test_a_browser_that_does_not_read_gets_no_backlog_then_one_fresh_view() -> N
         assert sorted(n["label_major"] for n in fresh["add"]) == ["c", "d"]
 
     asyncio.run(scenario())
+
+
+async def _refused(app: App, path: str, source: str = "127.0.0.1") -> tuple[int, dict[str, Any]]:
+    request = tornado.httpclient.HTTPRequest(f"ws://127.0.0.1:{app.http_port}{path}", network_interface=source)
+    with pytest.raises(tornado.httpclient.HTTPClientError) as info:
+        await tornado.websocket.websocket_connect(request)
+    assert info.value.response is not None
+    return info.value.code, json.loads(info.value.response.body)
+
+
+def test_websockets_are_limited_per_client_and_views_in_total(scope: Scope) -> None:
+    """One client cannot open sockets without end, nor all clients together make the app render more
+    views per merge than MAX_FEEDS; options a view does not read do not make another view."""
+    from scope_app.websocket import MAX_FEEDS, MAX_WEBSOCKETS_PER_CLIENT
+
+    app = scope.app()
+
+    async def scenario() -> None:
+        sockets = [await _connect(app, "/api/topology/hosts/ws") for _ in range(MAX_WEBSOCKETS_PER_CLIENT)]
+        code, body = await _refused(app, "/api/topology/hosts/ws")
+        assert code == 429 and "too many websockets from client" in body["error"]
+        for ws in sockets:
+            ws.close()
+        # Every option combination of the containers views: 8 each, so 16 views...
+        views = [
+            f"/api/topology/{topology}/ws?system={a}&stopped={b}&pseudo={c}"
+            for topology in ("containers", "containers-by-image")
+            for a in ("show", "hide")
+            for b in ("show", "hide")
+            for c in ("show", "hide")
+        ]
+        assert len(views) == MAX_FEEDS
+        clients = [f"127.2.0.{n}" for n in range(1, len(views) + 2)]
+        for path, client in zip(views, clients, strict=False):
+            request = tornado.httpclient.HTTPRequest(f"ws://127.0.0.1:{app.http_port}{path}", network_interface=client)
+            sockets.append(await tornado.websocket.websocket_connect(request))
+        # ...and then none more, but one the hosts view does not read is the same view as the default.
+        code, body = await _refused(app, "/api/topology/hosts/ws", source=clients[-1])
+        assert code == 503 and "too many views" in body["error"]
+        again = tornado.httpclient.HTTPRequest(
+            f"ws://127.0.0.1:{app.http_port}{views[0]}&unconnected=show", network_interface=clients[-1]
+        )
+        ws = await tornado.websocket.websocket_connect(again)
+        assert (await _next(ws))["reset"] is True
+        for ws in sockets:
+            ws.close()
+
+    asyncio.run(scenario())
+    refused = {k: v for k, v in app.metrics().items() if "websocket_refused" in k}
+    assert refused == {
+        'scope_app_websocket_refused_total{reason="too_many_views"}': 1.0,
+        'scope_app_websocket_refused_total{reason="too_many_websockets_from_client"}': 1.0,
+    }
+
+
+def test_a_websocket_whose_opening_fails_leaves_nothing_registered() -> None:
+    from scope_app.render import Renderer
+    from scope_app.render.base import ViewOptions
+    from scope_app.websocket import FeedHub
+
+    def broken(message: str) -> asyncio.Future[None]:
+        raise RuntimeError("the connection broke while the view was sent")
+
+    renderer = Renderer()
+    hub = FeedHub(renderer, clock=lambda: 0.0)
+    with pytest.raises(RuntimeError):
+        hub.join("127.0.0.1", "containers", ViewOptions(), broken)
+    assert (hub.feed_count, hub.watcher_count) == (0, 0)
+    renderer.update(_report("a"), 1)
+    hub.changed()  # nothing left to push to, nothing to fail
+    assert hub.refused == {}
