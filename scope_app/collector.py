@@ -145,6 +145,8 @@ class Collector:
         held.nodes += grown
         self.node_count += grown
         changed = self.merged.update(envelope.probe_id, known.nodes.nodes, applied.before)
+        if applied.templates_changed and self.merged.update_templates(envelope.probe_id, known.nodes.templates):
+            self._schedule_merge()  # the views see the templates change by their merged report's version
         if changed:
             self._changed |= changed
             self._schedule_merge()

@@ -7,6 +7,10 @@ to it, and only a node whose contributions changed is merged again, from its con
 (usually one; two for an address both ends of a connection report). The result is the same report
 `merge_reports` builds from scratch (property-tested), plus the list of what changed, which is what
 the renderers and the websockets work from.
+
+Templates (how each topology's nodes are shown) are kept per probe too and merged afresh, for the
+topologies concerned, whenever a probe's change: they change seldom and are few, so this costs little,
+and the merged topology's `templates` is then a new object, which is how the views see the change.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from functools import reduce
 
 from scope_common.delta import NodeKey
-from scope_common.report import Node, Report, Topology
+from scope_common.report import NO_TEMPLATES, Node, Report, Templates, Topology
 
 #: One probe's contribution to a node: most nodes have exactly one, kept as a pair to save a dict.
 Contribution = tuple[str, Node]
@@ -27,6 +31,8 @@ class MergedReport:
     def __init__(self) -> None:
         self.report = Report()
         self._contributions: dict[NodeKey, Contribution | dict[str, Node]] = {}
+        #: Each probe's templates by topology.
+        self._templates: dict[str, Mapping[str, Templates]] = {}
 
     def update(self, probe_id: str, nodes: Mapping[NodeKey, Node], changed: Iterable[NodeKey]) -> set[NodeKey]:
         """Take `probe_id`'s current `nodes` for the keys in `changed` (absent: the probe dropped it).
@@ -37,9 +43,32 @@ class MergedReport:
                 merged_changed.add(key)
         return merged_changed
 
+    def update_templates(self, probe_id: str, templates: Mapping[str, Templates]) -> bool:
+        """Take `probe_id`'s current templates. Returns whether the merged templates changed."""
+        before = self._templates.pop(probe_id, {})
+        if templates:
+            self._templates[probe_id] = templates
+        return self._merge_templates(before.keys() | templates.keys())
+
     def remove_probe(self, probe_id: str, keys: Iterable[NodeKey]) -> set[NodeKey]:
-        """Drop everything `probe_id` contributed (its nodes' `keys`). Returns the keys that changed."""
+        """Drop everything `probe_id` contributed (its nodes' `keys`, its templates). Returns the keys
+        of the nodes that changed."""
+        self.update_templates(probe_id, {})
         return {key for key in keys if self._contribute(key, probe_id, None)}
+
+    def _merge_templates(self, names: Iterable[str]) -> bool:
+        changed = False
+        for name in names:
+            merged = reduce(
+                Templates.merge,
+                (self._templates[p].get(name, NO_TEMPLATES) for p in sorted(self._templates)),
+                NO_TEMPLATES,
+            )
+            topology = self.report.topology(name)
+            if topology.templates != merged:
+                topology.templates = merged
+                changed = True
+        return changed
 
     def _contribute(self, key: NodeKey, probe_id: str, node: Node | None) -> bool:
         held = self._contributions.get(key)

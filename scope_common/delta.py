@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from scope_common import wire
-from scope_common.report import Metric, Node, Report, merge_metric_samples
+from scope_common.report import NO_TEMPLATES, Metric, Node, Report, Templates, merge_metric_samples
 
 #: A metric whose values stay the same is still sent again this often, so its samples do not end long
 #: before the present.
@@ -60,6 +60,7 @@ class DeltaEncoder:
         self._since_full = 0
         self._full_requested = True
         self._sent: dict[NodeKey, Node] = {}
+        self._sent_templates: dict[str, Templates] = {}
         self.last_was_full = False
 
     def request_full(self) -> None:
@@ -84,9 +85,17 @@ class DeltaEncoder:
         full = self._full_requested or self._since_full + 1 >= self.full_every
         seq = self._seq + 1
         when = self._clock() if sent_at is None else sent_at
+        templates = _templates_of(report)
         if full:
             envelope = wire.Envelope(
-                self.probe_id, self.host_id, seq, when, _report_of(stable.values()), self.version, full=True
+                self.probe_id,
+                self.host_id,
+                seq,
+                when,
+                _report_of(stable.values()),
+                self.version,
+                full=True,
+                templates=templates,
             )
         else:
             removed: dict[str, list[str]] = {}
@@ -102,10 +111,12 @@ class DeltaEncoder:
                 full=False,
                 base_seq=self._seq,
                 removed={name: tuple(sorted(node_ids)) for name, node_ids in removed.items()},
+                templates=_changed_templates(templates, self._sent_templates),
             )
         message = wire.encode(envelope)
         self._seq = seq
         self._sent = stable
+        self._sent_templates = templates
         self._since_full = 0 if full else self._since_full + 1
         self._full_requested = False
         self.last_was_full = full
@@ -117,6 +128,21 @@ def _report_of(nodes: Iterable[Node]) -> Report:
     for node in nodes:
         report.add(node)
     return report
+
+
+def _templates_of(report: Report) -> dict[str, Templates]:
+    return {name: topology.templates for name, topology in report.topologies.items() if topology.templates}
+
+
+def _changed_templates(templates: dict[str, Templates], sent: dict[str, Templates]) -> dict[str, Templates]:
+    """What a delta carries of the templates: those of topologies whose templates changed since the
+    last message, empty for those that have none any more. Templates rarely change, so most deltas
+    carry none."""
+    return {
+        name: templates.get(name, NO_TEMPLATES)
+        for name in templates.keys() | sent.keys()
+        if templates.get(name, NO_TEMPLATES) != sent.get(name, NO_TEMPLATES)
+    }
 
 
 def _stabilize(node: Node, previous: Node) -> Node:
@@ -178,6 +204,8 @@ class Applied:
     #: would take the report past wire.MAX_NODES).
     refused: str = ""
     full: bool = False
+    #: Whether the probe's templates changed (`ProbeNodes.templates`).
+    templates_changed: bool = False
 
 
 class ProbeNodes:
@@ -185,6 +213,8 @@ class ProbeNodes:
 
     def __init__(self) -> None:
         self.nodes: dict[NodeKey, Node] = {}
+        #: The probe's templates by topology: replaced by a full report's, topology by topology by a delta's.
+        self.templates: dict[str, Templates] = {}
         self.seq = 0
         #: False until a full report arrives, and again after a lost message: deltas are then set aside.
         self.complete = False
@@ -231,9 +261,24 @@ class ProbeNodes:
                 continue
             changes.before[key] = previous
             self.nodes[key] = node
+        changes.templates_changed = self._apply_templates(envelope)
         self.seq = envelope.seq
         self.complete = True
         return changes
 
+    def _apply_templates(self, envelope: wire.Envelope) -> bool:
+        """Take the message's templates; returns whether the probe's changed."""
+        carried = envelope.carried_templates()
+        templates = {} if envelope.full else dict(self.templates)
+        templates.update(carried)
+        templates = {name: found for name, found in templates.items() if found}
+        if templates == self.templates:
+            return False
+        self.templates = templates
+        return True
+
     def report(self) -> Report:
-        return _report_of(self.nodes.values())
+        report = _report_of(self.nodes.values())
+        for name, templates in self.templates.items():
+            report.topology(name).templates = templates
+        return report

@@ -85,6 +85,11 @@ CPU_USAGE = "cpu_usage_percent"
 MEMORY_USAGE = "memory_usage_bytes"
 LOAD1 = "load1"
 
+#: Node fields that name a node's controls: the set holds control ids, the latest value the id of the
+#: probe that can perform them.
+CONTROLS = "controls"
+CONTROL_PROBE_ID = "control_probe_id"
+
 #: Samples kept per metric after a merge. A probe keeps about this many seconds of history for
 #: host and container metrics, which is what a sparkline in the UI needs.
 MAX_SAMPLES = 20
@@ -276,14 +281,143 @@ def _merge_maps(a: Mapping[str, Any], b: Mapping[str, Any], combine: Any) -> Map
     return merged
 
 
+# Where a metadata row's value comes from (`MetadataTemplate.source`).
+#: `latest[key]`.
+FROM_LATEST = "latest"
+#: `sets[key]`, joined with ", ".
+FROM_SETS = "sets"
+#: One row per `latest` key that starts with `key` (a container's labels), in key order: the row's id and
+#: label are the template's followed by the rest of the key.
+FROM_PREFIX = "prefix"
+#: The label of the node's parent in the topology `key` (its host, the container a process runs in):
+#: the app knows it from the merged report, no probe does.
+FROM_PARENT = "parent"
+METADATA_SOURCES = (FROM_LATEST, FROM_SETS, FROM_PREFIX, FROM_PARENT)
+#: The parents a FROM_PARENT row may name.
+PARENT_TOPOLOGIES = (HOST, CONTAINER)
+
+# How a metadata value is shown (`MetadataTemplate.datatype`).
+#: As it is.
+TEXT = "text"
+#: A Unix time, as an ISO date and time (anything else as it is).
+DATETIME = "datetime"
+#: Seconds, as a duration (`1 day, 2:03:04`).
+DURATION = "duration"
+DATATYPES = (TEXT, DATETIME, DURATION)
+#: How the UI formats a metric (`MetricTemplate.format`).
+METRIC_FORMATS = ("number", "percent", "filesize")
+#: What a control's pipe is (`ControlTemplate.pipe`): none, a log stream, a terminal.
+PIPE_KINDS = ("", "log", "tty")
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MetadataTemplate:
+    """How one row of a node's details is made from the node: which field, under what label, where.
+
+    Rows are shown by `priority`, then id. Two probes' templates of one id are merged by keeping the
+    larger (priority first, then every other field in order): a maximum over a total order, so the
+    merge is commutative, associative and idempotent like every other rule here.
+    """
+
+    priority: float
+    id: str
+    label: str
+    key: str
+    source: str = FROM_LATEST
+    datatype: str = TEXT
+    #: Characters kept of the value (a container id's first 12); 0 keeps all.
+    truncate: int = 0
+    #: Shown only in a node's details, not in every view's summary: long or rarely compared values (a
+    #: command line) would weigh down views of thousands of nodes.
+    detail: bool = False
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MetricTemplate:
+    """How one metric of a node is shown: the node's metric `key` as a row `id` labelled `label`."""
+
+    priority: float
+    key: str
+    id: str
+    label: str
+    format: str = "number"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ControlTemplate:
+    """The button of one control: a node offers a control by carrying its id in `sets[CONTROLS]`, its
+    topology's templates say how the button looks. Buttons are shown by `rank`, then id."""
+
+    rank: float
+    id: str
+    human: str
+    icon: str
+    #: A question the UI asks before it acts; empty for controls that are easily undone.
+    confirm: str = ""
+    #: The control answers with a byte stream: "log" (a log pane) or "tty" (a terminal); "" if not.
+    pipe: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Templates:
+    """What a topology's nodes show in their details, carried in the report rather than known to the app:
+    metadata rows by id, metrics by metric key, control buttons by control id. Read-only once built."""
+
+    metadata: Mapping[str, MetadataTemplate] = field(default_factory=dict)
+    metrics: Mapping[str, MetricTemplate] = field(default_factory=dict)
+    controls: Mapping[str, ControlTemplate] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        metadata: Iterable[MetadataTemplate] = (),
+        metrics: Iterable[MetricTemplate] = (),
+        controls: Iterable[ControlTemplate] = (),
+    ) -> Templates:
+        """Templates keyed by id (metrics by key); of two with one id, the larger is kept (see merge)."""
+        return cls(
+            _by_key(metadata, lambda t: t.id),
+            _by_key(metrics, lambda t: t.key),
+            _by_key(controls, lambda t: t.id),
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.metadata or self.metrics or self.controls)
+
+    def merge(self, other: Templates) -> Templates:
+        """The union by id; a conflict keeps the larger template (priority or rank first)."""
+        if self is other or not other:
+            return self
+        if not self:
+            return other
+        return Templates(
+            _merge_maps(self.metadata, other.metadata, max),
+            _merge_maps(self.metrics, other.metrics, max),
+            _merge_maps(self.controls, other.controls, max),
+        )
+
+
+#: The templates of a topology no probe gave any: shared, so that "none" is one object everywhere.
+NO_TEMPLATES = Templates()
+
+
+def _by_key(templates: Iterable[Any], key: Any) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for template in templates:
+        known = found.get(key(template))
+        found[key(template)] = template if known is None else max(known, template)
+    return found
+
+
 class Topology:
-    """The nodes of one kind, by id."""
+    """The nodes of one kind, by id, and the templates saying how its nodes are shown."""
 
-    __slots__ = ("name", "nodes")
+    __slots__ = ("name", "nodes", "templates")
 
-    def __init__(self, name: str, nodes: dict[str, Node] | None = None) -> None:
+    def __init__(self, name: str, nodes: dict[str, Node] | None = None, templates: Templates = NO_TEMPLATES) -> None:
         self.name = name
         self.nodes: dict[str, Node] = nodes if nodes is not None else {}
+        self.templates = templates
 
     def add(self, node: Node) -> None:
         """Add a node, merging it with one of the same id already there."""
@@ -293,16 +427,16 @@ class Topology:
         self.nodes[node.id] = node if known is None else known.merge(node)
 
     def merge(self, other: Topology) -> Topology:
-        if self is other or not other.nodes:
+        if self is other or (not other.nodes and not other.templates):
             return self
-        if not self.nodes:
+        if not self.nodes and not self.templates:
             return other
         small, large = (self, other) if len(self.nodes) <= len(other.nodes) else (other, self)
         nodes = dict(large.nodes)
         for node_id, node in small.nodes.items():
             known = nodes.get(node_id)
             nodes[node_id] = node if known is None else known.merge(node)
-        return Topology(self.name, nodes)
+        return Topology(self.name, nodes, self.templates.merge(other.templates))
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -311,7 +445,12 @@ class Topology:
         return iter(self.nodes.values())
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Topology) and self.name == other.name and self.nodes == other.nodes
+        return (
+            isinstance(other, Topology)
+            and self.name == other.name
+            and self.nodes == other.nodes
+            and self.templates == other.templates
+        )
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -341,6 +480,10 @@ class Report:
         found = self.topologies.get(name)
         return found.nodes if found is not None else {}
 
+    def templates(self, name: str) -> Templates:
+        found = self.topologies.get(name)
+        return found.templates if found is not None else NO_TEMPLATES
+
     def node_count(self) -> int:
         return sum(len(t) for t in self.topologies.values())
 
@@ -357,7 +500,7 @@ class Report:
         if not isinstance(other, Report):
             return False
         names = set(self.topologies) | set(other.topologies)
-        return all(self.nodes(n) == other.nodes(n) for n in names)
+        return all(self.nodes(n) == other.nodes(n) and self.templates(n) == other.templates(n) for n in names)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -374,8 +517,10 @@ def merge_reports(reports: Iterable[Report]) -> Report:
     inputs and must be treated as read-only.
     """
     merged: dict[str, dict[str, Node]] = {}
+    templates: dict[str, Templates] = {}
     for report in reports:
         for name, topology in report.topologies.items():
+            templates[name] = templates.get(name, NO_TEMPLATES).merge(topology.templates)
             nodes = merged.get(name)
             if nodes is None:
                 merged[name] = dict(topology.nodes)
@@ -383,4 +528,4 @@ def merge_reports(reports: Iterable[Report]) -> Report:
             for node_id, node in topology.nodes.items():
                 known = nodes.get(node_id)
                 nodes[node_id] = node if known is None else known.merge(node)
-    return Report({name: Topology(name, nodes) for name, nodes in merged.items()})
+    return Report({name: Topology(name, nodes, templates[name]) for name, nodes in merged.items()})

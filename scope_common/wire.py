@@ -28,12 +28,26 @@ import msgpack
 
 from scope_common import ids
 from scope_common.report import (
+    DATATYPES,
+    DURATION,
+    FROM_LATEST,
+    FROM_PARENT,
     INTEGER_LATEST_KEYS,
+    METADATA_SOURCES,
+    METRIC_FORMATS,
+    NO_TEMPLATES,
+    PARENT_TOPOLOGIES,
+    PIPE_KINDS,
+    TOPOLOGY_NAMES,
+    ControlTemplate,
     EdgeMetadata,
+    MetadataTemplate,
     Metric,
+    MetricTemplate,
     Node,
     Report,
     Sample,
+    Templates,
     canonical_samples,
 )
 
@@ -88,6 +102,16 @@ class Envelope:
     removed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: Records left out while decoding, by reason: a bad node costs itself, not the report.
     rejected: Mapping[str, int] = field(default_factory=dict)
+    #: The template records the message carries, by topology: all of the probe's in a full report, those
+    #: that changed in a delta (empty ones for templates that went). None, in an envelope built by hand:
+    #: the templates of `report`'s topologies. Decoding puts them on `report`'s topologies too (which is
+    #: where equality compares them).
+    templates: Mapping[str, Templates] | None = field(default=None, compare=False)
+
+    def carried_templates(self) -> Mapping[str, Templates]:
+        if self.templates is not None:
+            return self.templates
+        return {name: topology.templates for name, topology in self.report.topologies.items() if topology.templates}
 
 
 def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
@@ -95,6 +119,7 @@ def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     packer = msgpack.Packer(use_bin_type=True)
     records = [packer.pack(node_record(node)) for node in _all_nodes(envelope.report)]
     records.extend(packer.pack([name, list(removed)]) for name, removed in envelope.removed.items() if removed)
+    records.extend(packer.pack(templates_record(name, t)) for name, t in envelope.carried_templates().items())
     body = b"".join(packer.pack(record) for record in records)
     if compress:
         body = zlib.compress(body, 1)
@@ -159,8 +184,10 @@ def decode(message: bytes) -> Envelope:
         body = _decompress(body)
     elif encoding != ENCODING_NONE:
         raise DecodeError("malformed", f"unknown encoding {str(encoding)[:20]!r}")
-    report, removed, rejected = _decode_records(body)
-    return Envelope(probe_id, host_id, seq, float(sent_at), report, version, full, base_seq, removed, rejected)
+    report, removed, rejected, templates = _decode_records(body)
+    return Envelope(
+        probe_id, host_id, seq, float(sent_at), report, version, full, base_seq, removed, rejected, templates
+    )
 
 
 def _decompress(body: bytes) -> bytes:
@@ -222,15 +249,23 @@ def _records(body: bytes) -> Iterator[bytes]:
         raise DecodeError("malformed", f"report stream: {type(exc).__name__}") from None
 
 
-def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int]]:
+def _decode_records(
+    body: bytes,
+) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int], dict[str, Templates]]:
     report = Report()
     removed: dict[str, list[str]] = {}
     rejected: dict[str, int] = {}
+    templates: dict[str, Templates] = {}
     for record in _records(body):
         try:
             fields = _unpack(record, len(record))
             if type(fields) is not list:
                 raise DecodeError("malformed", "record is not a list")
+            if len(fields) == TEMPLATES_RECORD_FIELDS:
+                found = templates_from_record(fields, rejected)
+                if found is not None:
+                    templates[found[0]] = report.topology(found[0]).templates = found[1]
+                continue
             if len(fields) == 2:
                 name = _str(fields[0])
                 removed.setdefault(name, []).extend(_sorted_strs(fields[1]))
@@ -241,7 +276,7 @@ def _decode_records(body: bytes) -> tuple[Report, dict[str, tuple[str, ...]], di
             rejected[reason] = rejected.get(reason, 0) + 1
             continue
         report.add(node)
-    return report, {name: tuple(sorted(set(ids_))) for name, ids_ in removed.items()}, rejected
+    return report, {name: tuple(sorted(set(ids_))) for name, ids_ in removed.items()}, rejected, templates
 
 
 def _str(value: object) -> str:
@@ -338,3 +373,113 @@ def report_records(nodes: Iterable[Node]) -> bytes:
     """The uncompressed report body for `nodes`: for tests and tools that build messages by hand."""
     packer = msgpack.Packer(use_bin_type=True)
     return b"".join(packer.pack(packer.pack(node_record(node))) for node in nodes)
+
+
+# A templates record is a list of four: [topology, metadata rows, metric rows, control rows], each row a
+# list by position: metadata [id, label, priority, source, key, datatype, truncate, detail]; metric
+# [key, id, label, format, priority]; control [id, human, icon, confirm, pipe, rank].
+TEMPLATES_RECORD_FIELDS = 4
+#: Most templates of one kind in one topology: a probe sends a dozen or two.
+MAX_TEMPLATES = 64
+#: Longest id, node field key, label, button text or icon name of a template.
+MAX_TEMPLATE_TEXT = 128
+#: Longest confirmation question of a control.
+MAX_CONFIRM = 512
+#: Largest `truncate` of a metadata template.
+MAX_TRUNCATE = 4096
+
+
+def templates_record(topology: str, templates: Templates) -> list[Any]:
+    """A topology's templates record (before packing), as laid out above."""
+    return [
+        topology,
+        [
+            [t.id, t.label, t.priority, t.source, t.key, t.datatype, t.truncate, t.detail]
+            for t in templates.metadata.values()
+        ],
+        [[t.key, t.id, t.label, t.format, t.priority] for t in templates.metrics.values()],
+        [[t.id, t.human, t.icon, t.confirm, t.pipe, t.rank] for t in templates.controls.values()],
+    ]
+
+
+def templates_from_record(fields: list[Any], rejected: dict[str, int]) -> tuple[str, Templates] | None:
+    """(topology, templates) from a templates record, or None when the record is unusable. A bad row
+    (a wrong kind, an unknown source, an overlong label) is left out and counted in `rejected` as
+    `template_<reason>`, the rest of the record stands; a record of too many rows, of an unknown
+    topology or not laid out as above is left out whole, counted the same way."""
+    try:
+        topology = _str(fields[0])
+        if topology not in TOPOLOGY_NAMES:
+            raise DecodeError("unknown_topology", topology[:40])
+        rows = fields[1:]
+        if not all(type(kind) is list for kind in rows):
+            raise DecodeError("malformed", "template rows are not lists")
+        if any(len(kind) > MAX_TEMPLATES for kind in rows):
+            raise DecodeError("too_many", f"over {MAX_TEMPLATES} templates of a kind")
+    except DecodeError as exc:
+        _count(rejected, f"template_{exc.reason}")
+        return None
+    metadata = _template_rows(rows[0], _metadata_template, rejected)
+    metrics = _template_rows(rows[1], _metric_template, rejected)
+    controls = _template_rows(rows[2], _control_template, rejected)
+    return topology, Templates.build(metadata, metrics, controls) if metadata or metrics or controls else NO_TEMPLATES
+
+
+def _template_rows(rows: list[Any], parse: Any, rejected: dict[str, int]) -> list[Any]:
+    parsed = []
+    for row in rows:
+        try:
+            if type(row) is not list:
+                raise DecodeError("malformed", "template row is not a list")
+            parsed.append(parse(row))
+        except DecodeError as exc:
+            _count(rejected, f"template_{exc.reason}")
+        except (TypeError, ValueError):
+            _count(rejected, "template_malformed")
+    return parsed
+
+
+def _metadata_template(row: list[Any]) -> MetadataTemplate:
+    row_id, label, priority, source, key, datatype, truncate, detail = row
+    if source not in METADATA_SOURCES or datatype not in DATATYPES or type(detail) is not bool:
+        raise DecodeError("malformed", "metadata template source, datatype or detail")
+    if type(truncate) is not int or not 0 <= truncate <= MAX_TRUNCATE:
+        raise DecodeError("malformed", "metadata template truncate")
+    if source == FROM_PARENT and key not in PARENT_TOPOLOGIES:
+        raise DecodeError("malformed", "metadata template parent")
+    if datatype == DURATION and (source != FROM_LATEST or key not in INTEGER_LATEST_KEYS):
+        # A duration is shown from a whole number, which decoding checks only these fields hold.
+        raise DecodeError("malformed", "duration template of a field not checked to be a number")
+    return MetadataTemplate(
+        float(_num(priority)), _text(row_id), _text(label, empty=True), _text(key), source, datatype, truncate, detail
+    )
+
+
+def _metric_template(row: list[Any]) -> MetricTemplate:
+    key, row_id, label, fmt, priority = row
+    if fmt not in METRIC_FORMATS:
+        raise DecodeError("malformed", "metric template format")
+    return MetricTemplate(float(_num(priority)), _text(key), _text(row_id), _text(label, empty=True), fmt)
+
+
+def _control_template(row: list[Any]) -> ControlTemplate:
+    control_id, human, icon, confirm, pipe, rank = row
+    if pipe not in PIPE_KINDS:
+        raise DecodeError("malformed", "control template pipe")
+    if len(_str(confirm)) > MAX_CONFIRM:
+        raise DecodeError("too_long", "control template confirm")
+    return ControlTemplate(float(_num(rank)), _text(control_id), _text(human), _text(icon), confirm, pipe)
+
+
+def _text(value: object, *, empty: bool = False) -> str:
+    """A template's string: not empty (unless `empty`), at most MAX_TEMPLATE_TEXT characters."""
+    text = _str(value)
+    if len(text) > MAX_TEMPLATE_TEXT:
+        raise DecodeError("too_long", f"template text of {len(text)} characters")
+    if not text and not empty:
+        raise DecodeError("malformed", "empty template id or text")
+    return text
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    counts[reason] = counts.get(reason, 0) + 1
