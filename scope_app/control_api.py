@@ -3,7 +3,8 @@
 The app checks what it can before it asks the probe: that controls are on (not `--read-only`), that
 the request comes from this app's own pages (a browser names the page's origin; JSON-only bodies need
 a preflight another site cannot pass), that the probe is connected now, that the merged report has
-that probe offering controls on that node, and that the control is one there is. Whether it applies
+that probe offering controls on that node, and that the control is one there is (its node's topology
+has a template for it). Whether it applies
 to the node as it is now (start a running container) is the probe's and its engine's to say: the map
 may be a second behind. One log line per control says who asked what.
 """
@@ -19,8 +20,8 @@ import tornado.web
 
 from scope_app.controls import ControlRouter, ProbeBusy, ProbeNotConnected, same_origin
 from scope_app.pipes import PipeHub, PipeWebSocket
+from scope_app.render.templates import offered
 from scope_common import rpc
-from scope_common.controls import CONTROL_TABLE, offered
 from scope_common.report import Report
 
 log = logging.getLogger("scope.app.controls")
@@ -88,9 +89,9 @@ class ControlHandler(tornado.web.RequestHandler):
         if not self.router.connected(probe_id):
             return refuse(404, f"probe {probe_id[:40]!r} is not connected")
         found = offered(self.report(), node_id)
-        if found is None or found[0] != probe_id:
+        if found is None or found.probe_id != probe_id:
             return refuse(400, f"probe {probe_id[:40]!r} reports no node {node_id[:100]!r} with controls")
-        if control not in CONTROL_TABLE:
+        if control not in found.templates:
             return refuse(400, f"there is no control {control[:60]!r}")
         try:
             response = await self.router.request(probe_id, node_id, control, args)

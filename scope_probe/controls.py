@@ -1,9 +1,10 @@
 """Controls: the registry of what this probe can do to its nodes, and the dispatch of the apps' requests.
 
-A module that knows a kind of node (Docker containers, the host) registers a handler per control id
-and an `offer` function saying which controls each node has right now. The probe stamps those into
-every report it publishes (`decorate`), so the app learns them with the map and needs no knowledge of
-Docker. Requests run in a small pool of worker threads: a Docker call that is slow or hangs holds one
+A module that knows a kind of node (Docker containers, the host) registers a handler and a template
+(the button: text, icon, confirmation) per control id, and an `offer` function saying which controls
+each node has right now. The probe stamps those into every report it publishes (`decorate`): the ids on
+the nodes, the templates on their topologies, so the app learns both with the map and needs no
+knowledge of Docker. Requests run in a small pool of worker threads: a Docker call that is slow or hangs holds one
 worker, never the control channel nor the report loop, and requests past a bound are refused as busy.
 """
 
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from scope_common import rpc
-from scope_common.controls import CONTROL_PROBE_ID, CONTROLS
-from scope_common.report import Node, Report
+from scope_common.controls import CONTROL_PROBE_ID, CONTROL_TEMPLATES, CONTROLS
+from scope_common.report import ControlTemplate, Node, Report, Templates
 from scope_probe.pipes import Pipes, Stream
 from scope_probe.reporter import Wake
 
@@ -59,6 +60,7 @@ class _Registered:
     handler: Handler
     #: The reporter whose report the control changes: refreshed and published at once afterwards.
     wakes: str
+    template: ControlTemplate
 
 
 class Controls:
@@ -78,8 +80,12 @@ class Controls:
         #: the app still holds from the old one.
         self._stamp = time.time()
 
-    def register(self, control_id: str, handler: Handler, *, wakes: str) -> None:
-        self._handlers[control_id] = _Registered(handler, wakes)
+    def register(
+        self, control_id: str, handler: Handler, *, wakes: str, template: ControlTemplate | None = None
+    ) -> None:
+        """Perform `control_id` with `handler`; its button is `template` (this project's controls have
+        theirs in scope_common/controls.py)."""
+        self._handlers[control_id] = _Registered(handler, wakes, template or CONTROL_TEMPLATES[control_id])
 
     def add_offer(self, offer: Offer) -> None:
         self._offers.append(offer)
@@ -92,11 +98,14 @@ class Controls:
         self.pipes.close_all()
 
     def decorate(self, report: Report) -> Report:
-        """`report` with every offered control on its node. The report is one the probe has just
-        merged for publishing (its topologies are its own), so nodes are replaced in place."""
+        """`report` with every offered control on its node, and the templates of the controls offered in
+        a topology on that topology. The report is one the probe has just merged for publishing (its
+        topologies are its own), so nodes and templates are replaced in place."""
+        offered: dict[str, set[str]] = {}
         for offer in self._offers:
             for topology, node_id, control_ids in offer(report):
                 if control_ids:
+                    offered.setdefault(topology, set()).update(control_ids)
                     report.add(
                         Node.build(
                             node_id,
@@ -106,6 +115,10 @@ class Controls:
                             sets={CONTROLS: control_ids},
                         )
                     )
+        for topology, offered_ids in offered.items():
+            buttons = (self._handlers[i].template for i in offered_ids if i in self._handlers)
+            templates = Templates.build(controls=buttons)
+            report.topology(topology).templates = report.topology(topology).templates.merge(templates)
         return report
 
     def handle(self, app: str, request: rpc.Message, reply: Callable[[rpc.Message], None]) -> None:

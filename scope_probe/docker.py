@@ -21,6 +21,7 @@ from scope_common.report import (
     CONTAINER_IPS_WITH_SCOPES,
     CONTAINER_NETWORKS,
     CONTAINER_PORTS,
+    CONTAINER_STATE,
     CONTAINER_STATE_HUMAN,
     HOST,
     HOST_NODE_ID,
@@ -33,6 +34,7 @@ from scope_common.report import (
     Node,
     Report,
 )
+from scope_common.templates import CONTAINER_TEMPLATES
 from scope_probe.addresses import AddressScopes
 from scope_probe.claims import AddressClaims
 from scope_probe.docker_engine import RESYNC_SECONDS, ContainerRecord, EngineMirror, ImageRecord
@@ -88,6 +90,7 @@ class DockerReporter(Reporter):
             metrics = self._metrics.sample(snapshot.containers, now)
             scoped = self._scope_ips(snapshot.containers)
         report = Report()
+        report.topology(CONTAINER).templates = CONTAINER_TEMPLATES
         for c in snapshot.containers:
             report.add(container_node(c, self._host_node, now, scoped, metrics.get(c.id)))
         for image_id in {c.image_id for c in snapshot.containers}:
@@ -119,7 +122,8 @@ def container_node(
     """
     latest: dict[str, object] = dict(c.latest)
     latest[HOST_NODE_ID] = host_node
-    latest[CONTAINER_STATE_HUMAN] = _human_state(c, now)
+    # The details show the state as `docker ps` words it, or the engine's word when that has none.
+    latest[CONTAINER_STATE_HUMAN] = _human_state(c, now) or c.latest.get(CONTAINER_STATE)
     return Node.build(
         ids.container_id(c.id),
         CONTAINER,

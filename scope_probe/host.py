@@ -11,6 +11,7 @@ import psutil
 from scope_common import ids
 from scope_common.report import (
     CPU_USAGE,
+    HOST,
     HOST_NODE_ID,
     HOSTNAME,
     KERNEL_VERSION,
@@ -22,6 +23,7 @@ from scope_common.report import (
     Node,
     Report,
 )
+from scope_common.templates import HOST_TEMPLATES
 from scope_probe.addresses import AddressScopes
 from scope_probe.history import MetricHistory
 from scope_probe.reporter import ProbeContext, Reporter
@@ -50,6 +52,7 @@ class HostReporter(Reporter):
             LOAD1: self._history.add(self._node_id, LOAD1, now, os.getloadavg()[0], float(cores)),
         }
         report = Report()
+        report.topology(HOST).templates = HOST_TEMPLATES
         report.add(
             Node.build(
                 self._node_id,

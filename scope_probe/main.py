@@ -215,6 +215,7 @@ def events_only(report: Report, sent: Report | None) -> Report:
         return report
     result = Report()
     for topology in report.topologies.values():
+        result.topology(topology.name).templates = topology.templates
         sent_nodes = sent.nodes(topology.name)
         for node in topology.nodes.values():
             previous = sent_nodes.get(node.id)

@@ -25,11 +25,13 @@ from scope_common.report import (
     OPEN_FILES,
     PID,
     PPID,
+    PROCESS,
     THREADS,
     Metric,
     Node,
     Report,
 )
+from scope_common.templates import PROCESS_TEMPLATES
 from scope_probe.cgroup import container_of_pid
 from scope_probe.reporter import ProbeContext, Reporter
 
@@ -88,6 +90,7 @@ class ProcessReporter(Reporter):
 
     def report(self, now: float) -> Report:
         report = Report()
+        report.topology(PROCESS).templates = PROCESS_TEMPLATES
         total_memory = float(psutil.virtual_memory().total)
         seen: set[tuple[int, int]] = set()
         proc = self._ctx.proc_root

@@ -27,7 +27,7 @@ from scope_app.render.containers import (
 )
 from scope_app.render.hosts import render_hosts
 from scope_app.render.processes import render_processes, render_processes_by_name
-from scope_common.controls import node_controls
+from scope_app.render.templates import node_controls
 from scope_common.delta import NodeKey
 from scope_common.report import CMDLINE, CONTAINER_NAME, NAME, PID, Report
 from scope_common.supervise import RateLimitedLog
@@ -128,7 +128,9 @@ class View:
         if node is None:
             return None
         details = dict(self.summaries[node_id])
-        details["metrics"] = [metric_json(key, metric) for key, metric in node.metrics.items()]
+        details["metrics"] = [
+            metric_json(key, metric, node.metric_templates.get(key)) for key, metric in node.metrics.items()
+        ]
         details["metadata"] = details["metadata"] + [
             {"id": i, "label": label, "value": v} for i, label, v in node.detail_metadata if v
         ]

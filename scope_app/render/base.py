@@ -29,6 +29,7 @@ from scope_common.report import (
     MEMORY_USAGE,
     REVERSE_DNS,
     Metric,
+    MetricTemplate,
     Node,
     Report,
 )
@@ -121,6 +122,8 @@ class RenderedNode:
     #: Hidden unless the matching option shows it.
     system: bool = False
     stopped: bool = False
+    #: How `metrics` are shown, by metric key: the templates of the report node's topology.
+    metric_templates: Mapping[str, MetricTemplate] = field(default_factory=dict)
     #: Summaries by adjacency, shared by the copies `cached_node` makes of one built node.
     _memo: dict[tuple[str, ...], tuple[Json, str]] = field(default_factory=dict, repr=False, compare=False)
 
@@ -142,6 +145,7 @@ class RenderedNode:
             {},
             self.system,
             self.stopped,
+            self.metric_templates,
             self._memo,
         )
 
@@ -178,23 +182,25 @@ class RenderedNode:
             "pseudo": self.pseudo,
             "adjacency": adjacency,
             "metadata": [{"id": i, "label": label, "value": v} for i, label, v in self.metadata],
-            "metrics": [metric_json(key, metric, samples=False) for key, metric in self.metrics.items()],
+            "metrics": [
+                metric_json(key, metric, self.metric_templates.get(key), samples=False)
+                for key, metric in self.metrics.items()
+            ],
             "parents": [{"id": i, "label": label, "topologyId": t} for i, label, t in self.parents],
         }
 
 
-_METRIC_LABELS = {CPU_USAGE: ("cpu", "CPU", "percent"), MEMORY_USAGE: ("memory", "Memory", "filesize")}
-
-
-def metric_json(key: str, metric: Metric, *, samples: bool = True) -> Json:
-    """A metric row. Views leave the samples out (the map and table show the value; with them a
-    5,000-node view weighed 11 MB); node details keep them for the sparklines."""
-    metric_id, label, fmt = _METRIC_LABELS.get(key, (key, key.replace("_", " ").capitalize(), "number"))
+def metric_json(key: str, metric: Metric, template: MetricTemplate | None = None, *, samples: bool = True) -> Json:
+    """A metric row, as its template says (one without: under its key, as a number). Views leave the
+    samples out (the map and table show the value; with them a 5,000-node view weighed 11 MB); node
+    details keep them for the sparklines."""
+    if template is None:
+        template = MetricTemplate(0, key, key, key.replace("_", " ").capitalize())
     last = metric.last
     row: Json = {
-        "id": metric_id,
-        "label": label,
-        "format": fmt,
+        "id": template.id,
+        "label": template.label,
+        "format": template.format,
         "value": last.value if last else None,
         "min": metric.min,
         "max": metric.max,

@@ -13,7 +13,6 @@ An address or published port claimed by two containers joins neither: a wrong ed
 
 from __future__ import annotations
 
-import datetime
 from functools import partial
 
 from scope_app.render.base import (
@@ -30,27 +29,21 @@ from scope_app.render.base import (
 )
 from scope_app.render.group import group_nodes
 from scope_app.render.labels import host_label, host_parent
+from scope_app.render.templates import metadata_rows, shown_metrics, topology_templates
 from scope_common import ids
 from scope_common.report import (
     CONTAINER,
-    CONTAINER_COMMAND,
-    CONTAINER_CREATED,
     CONTAINER_HOSTNAME,
     CONTAINER_ID,
-    CONTAINER_IPS,
     CONTAINER_NAME,
-    CONTAINER_NETWORKS,
-    CONTAINER_PORTS,
-    CONTAINER_RESTART_COUNT,
     CONTAINER_STATE,
-    CONTAINER_STATE_HUMAN,
-    CPU_USAGE,
+    HOST,
     HOST_NODE_ID,
     HOSTNAME,
     IMAGE_NAME,
     LABEL_PREFIX,
-    MEMORY_USAGE,
     Node,
+    Templates,
 )
 
 #: Containers of scope itself and of weave are plumbing, hidden unless `system=show`.
@@ -81,28 +74,13 @@ def is_system(container: Node) -> bool:
     return container.get(LABEL_PREFIX + SYSTEM_LABEL[0]) == SYSTEM_LABEL[1]
 
 
-def container_node(graph: ConnectionGraph, container: Node) -> RenderedNode:
+def container_node(graph: ConnectionGraph, container: Node, templates: Templates) -> RenderedNode:
+    """A container's view node; its rows and metrics are the ones its topology's `templates` name."""
     name = container.get(CONTAINER_NAME) or (container.get(CONTAINER_ID) or container.id)[:12]
     host = host_label(graph, container)
     image = container.get(IMAGE_NAME) or ""
     state = container.get(CONTAINER_STATE) or ""
-    metadata = [
-        ("image", "Image", image),
-        ("state", "State", container.get(CONTAINER_STATE_HUMAN) or state),
-        ("host", "Host", host),
-        ("id", "ID", (container.get(CONTAINER_ID) or "")[:12]),
-        ("command", "Command", container.get(CONTAINER_COMMAND) or ""),
-        ("created", "Created", _time(container.get(CONTAINER_CREATED))),
-        ("ips", "IPs", ", ".join(container.sets.get(CONTAINER_IPS, ()))),
-        ("ports", "Ports", ", ".join(container.sets.get(CONTAINER_PORTS, ()))),
-        ("networks", "Networks", ", ".join(container.sets.get(CONTAINER_NETWORKS, ()))),
-        ("restart_count", "Restart count", container.get(CONTAINER_RESTART_COUNT) or ""),
-    ]
-    metadata.extend(
-        (f"label_{key[len(LABEL_PREFIX) :]}", f"Label {key[len(LABEL_PREFIX) :]}", value)
-        for key, (_, value) in sorted(container.latest.items())
-        if key.startswith(LABEL_PREFIX)
-    )
+    metadata, detail_metadata = metadata_rows(templates, container, {HOST: host})
     parents = host_parent(graph, container)
     if image:
         parents.append((image_group_id(image_name(container)), image_name(container), "containers-by-image"))
@@ -113,22 +91,14 @@ def container_node(graph: ConnectionGraph, container: Node) -> RenderedNode:
         host,
         rank=image_name(container),
         shape="hexagon",
-        metadata=[row for row in metadata if row[2]],
-        metrics={k: m for k, m in container.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE)},
+        metadata=metadata,
+        detail_metadata=detail_metadata,
+        metrics=shown_metrics(templates, container),
         parents=parents,
         system=is_system(container),
         stopped=state not in RUNNING_STATES,
+        metric_templates=templates.metrics,
     )
-
-
-def _time(value: str | None) -> str:
-    """An ISO time for a Unix timestamp; anything else as it came."""
-    if not value:
-        return ""
-    try:
-        return datetime.datetime.fromtimestamp(float(value), datetime.UTC).isoformat(timespec="seconds")
-    except (ValueError, OverflowError):
-        return value
 
 
 def container_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
@@ -168,10 +138,19 @@ def _uncontained_node(graph: ConnectionGraph, pseudo_id: str) -> RenderedNode | 
 
 
 def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    templates = topology_templates(graph.report, CONTAINER)
     nodes = {
         c.id: node
         for c in graph.containers.values()
-        if (node := cached_node(graph, "container", c.id, (c, host_label(graph, c)), partial(container_node, graph, c)))
+        if (
+            node := cached_node(
+                graph,
+                "container",
+                c.id,
+                (c, host_label(graph, c), templates),
+                partial(container_node, graph, c, templates),
+            )
+        )
         is not None
     }
     for container_id, node in nodes.items():

@@ -50,5 +50,6 @@ def group_nodes(
         count = len(group_members)
         group.label_minor = f"{count} {noun[0] if count == 1 else noun[1]}"
         group.metrics = sum_metrics(group_members)
+        group.metric_templates = group_members[0].metric_templates
         group.children[child_topology] = [m.id for m in group_members]
     return groups

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 from functools import partial
 
 from scope_app.render.base import (
@@ -13,23 +12,14 @@ from scope_app.render.base import (
     connect_nodes,
     filter_view,
 )
-from scope_common.report import (
-    CPU_USAGE,
-    HOST_NODE_ID,
-    HOSTNAME,
-    KERNEL_VERSION,
-    LOAD1,
-    LOCAL_NETWORKS,
-    MEMORY_USAGE,
-    OS,
-    UPTIME,
-    Node,
-)
+from scope_app.render.templates import metadata_rows, shown_metrics, topology_templates
+from scope_common.report import HOST, HOST_NODE_ID, HOSTNAME, KERNEL_VERSION, OS, Node, Templates
 
 
-def host_node(host: Node) -> RenderedNode:
+def host_node(host: Node, templates: Templates) -> RenderedNode:
+    """A host's view node; its rows and metrics are the ones its topology's `templates` name."""
     name = host.get(HOSTNAME) or host.id
-    uptime = host.get(UPTIME)
+    metadata, detail_metadata = metadata_rows(templates, host, {})
     return RenderedNode(
         host.id,
         "host",
@@ -37,18 +27,10 @@ def host_node(host: Node) -> RenderedNode:
         f"{host.get(OS) or ''} {host.get(KERNEL_VERSION) or ''}".strip(),
         rank=name,
         shape="circle",
-        metadata=[
-            row
-            for row in (
-                ("host", "Host", name),
-                ("os", "OS", host.get(OS) or ""),
-                ("kernel_version", "Kernel", host.get(KERNEL_VERSION) or ""),
-                ("uptime", "Uptime", str(datetime.timedelta(seconds=int(uptime))) if uptime else ""),
-                ("local_networks", "Networks", ", ".join(host.sets.get(LOCAL_NETWORKS, ()))),
-            )
-            if row[2]
-        ],
-        metrics={k: m for k, m in host.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE, LOAD1)},
+        metadata=metadata,
+        detail_metadata=detail_metadata,
+        metrics=shown_metrics(templates, host),
+        metric_templates=templates.metrics,
     )
 
 
@@ -57,10 +39,11 @@ def host_owner(graph: ConnectionGraph, endpoint: Node) -> str | None:
 
 
 def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str, RenderedNode], int]:
+    templates = topology_templates(graph.report, HOST)
     nodes = {
         h.id: node
         for h in graph.hosts.values()
-        if (node := cached_node(graph, "host", h.id, (h,), partial(host_node, h))) is not None
+        if (node := cached_node(graph, "host", h.id, (h, templates), partial(host_node, h, templates))) is not None
     }
     for container in graph.containers.values():
         host = container.get(HOST_NODE_ID)

@@ -15,34 +15,33 @@ from scope_app.render.base import (
 )
 from scope_app.render.group import group_nodes
 from scope_app.render.labels import container_label, host_label, host_parent
+from scope_app.render.templates import metadata_rows, shown_metrics, topology_templates
 from scope_common import ids
-from scope_common.report import CMDLINE, CPU_USAGE, MEMORY_USAGE, NAME, OPEN_FILES, PID, PPID, THREADS, Node
+from scope_common.report import CONTAINER, HOST, NAME, PID, PROCESS, Node, Templates
 
 
-def process_node(graph: ConnectionGraph, process: Node) -> RenderedNode:
+def process_node(graph: ConnectionGraph, process: Node, templates: Templates) -> RenderedNode:
+    """A process's view node; its rows and metrics are the ones its topology's `templates` name."""
     name = process.get(NAME) or "?"
     host = host_label(graph, process)
-    pid = process.get(PID) or ""
+    container = container_label(graph, process)
+    metadata, detail_metadata = metadata_rows(
+        templates, process, {HOST: host, CONTAINER: container[1] if container is not None else ""}
+    )
     node = RenderedNode(
         process.id,
         "process",
         name,
-        f"{host} ({pid})",
+        f"{host} ({process.get(PID) or ''})",
         rank=name,
         shape="square",
-        metadata=[("pid", "PID", pid), ("host", "Host", host)],
-        detail_metadata=[
-            ("ppid", "Parent PID", process.get(PPID) or ""),
-            ("cmdline", "Command", process.get(CMDLINE) or ""),
-            ("threads", "Threads", process.get(THREADS) or ""),
-            ("open_files", "Open files", process.get(OPEN_FILES) or ""),
-        ],
-        metrics={k: m for k, m in process.metrics.items() if k in (CPU_USAGE, MEMORY_USAGE)},
+        metadata=metadata,
+        detail_metadata=detail_metadata,
+        metrics=shown_metrics(templates, process),
         parents=host_parent(graph, process),
+        metric_templates=templates.metrics,
     )
-    container = container_label(graph, process)
     if container is not None:
-        node.metadata.append(("container", "Container", container[1]))
         node.parents.append((container[0], container[1], "containers"))
     return node
 
@@ -59,10 +58,11 @@ def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict
     # Most processes have no connections and are hidden by default: build nodes only for those shown.
     shown = graph.processes.keys() if options.unconnected else connected_ids(edges) & graph.processes.keys()
     hidden = len(graph.processes) - len(shown)
+    templates = topology_templates(graph.report, PROCESS)
     for process_id in shown:
         process = graph.processes[process_id]
-        inputs = (process, host_label(graph, process), container_label(graph, process))
-        node = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process))
+        inputs = (process, host_label(graph, process), container_label(graph, process), templates)
+        node = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process, templates))
         if node is not None:
             nodes[process_id] = node
     attach_edges(nodes, edges)
