@@ -98,14 +98,18 @@ class Controls:
         self.pipes.close_all()
 
     def decorate(self, report: Report) -> Report:
-        """`report` with every offered control on its node, and the templates of the controls offered in
-        a topology on that topology. The report is one the probe has just merged for publishing (its
-        topologies are its own), so nodes and templates are replaced in place."""
-        offered: dict[str, set[str]] = {}
+        """`report` with every offered control on its node, and the buttons of all this probe's controls
+        on each topology that has nodes offering some. All of them, not only those offered now: the app
+        accepts a control for a node when its topology has the button (the map may be a second behind
+        the node's state: a container stopped a moment ago can be removed), and the templates stay the
+        same from one report to the next, so deltas need not carry them. The report is one the probe
+        has just merged for publishing (its topologies are its own), so nodes and templates are
+        replaced in place."""
+        offering: set[str] = set()
         for offer in self._offers:
             for topology, node_id, control_ids in offer(report):
                 if control_ids:
-                    offered.setdefault(topology, set()).update(control_ids)
+                    offering.add(topology)
                     report.add(
                         Node.build(
                             node_id,
@@ -115,10 +119,9 @@ class Controls:
                             sets={CONTROLS: control_ids},
                         )
                     )
-        for topology, offered_ids in offered.items():
-            buttons = (self._handlers[i].template for i in offered_ids if i in self._handlers)
-            templates = Templates.build(controls=buttons)
-            report.topology(topology).templates = report.topology(topology).templates.merge(templates)
+        buttons = Templates.build(controls=(registered.template for registered in self._handlers.values()))
+        for topology in offering:
+            report.topology(topology).templates = report.topology(topology).templates.merge(buttons)
         return report
 
     def handle(self, app: str, request: rpc.Message, reply: Callable[[rpc.Message], None]) -> None:

@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scope_app.collector import Collector
+from scope_app.render import Renderer
+from scope_app.render.base import ViewOptions
 from scope_common.delta import DeltaEncoder, NodeKey
-from scope_common.report import EdgeMetadata, Node, Report, merge_reports
+from scope_common.report import EdgeMetadata, MetadataTemplate, Node, Report, Templates, merge_reports
 from scope_common.wire import decode
 
 _PROBES = ["a", "b", "c"]
@@ -21,9 +23,18 @@ _NODES = [
 ]
 
 
+#: Templates some probes share and others give another label (a conflict the merge settles by priority).
+_TEMPLATES = [
+    Templates.build([MetadataTemplate(1, "name", "Name", "name")]),
+    Templates.build([MetadataTemplate(2, "name", "Called", "name"), MetadataTemplate(3, "pid", "PID", "pid")]),
+]
+
+
 @st.composite
 def _report(draw: st.DrawFn) -> Report:
     report = Report()
+    for topology in draw(st.lists(st.sampled_from(["process", "host"]), unique=True)):
+        report.topology(topology).templates = draw(st.sampled_from(_TEMPLATES))
     for topology, node_id in draw(st.lists(st.sampled_from(_NODES), unique=True)):
         report.add(
             Node.build(
@@ -78,3 +89,29 @@ def test_the_incremental_merge_equals_the_merge_from_scratch(steps: list[tuple[s
             assert {k for k in record.nodes.nodes} == {
                 (n.topology, n.id) for t in sent.topologies.values() for n in t.nodes.values()
             }
+
+
+def _process_report(label: str) -> Report:
+    report = Report()
+    report.topology("process").templates = Templates.build([MetadataTemplate(1, "name", label, "name")])
+    report.add(Node.build("h;1", "process", latest={"pid": 1, "name": "nginx", "host_node_id": "h;<host>"}))
+    return report
+
+
+def test_the_views_follow_a_change_of_templates_alone() -> None:
+    """A probe that changes a label and no node: the merged report and the renderer both follow it."""
+    renderer = Renderer()
+    collector = Collector(lambda report, version, changed: renderer.update(report, version, changed))
+    encoder = DeltaEncoder("a", "host-a", full_every=100)
+
+    def name_row() -> object:
+        details = renderer.view("processes", ViewOptions(unconnected=True), max_age=0).details("h;1")
+        assert details is not None
+        return next(row["label"] for row in details["metadata"] if row["id"] == "name")
+
+    assert collector.add(decode(encoder.encode(_process_report("Name"))))
+    assert name_row() == "Name"
+    version = collector.version
+    assert collector.add(decode(encoder.encode(_process_report("Program"))))
+    assert collector.version > version, "a template change alone is a new merged picture"
+    assert name_row() == "Program"
