@@ -14,6 +14,7 @@ from scope_app.ingest import BusReceiver
 from scope_app.metrics import CONTENT_TYPE, AppMetrics
 from scope_app.render import TOPOLOGIES, Renderer, View, view_options
 from scope_app.render.base import metric_json
+from scope_app.render.templates import topology_templates
 from scope_common import __version__
 from scope_common.report import Report
 from scope_common.supervise import Supervisor
@@ -124,7 +125,10 @@ def report_json(report: Report) -> dict[str, Any]:
                 "sets": node.sets,
                 "adjacency": node.adjacency,
                 "edges": {k: {"connection_count": e.connection_count} for k, e in node.edges.items()},
-                "metrics": {k: metric_json(k, m) for k, m in node.metrics.items()},
+                "metrics": {
+                    k: metric_json(k, m, topology_templates(report, name).metrics.get(k))
+                    for k, m in node.metrics.items()
+                },
                 "parents": node.parents,
             }
             for node in topology
