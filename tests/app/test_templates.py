@@ -133,7 +133,7 @@ def _message(seq: int, records: list[list[Any]]) -> bytes:
 
 def test_hostile_templates_are_dropped_and_counted_and_the_views_keep_answering(app: App, sender: ReportSender) -> None:
     owner = [OWNER.id, OWNER.label, OWNER.priority, "latest", OWNER.key, "text", 0, False]
-    records = [
+    records: list[list[Any]] = [
         [
             CONTAINER,
             [
