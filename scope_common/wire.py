@@ -109,6 +109,7 @@ class Envelope:
     templates: Mapping[str, Templates] | None = field(default=None, compare=False)
 
     def carried_templates(self) -> Mapping[str, Templates]:
+        """The template records this message carries (see `templates`)."""
         if self.templates is not None:
             return self.templates
         return {name: topology.templates for name, topology in self.report.topologies.items() if topology.templates}
