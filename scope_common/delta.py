@@ -86,9 +86,13 @@ class DeltaEncoder:
                     added.append(node)
                     continue
                 node = _stabilize(node, previous)
+                if node is not previous:
+                    patch = node_patch(previous, node)
+                    if _changes_nothing(patch):
+                        node = previous  # equal, if not the same object (a metric without samples)
+                    else:
+                        patches.append(patch)
                 stable[key] = node
-                if node != previous:
-                    patches.append(node_patch(previous, node))
         full = self._full_requested or self._since_full + 1 >= self.full_every
         seq = self._seq + 1
         when = self._clock() if sent_at is None else sent_at
@@ -129,12 +133,29 @@ def _report_of(nodes: Iterable[Node]) -> Report:
 
 
 def _stabilize(node: Node, previous: Node) -> Node:
-    """`node` with the timestamps and samples of `previous` wherever the values are the same."""
+    """`node` with the timestamps and samples of `previous` wherever the values are the same: `previous`
+    itself when nothing else differs, which is most nodes of most reports (and then costs no comparison
+    of the two afterwards)."""
+    if node is previous:
+        return previous
+    previous_latest = previous.latest
     latest = {
-        key: old if (old := previous.latest.get(key)) is not None and old[1] == entry[1] else entry
+        key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
         for key, entry in node.latest.items()
     }
-    metrics = {key: _same_metric(metric, previous.metrics.get(key)) for key, metric in node.metrics.items()}
+    previous_metrics = previous.metrics
+    metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
+    if (
+        len(latest) == len(previous_latest)
+        and len(metrics) == len(previous_metrics)
+        and all(entry is previous_latest.get(key) for key, entry in latest.items())
+        and all(metric is previous_metrics.get(key) for key, metric in metrics.items())
+        and node.sets == previous.sets
+        and node.adjacency == previous.adjacency
+        and node.edges == previous.edges
+        and node.parents == previous.parents
+    ):
+        return previous
     return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
 
 
@@ -172,6 +193,12 @@ def node_patch(previous: Node, node: Node) -> wire.NodePatch:
         _changed_entries(previous.edges, node.edges),
         metrics,
         _changed_entries(previous.parents, node.parents),
+    )
+
+
+def _changes_nothing(patch: wire.NodePatch) -> bool:
+    return not (
+        patch.latest or patch.sets or patch.adjacency is not None or patch.edges or patch.metrics or patch.parents
     )
 
 
