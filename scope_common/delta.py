@@ -139,23 +139,25 @@ def _stabilize(node: Node, previous: Node) -> Node:
     if node is previous:
         return previous
     previous_latest = previous.latest
-    latest = {
-        key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
-        for key, entry in node.latest.items()
-    }
     previous_metrics = previous.metrics
     metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
     if (
-        len(latest) == len(previous_latest)
+        len(node.latest) == len(previous_latest)
         and len(metrics) == len(previous_metrics)
-        and all(entry is previous_latest.get(key) for key, entry in latest.items())
         and all(metric is previous_metrics.get(key) for key, metric in metrics.items())
         and node.sets == previous.sets
         and node.adjacency == previous.adjacency
         and node.edges == previous.edges
         and node.parents == previous.parents
+        and all(
+            (old := previous_latest.get(key)) is not None and old[1] == value for key, (_, value) in node.latest.items()
+        )
     ):
         return previous
+    latest = {
+        key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
+        for key, entry in node.latest.items()
+    }
     return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
 
 
