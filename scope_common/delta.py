@@ -162,11 +162,16 @@ def _stabilize(node: Node, previous: Node) -> Node:
 
 
 def _same_metric(metric: Metric, previous: Metric | None) -> Metric:
+    """`previous` if `metric` holds the same values (and is not due to be sent again), else `metric`."""
+    if metric is previous:
+        return previous
     if previous is None or metric.min != previous.min or metric.max != previous.max:
         return metric
     last, previous_last = metric.last, previous.last
     if last is None or previous_last is None or last.timestamp - previous_last.timestamp >= RESEND_METRICS_AFTER:
         return metric
+    if last.value != previous_last.value or len(metric.samples) != len(previous.samples):
+        return metric  # the usual news, told without comparing every sample
     if [s.value for s in metric.samples] != [s.value for s in previous.samples]:
         return metric
     return previous
