@@ -210,6 +210,8 @@ def _changes_nothing(patch: wire.NodePatch) -> bool:
 
 
 def _changed_entries(old: Mapping[str, V], new: Mapping[str, V]) -> dict[str, V | None]:
+    if old is new or old == new:  # most fields of a changed node: compared in C, values by identity first
+        return {}
     changed: dict[str, V | None] = {key: None for key in old.keys() - new.keys()}
     changed.update((key, value) for key, value in new.items() if old.get(key) != value)
     return changed
