@@ -166,10 +166,11 @@ def start_settled_probe(app: App, containers: int, settle: float) -> ScopeProces
     probe = start_probe([app.bus], hostname="bench-host", extra=["--spy-interval=1s", "--publish-interval=3s"])
     try:
         wait(lambda: len(app.nodes("containers")) >= containers, timeout=60, interval=0.5)
-    except TimeoutError:
+        time.sleep(settle)
+    except BaseException:
+        # A timeout, or Ctrl-C (SIGTERM) while settling: the caller never gets the probe to stop.
         probe.terminate()
         raise
-    time.sleep(settle)
     return probe
 
 

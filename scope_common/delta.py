@@ -14,6 +14,9 @@ Two rules make "changed" mean something:
 - Metric samples accumulate on the receiving side: a node's new version keeps the samples its previous
   version had (newest `MAX_SAMPLES`), so a delta need only carry the new ones.
 
+A node that changed goes in a delta as a patch (wire.NodePatch): only its entries that changed, so a
+container with a new CPU sample costs that sample, not its forty labels and facts. New nodes go whole.
+
 `ProbeNodes` is the receiving side: the report of one probe, rebuilt from its messages, and the nodes
 each message changed. The same rules apply to full reports, so a full report and the deltas before it
 lead to the same picture.
@@ -22,8 +25,11 @@ lead to the same picture.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgpack
 
 from scope_common import wire
 from scope_common.report import NO_TEMPLATES, Metric, Node, Report, Templates, merge_metric_samples
@@ -33,6 +39,7 @@ from scope_common.report import NO_TEMPLATES, Metric, Node, Report, Templates, m
 RESEND_METRICS_AFTER = 10.0
 
 NodeKey = tuple[str, str]  # (topology, node id)
+V = TypeVar("V")
 
 
 class DeltaEncoder:
@@ -69,19 +76,24 @@ class DeltaEncoder:
     def encode(self, report: Report, sent_at: float | None = None) -> bytes:
         """The next message for `report`. Raises wire.EncodeError (and changes nothing) when too large."""
         stable: dict[NodeKey, Node] = {}
-        changed: list[Node] = []
+        added: list[Node] = []
+        patches: list[wire.NodePatch] = []
         for topology in report.topologies.values():
             for node in topology.nodes.values():
                 key = (node.topology, node.id)
                 previous = self._sent.get(key)
                 if previous is None:
                     stable[key] = node
-                    changed.append(node)
+                    added.append(node)
                     continue
                 node = _stabilize(node, previous)
+                if node is not previous:
+                    patch = node_patch(previous, node)
+                    if _changes_nothing(patch):
+                        node = previous  # equal, if not the same object (a metric without samples)
+                    else:
+                        patches.append(patch)
                 stable[key] = node
-                if node != previous:
-                    changed.append(_new_samples_only(node, previous))
         full = self._full_requested or self._since_full + 1 >= self.full_every
         seq = self._seq + 1
         when = self._clock() if sent_at is None else sent_at
@@ -106,12 +118,13 @@ class DeltaEncoder:
                 self.host_id,
                 seq,
                 when,
-                _report_of(changed),
+                _report_of(added),
                 self.version,
                 full=False,
                 base_seq=self._seq,
                 removed={name: tuple(sorted(node_ids)) for name, node_ids in removed.items()},
                 templates=_changed_templates(templates, self._sent_templates),
+                patches=tuple(patches),
             )
         message = wire.encode(envelope)
         self._seq = seq
@@ -146,37 +159,126 @@ def _changed_templates(templates: dict[str, Templates], sent: dict[str, Template
 
 
 def _stabilize(node: Node, previous: Node) -> Node:
-    """`node` with the timestamps and samples of `previous` wherever the values are the same."""
+    """`node` with the timestamps and samples of `previous` wherever the values are the same: `previous`
+    itself when nothing else differs, which is most nodes of most reports (and then costs no comparison
+    of the two afterwards)."""
+    if node is previous:
+        return previous
+    previous_latest = previous.latest
+    previous_metrics = previous.metrics
+    metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
+    if (
+        len(node.latest) == len(previous_latest)
+        and len(metrics) == len(previous_metrics)
+        and all(metric is previous_metrics.get(key) for key, metric in metrics.items())
+        and node.sets == previous.sets
+        and node.adjacency == previous.adjacency
+        and node.edges == previous.edges
+        and node.parents == previous.parents
+        and all(
+            (old := previous_latest.get(key)) is not None and old[1] == value for key, (_, value) in node.latest.items()
+        )
+    ):
+        return previous
     latest = {
-        key: old if (old := previous.latest.get(key)) is not None and old[1] == entry[1] else entry
+        key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
         for key, entry in node.latest.items()
     }
-    metrics = {key: _same_metric(metric, previous.metrics.get(key)) for key, metric in node.metrics.items()}
     return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
 
 
 def _same_metric(metric: Metric, previous: Metric | None) -> Metric:
+    """`previous` if `metric` holds the same values (and is not due to be sent again), else `metric`."""
+    if metric is previous:
+        return previous
     if previous is None or metric.min != previous.min or metric.max != previous.max:
         return metric
     last, previous_last = metric.last, previous.last
     if last is None or previous_last is None or last.timestamp - previous_last.timestamp >= RESEND_METRICS_AFTER:
         return metric
+    if last.value != previous_last.value or len(metric.samples) != len(previous.samples):
+        return metric  # the usual news, told without comparing every sample
     if [s.value for s in metric.samples] != [s.value for s in previous.samples]:
         return metric
     return previous
 
 
-def _new_samples_only(node: Node, previous: Node) -> Node:
-    """`node` with only the metric samples `previous` did not have: the receiver keeps those."""
-    metrics: dict[str, Metric] = {}
+# --- Field-level deltas ------------------------------------------------------------------------------
+
+
+def node_patch(previous: Node, node: Node) -> wire.NodePatch:
+    """What turns `previous` into `node` on the receiving side (`patched`): the entries that differ, None
+    for keys that went, and of each changed metric only the samples `previous` did not have."""
+    metrics: dict[str, Metric | None] = {key: None for key in previous.metrics.keys() - node.metrics.keys()}
     for key, metric in node.metrics.items():
         old = previous.metrics.get(key)
-        if old is None or metric is old:
+        if old is None:
             metrics[key] = metric
-            continue
-        sent = {s.timestamp for s in old.samples}
-        metrics[key] = Metric(tuple(s for s in metric.samples if s.timestamp not in sent), metric.min, metric.max)
-    return Node(node.id, node.topology, node.latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
+        elif metric is not old and metric != old:
+            sent = {s.timestamp for s in old.samples}
+            metrics[key] = Metric(tuple(s for s in metric.samples if s.timestamp not in sent), metric.min, metric.max)
+    return wire.NodePatch(
+        node.topology,
+        node.id,
+        _changed_entries(previous.latest, node.latest),
+        _changed_entries(previous.sets, node.sets),
+        None if node.adjacency == previous.adjacency else node.adjacency,
+        _changed_entries(previous.edges, node.edges),
+        metrics,
+        _changed_entries(previous.parents, node.parents),
+    )
+
+
+def _changes_nothing(patch: wire.NodePatch) -> bool:
+    return not (
+        patch.latest or patch.sets or patch.adjacency is not None or patch.edges or patch.metrics or patch.parents
+    )
+
+
+def _changed_entries(old: Mapping[str, V], new: Mapping[str, V]) -> dict[str, V | None]:
+    if old is new or old == new:  # most fields of a changed node: compared in C, values by identity first
+        return {}
+    changed: dict[str, V | None] = {key: None for key in old.keys() - new.keys()}
+    changed.update((key, value) for key, value in new.items() if old.get(key) != value)
+    return changed
+
+
+def patched(node: Node, patch: wire.NodePatch) -> Node:
+    """`node` with `patch` applied; the samples of a patched metric are added to those `node` has."""
+    metrics = dict(node.metrics)
+    for key, metric in patch.metrics.items():
+        old = metrics.get(key)
+        if metric is None:
+            metrics.pop(key, None)
+        elif old is None or not old.samples:
+            metrics[key] = metric
+        else:
+            metrics[key] = Metric(merge_metric_samples(old.samples, metric.samples), metric.min, metric.max)
+    return Node(
+        node.id,
+        node.topology,
+        _with_entries(node.latest, patch.latest),
+        _with_entries(node.sets, patch.sets),
+        node.adjacency if patch.adjacency is None else patch.adjacency,
+        _with_entries(node.edges, patch.edges),
+        metrics,
+        _with_entries(node.parents, patch.parents),
+    )
+
+
+def _with_entries(old: Mapping[str, V], changes: Mapping[str, V | None]) -> Mapping[str, V]:
+    if not changes:
+        return old
+    result = dict(old)
+    for key, value in changes.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
+
+
+# --- End of field-level deltas -------------------------------------------------------------------------
 
 
 def with_earlier_samples(node: Node, previous: Node | None) -> Node:
@@ -200,8 +302,9 @@ class Applied:
     #: (topology, id) -> the node's version before the message (None: it is new).
     before: dict[NodeKey, Node | None] = field(default_factory=dict)
     #: Why the message was not used, or "": `stale` (a copy, or older than what was applied),
-    #: `missed_delta` (a delta on a base this side does not have), `too_many_nodes` (a delta that
-    #: would take the report past wire.MAX_NODES).
+    #: `missed_delta` (a delta on a base this side does not have, or patching a node it does not hold),
+    #: `too_many_nodes` (a delta that would take the report past wire.MAX_NODES), `node_too_large` (a
+    #: patch that would make a node larger than one record may be, wire.MAX_RECORD_BYTES).
     refused: str = ""
     full: bool = False
     #: Whether the probe's templates changed (`ProbeNodes.templates`).
@@ -240,6 +343,16 @@ class ProbeNodes:
                 self.complete = False
                 self.seq = envelope.seq
                 return Applied(refused="too_many_nodes")
+        patched_nodes = {} if envelope.full else self._patched(envelope)
+        if patched_nodes is None:
+            self.complete = False
+            self.seq = envelope.seq
+            return Applied(refused="missed_delta")
+        if any(_record_bytes(node) > wire.MAX_RECORD_BYTES for node in patched_nodes.values()):
+            # Patches must not grow a node, one entry at a time, past what one record may carry.
+            self.complete = False
+            self.seq = envelope.seq
+            return Applied(refused="node_too_large")
         changes = Applied(full=envelope.full)
         if envelope.full:
             for key in self.nodes.keys() - incoming.keys():
@@ -261,10 +374,26 @@ class ProbeNodes:
                 continue
             changes.before[key] = previous
             self.nodes[key] = node
+        for key, node in patched_nodes.items():
+            changes.before[key] = self.nodes[key]
+            self.nodes[key] = node
         changes.templates_changed = self._apply_templates(envelope)
         self.seq = envelope.seq
         self.complete = True
         return changes
+
+    def _patched(self, envelope: wire.Envelope) -> dict[NodeKey, Node] | None:
+        """The nodes a delta's patches make, by key; None when one patches a node this side does not
+        hold (or the delta also removes or replaces): the picture differs from the probe's."""
+        result: dict[NodeKey, Node] = {}
+        removed = {(name, node_id) for name, node_ids in envelope.removed.items() for node_id in node_ids}
+        for patch in envelope.patches:
+            key = (patch.topology, patch.id)
+            node = self.nodes.get(key)
+            if node is None or key in result or key in removed or patch.id in envelope.report.nodes(patch.topology):
+                return None
+            result[key] = patched(node, patch)
+        return result
 
     def _apply_templates(self, envelope: wire.Envelope) -> bool:
         """Take the message's templates; returns whether the probe's changed."""
@@ -282,3 +411,7 @@ class ProbeNodes:
         for name, templates in self.templates.items():
             report.topology(name).templates = templates
         return report
+
+
+def _record_bytes(node: Node) -> int:
+    return len(msgpack.packb(wire.node_record(node), use_bin_type=True))

@@ -4,9 +4,10 @@ The envelope carries what the app needs before it looks inside the report (who s
 order, when, and whether it is a full report or a delta), so a probe can be tracked, counted and
 forgotten without decoding its nodes.
 
-The report inside is a stream of msgpack `bin` objects, one record each: a node, or the ids of nodes a
-delta removes. Records rather than one nested structure, because a decoder then never builds more
-than one record's objects at a time: a zlib-compressed msgpack array of millions of empty maps (a few
+The report inside is a stream of msgpack `bin` objects, one record each: a node, the ids of nodes a
+delta removes, or a patch (what changed in one node a delta does not send whole; see NodePatch).
+Records rather than one nested structure, because a decoder then never builds more than one record's
+objects at a time: a zlib-compressed msgpack array of millions of empty maps (a few
 KB on the wire) would otherwise be allocated whole before any limit could be checked. Each record is
 unpacked with limits no larger than its own size, so the memory a message costs is bounded by a
 small multiple of its decompressed size, and a bad record costs only itself: it is left out and
@@ -66,6 +67,10 @@ MAX_RECORD_BYTES = 256 * 1024
 #: millions of empty lists is refused before one is built.
 MAX_HEAD_ITEMS = 32
 
+#: zlib's default: on a probe's deltas (ids and keys that recur across records) it takes a third off
+#: what level 1 leaves, for well under a millisecond a message.
+COMPRESSION_LEVEL = 6
+
 ENCODING_ZLIB = "zlib"
 ENCODING_NONE = "none"
 
@@ -114,6 +119,9 @@ class Envelope:
             return self.templates
         return {name: topology.templates for name, topology in self.report.topologies.items() if topology.templates}
 
+    #: A delta's field-level changes to nodes the receiver holds (scope_common.delta applies them).
+    patches: tuple[NodePatch, ...] = ()
+
 
 def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     """The bytes of one message. Raises EncodeError past MAX_MESSAGE_BYTES."""
@@ -121,9 +129,10 @@ def encode(envelope: Envelope, *, compress: bool = True) -> bytes:
     records = [packer.pack(node_record(node)) for node in _all_nodes(envelope.report)]
     records.extend(packer.pack([name, list(removed)]) for name, removed in envelope.removed.items() if removed)
     records.extend(packer.pack(templates_record(name, t)) for name, t in envelope.carried_templates().items())
+    records.extend(packer.pack(patch_record(patch)) for patch in envelope.patches)
     body = b"".join(packer.pack(record) for record in records)
     if compress:
-        body = zlib.compress(body, 1)
+        body = zlib.compress(body, COMPRESSION_LEVEL)
     message: bytes = msgpack.packb(
         {
             "v": FORMAT_VERSION,
@@ -185,9 +194,20 @@ def decode(message: bytes) -> Envelope:
         body = _decompress(body)
     elif encoding != ENCODING_NONE:
         raise DecodeError("malformed", f"unknown encoding {str(encoding)[:20]!r}")
-    report, removed, rejected, templates = _decode_records(body)
+    report, removed, rejected, templates, patches = _decode_records(body)
     return Envelope(
-        probe_id, host_id, seq, float(sent_at), report, version, full, base_seq, removed, rejected, templates
+        probe_id,
+        host_id,
+        seq,
+        float(sent_at),
+        report,
+        version,
+        full,
+        base_seq,
+        removed,
+        rejected,
+        templates,
+        tuple(patches),
     )
 
 
@@ -252,11 +272,12 @@ def _records(body: bytes) -> Iterator[bytes]:
 
 def _decode_records(
     body: bytes,
-) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int], dict[str, Templates]]:
+) -> tuple[Report, dict[str, tuple[str, ...]], dict[str, int], dict[str, Templates], list[NodePatch]]:
     report = Report()
     removed: dict[str, list[str]] = {}
     rejected: dict[str, int] = {}
     templates: dict[str, Templates] = {}
+    patches: list[NodePatch] = []
     for record in _records(body):
         try:
             fields = _unpack(record, len(record))
@@ -271,13 +292,16 @@ def _decode_records(
                 name = _str(fields[0])
                 removed.setdefault(name, []).extend(_sorted_strs(fields[1]))
                 continue
+            if len(fields) == PATCH_RECORD_FIELDS:
+                patches.append(_patch_from_record(fields))
+                continue
             node = _node_from_record(fields)
         except DecodeError as exc:
             reason = f"node_{exc.reason}"
             rejected[reason] = rejected.get(reason, 0) + 1
             continue
         report.add(node)
-    return report, {name: tuple(sorted(set(ids_))) for name, ids_ in removed.items()}, rejected, templates
+    return report, {name: tuple(sorted(set(ids_))) for name, ids_ in removed.items()}, rejected, templates, patches
 
 
 def _str(value: object) -> str:
@@ -286,6 +310,7 @@ def _str(value: object) -> str:
     return value
 
 
+# Records are told apart by their length: 2 a removal, 3 a patch, 8 a node.
 # A node record is a list, by position: [topology, id, latest, sets, adjacency, edges, metrics, parents].
 # latest: {key: [timestamp, value]}; sets/parents: {key: [str...]}; edges: {target: [count, out, in]};
 # metrics: {key: [min, max, [t0, v0, t1, v1, ...]]}.
@@ -300,9 +325,26 @@ def node_record(node: Node) -> list[Any]:
         {k: list(v) for k, v in node.sets.items()},
         list(node.adjacency),
         {k: [e.connection_count, e.egress_bytes, e.ingress_bytes] for k, e in node.edges.items()},
-        {k: [m.min, m.max, [x for s in m.samples for x in (s.timestamp, s.value)]] for k, m in node.metrics.items()},
+        {k: _metric_fields(m) for k, m in node.metrics.items()},
         {k: list(v) for k, v in node.parents.items()},
     ]
+
+
+def _metric_fields(metric: Metric) -> list[Any]:
+    """[min, max, [t0, v0, t1, v1, ...]], whole values as integers: a memory figure in bytes packs in
+    5 bytes rather than a float's 9 and, its high bytes the same from sample to sample, compresses.
+    The decoder makes every value a float again."""
+    return [
+        _compact(metric.min),
+        _compact(metric.max),
+        [x for s in metric.samples for x in (s.timestamp, _compact(s.value))],
+    ]
+
+
+def _compact(value: float) -> float | int:
+    if type(value) is float and value.is_integer() and -(2**53) <= value <= 2**53:
+        return int(value)
+    return value
 
 
 def _node_from_record(fields: list[Any]) -> Node:
@@ -331,11 +373,15 @@ def _node_from_record(fields: list[Any]) -> Node:
         raise
     except (TypeError, ValueError, AttributeError) as exc:
         raise DecodeError("malformed", f"node in {topology[:40]!r}: {type(exc).__name__}") from None
+    _check_integer_keys(latest)
+    return node
+
+
+def _check_integer_keys(latest: Mapping[str, tuple[float, str] | None]) -> None:
     for key, digits in INTEGER_LATEST_KEYS.items():
         entry = latest.get(key)
         if entry is not None and not ids.is_decimal(entry[1], digits):
             raise DecodeError("bad_value", f"{key} {entry[1][:20]!r}")
-    return node
 
 
 def _num(value: object) -> float | int:
@@ -368,6 +414,86 @@ def _metric(raw: Any) -> Metric:
     samples = tuple(Sample(float(_num(flat[i])), float(_num(flat[i + 1]))) for i in range(0, len(flat), 2))
     # Canonical order and length, whatever the sender did, so that merging stays order-independent.
     return Metric(canonical_samples(samples), float(_num(low)), float(_num(high)))
+
+
+# --- Field-level deltas (patch records) ----------------------------------------------------------------
+# A node that changed is mostly the same node: a container whose only news is a CPU sample, an endpoint
+# that conntrack now sees too. A delta sends such a node as a patch, only the entries that changed.
+#
+# A patch record: [topology, id, [latest, sets, adjacency, edges, metrics, parents]], each map holding
+# only the keys that changed, laid out as in a node record, with nil for a key the node no longer has;
+# adjacency is nil when unchanged; metrics carry only new samples (the receiver keeps the earlier ones).
+
+PATCH_RECORD_FIELDS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NodePatch:
+    """What changed in one node since the previous message: set entries, and None for removed keys."""
+
+    topology: str
+    id: str
+    latest: Mapping[str, tuple[float, str] | None] = field(default_factory=dict)
+    sets: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    #: The whole new adjacency, or None when it did not change.
+    adjacency: tuple[str, ...] | None = None
+    edges: Mapping[str, EdgeMetadata | None] = field(default_factory=dict)
+    #: New samples only, with the metric's current range.
+    metrics: Mapping[str, Metric | None] = field(default_factory=dict)
+    parents: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+
+
+def patch_record(patch: NodePatch) -> list[Any]:
+    """A patch's record (before packing), as laid out above."""
+    return [
+        patch.topology,
+        patch.id,
+        [
+            {k: None if e is None else [e[0], e[1]] for k, e in patch.latest.items()},
+            {k: None if v is None else list(v) for k, v in patch.sets.items()},
+            None if patch.adjacency is None else list(patch.adjacency),
+            {
+                k: None if e is None else [e.connection_count, e.egress_bytes, e.ingress_bytes]
+                for k, e in patch.edges.items()
+            },
+            {k: None if m is None else _metric_fields(m) for k, m in patch.metrics.items()},
+            {k: None if v is None else list(v) for k, v in patch.parents.items()},
+        ],
+    ]
+
+
+def _patch_from_record(fields: list[Any]) -> NodePatch:
+    """A patch from its record, checked as a node record is."""
+    topology = _str(fields[0])
+    node_id = _str(fields[1])
+    if not ids.is_valid(topology, node_id):
+        raise DecodeError("bad_id", f"{topology[:40]} id {node_id[:80]!r}")
+    try:
+        latest_, sets, adjacency, edges, metrics, parents = fields[2]
+        latest = {_str(k): None if e is None else _latest_entry(*e) for k, e in latest_.items()}
+        patch = NodePatch(
+            topology,
+            node_id,
+            latest,
+            {_str(k): None if v is None else _sorted_strs(v) for k, v in sets.items()},
+            None if adjacency is None else _sorted_strs(adjacency),
+            {_str(k): None if v is None else _edge(v) for k, v in edges.items()},
+            {_str(k): None if v is None else _metric(v) for k, v in metrics.items()},
+            {_str(k): None if v is None else _sorted_strs(v) for k, v in parents.items()},
+        )
+    except DecodeError:
+        raise
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise DecodeError("malformed", f"patch in {topology[:40]!r}: {type(exc).__name__}") from None
+    _check_integer_keys(latest)
+    return patch
+
+
+def _latest_entry(timestamp: object, value: object) -> tuple[float, str]:
+    return float(_num(timestamp)), _str(value)
+
+
+# --- End of field-level deltas ------------------------------------------------------------------------
 
 
 def report_records(nodes: Iterable[Node]) -> bytes:

@@ -103,7 +103,9 @@ class ContainerMetrics:
             last_usage, last_mono = history.last_cpu
             if usage >= last_usage and mono > last_mono:
                 cpu = 100.0 * (usage - last_usage) / ((mono - last_mono) * 1e9)
-                self._samples.record(c.id, CPU_USAGE, now, cpu)
+                # Two decimals, as `docker stats` and the process reporter show it: the digits past
+                # those are noise, which no compression can take out of a report.
+                self._samples.record(c.id, CPU_USAGE, now, round(cpu, 2))
         history.last_cpu = (usage, mono)
         self._samples.record(c.id, MEMORY_USAGE, now, float(memory.usage))
         history.limit = memory.limit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 
 from scope_common.report import MAX_SAMPLES, Metric, Sample
@@ -21,7 +22,9 @@ class MetricHistory:
     def add(self, node_id: str, metric: str, timestamp: float, value: float, max_value: float) -> Metric:
         """Record a sample and return the metric with its history."""
         self.record(node_id, metric, timestamp, value)
-        return Metric.from_samples(self._samples[(node_id, metric)], max_value)
+        found = self.metric(node_id, metric, max_value)
+        assert found is not None  # just recorded
+        return found
 
     def record(self, node_id: str, metric: str, timestamp: float, value: float) -> None:
         samples = self._samples.get((node_id, metric))
@@ -32,7 +35,14 @@ class MetricHistory:
     def metric(self, node_id: str, metric: str, max_value: float) -> Metric | None:
         """The metric with its recorded history, or None before its first sample."""
         samples = self._samples.get((node_id, metric))
-        return Metric.from_samples(samples, max_value) if samples else None
+        if not samples:
+            return None
+        ordered = tuple(samples)
+        if any(a.timestamp >= b.timestamp for a, b in itertools.pairwise(ordered)):
+            return Metric.from_samples(ordered, max_value)  # the clock went back: sort them out
+        # Recorded in time order, as nearly always: what from_samples makes, without sorting each tick.
+        values = [s.value for s in ordered]
+        return Metric(ordered[-MAX_SAMPLES:], min(0.0, *values[-MAX_SAMPLES:]), max(max_value, *values[-MAX_SAMPLES:]))
 
     def forget(self, node_id: str) -> None:
         """Drop one node's history (a restarted container starts a new one)."""

@@ -3,6 +3,7 @@ and a lost message leaves the receiver waiting for the next full report rather t
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 
 import pytest
@@ -10,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scope_common import wire
-from scope_common.delta import DeltaEncoder, ProbeNodes
-from scope_common.report import Metric, Node, Report, Sample
+from scope_common.delta import DeltaEncoder, ProbeNodes, node_patch, patched
+from scope_common.report import EdgeMetadata, Metric, Node, Report, Sample
 
 _NODES = [
     ("process", "h;1"),
@@ -46,9 +47,16 @@ def _report(draw: st.DrawFn, t: int) -> Report:
                 topology,
                 timestamp=float(t),
                 latest={"name": draw(_values), "state": draw(st.none() | _values)},
-                sets={"ips": draw(st.lists(_values, max_size=2))},
+                sets={
+                    key: draw(st.lists(_values, max_size=2)) for key in draw(st.sets(st.sampled_from(["ips", "ports"])))
+                },
                 adjacency=draw(st.lists(st.sampled_from([n for _, n in _NODES]), max_size=2)),
+                edges={
+                    target: EdgeMetadata(draw(st.integers(0, 2)), draw(st.none() | st.integers(0, 2)))
+                    for target in draw(st.sets(st.sampled_from([n for _, n in _NODES]), max_size=2))
+                },
                 metrics=metrics,
+                parents={key: [draw(_values)] for key in draw(st.sets(st.sampled_from(["host", "container"])))},
             )
         )
     return report
@@ -161,3 +169,91 @@ def test_deltas_cannot_grow_a_report_past_the_node_limit(monkeypatch: pytest.Mon
     assert applied[5] == "too_many_nodes"
     assert len(receiver.nodes) == 5
     assert not receiver.complete, "what follows waits for a full report"
+
+
+@settings(max_examples=200, deadline=None)
+@given(_report(5), _report(6))
+def test_a_patch_turns_a_node_into_its_next_version(before: Report, after: Report) -> None:
+    """Field-level deltas: whatever changed between two versions of a node (keys added, changed or gone
+    in every field, metrics with new samples), the patch rebuilds the new version on the receiver, where
+    metric samples accumulate as they do for whole nodes."""
+    for topology in after.topologies.values():
+        for node in topology.nodes.values():
+            previous = before.nodes(node.topology).get(node.id)
+            if previous is None:
+                continue
+            rebuilt = patched(previous, _round_trip(node_patch(previous, node)))
+            assert rebuilt == _accumulated(node, previous)
+
+
+def _round_trip(patch: wire.NodePatch) -> wire.NodePatch:
+    envelope = wire.Envelope("p", "h", 2, 0.0, Report(), full=False, base_seq=1, patches=(patch,))
+    (decoded,) = wire.decode(wire.encode(envelope)).patches
+    return decoded
+
+
+def _accumulated(node: Node, previous: Node) -> Node:
+    """`node` with the samples the receiver also keeps from `previous`."""
+    receiver = ProbeNodes()
+    receiver.apply(wire.Envelope("p", "h", 1, 0.0, _one(previous)))
+    receiver.apply(wire.Envelope("p", "h", 2, 0.0, _one(node)))
+    return receiver.nodes[(node.topology, node.id)]
+
+
+def _one(node: Node) -> Report:
+    report = Report()
+    report.add(node)
+    return report
+
+
+def test_a_changed_node_sends_only_what_changed() -> None:
+    labels = {f"docker_label_{i}": hashlib.sha1(bytes([i])).hexdigest() for i in range(40)}
+    encoder = DeltaEncoder("p", "h", full_every=10)
+    receiver = ProbeNodes()
+    sizes = []
+    for t in range(3):
+        node = Node.build(
+            "abc;<container>",
+            "container",
+            timestamp=float(t),
+            latest=labels,
+            metrics={"cpu": Metric.from_samples([Sample(float(s), float(s)) for s in range(t + 1)], 100.0)},
+        )
+        message = encoder.encode(_one(node))
+        sizes.append(len(message))
+        envelope = wire.decode(message)
+        receiver.apply(envelope)
+    assert [p.id for p in envelope.patches] == ["abc;<container>"]
+    assert not envelope.report.node_count()
+    assert dict(envelope.patches[0].metrics) == {"cpu": Metric((Sample(2.0, 2.0),), 0.0, 100.0)}
+    assert not envelope.patches[0].latest, "labels that did not change are not sent again"
+    assert sizes[2] < sizes[0] / 5
+    assert receiver.nodes[("container", "abc;<container>")].metrics["cpu"].samples == tuple(
+        Sample(float(s), float(s)) for s in range(3)
+    )
+
+
+def test_a_patch_of_a_node_the_receiver_does_not_hold_waits_for_a_full_report() -> None:
+    receiver = ProbeNodes()
+    receiver.apply(wire.Envelope("p", "h", 1, 0.0, Report()))
+    patch = wire.NodePatch("process", "h;1", {"name": (1.0, "x")})
+    applied = receiver.apply(wire.Envelope("p", "h", 2, 0.0, Report(), full=False, base_seq=1, patches=(patch,)))
+    assert applied.refused == "missed_delta"
+    assert not receiver.complete
+
+
+def test_patches_cannot_grow_a_node_past_the_record_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each patch is small; many of them adding keys must not add up to a node no record could carry."""
+    monkeypatch.setattr(wire, "MAX_RECORD_BYTES", 2_000)
+    receiver = ProbeNodes()
+    receiver.apply(wire.Envelope("p", "h", 1, 0.0, _one(Node.build("h;1", "process"))))
+    refused = []
+    for seq in range(2, 40):
+        patch = wire.NodePatch("process", "h;1", {f"key{seq}": (1.0, "v" * 100)})
+        envelope = wire.Envelope("p", "h", seq, 0.0, Report(), full=False, base_seq=seq - 1, patches=(patch,))
+        refused.append(receiver.apply(wire.decode(wire.encode(envelope))).refused)
+        if refused[-1]:
+            break
+    assert refused[-1] == "node_too_large"
+    assert len(refused) > 5, "patches within the limit apply"
+    assert not receiver.complete

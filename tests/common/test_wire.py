@@ -103,6 +103,41 @@ def test_millions_of_empty_maps_in_a_few_kilobytes_cost_nothing() -> None:
 @pytest.mark.parametrize(
     ("record", "reason"),
     [
+        (["process", "h;1", []], "node_malformed"),
+        (["process", "h;1", [{"k": ["ts", "v"]}, {}, None, {}, {}, {}]], "node_malformed"),
+        (["process", "h;1", [{}, {"s": "abc"}, None, {}, {}, {}]], "node_malformed"),
+        (["process", "h;1", [{}, {}, [1], {}, {}, {}]], "node_malformed"),
+        (["process", "h;1", [{}, {}, None, {}, {"m": [0, 1, [1.0]]}, {}]], "node_malformed"),
+        (["process", "h;²", [{}, {}, None, {}, {}, {}]], "node_bad_id"),
+        (["process", "h;1", [{"pid": [1.0, "x"]}, {}, None, {}, {}, {}]], "node_bad_value"),
+    ],
+)
+def test_a_bad_patch_is_left_out_and_counted_and_the_rest_stands(record: list[object], reason: str) -> None:
+    good = ["process", "h;2", [{"pid": None, "name": [1.0, "x"]}, {}, None, {}, {}, {}]]
+    decoded = wire.decode(_message(_records(good, record), full=False, base_seq=0))
+    assert decoded.rejected == {reason: 1}
+    assert [patch.id for patch in decoded.patches] == ["h;2"]
+    assert decoded.patches[0].latest == {"pid": None, "name": (1.0, "x")}
+
+
+def test_a_patch_round_trips() -> None:
+    patch = wire.NodePatch(
+        "process",
+        "h1;42",
+        latest={"name": (3.0, "nginx"), "gone": None},
+        sets={"ips": ("10.0.0.1",), "old": None},
+        adjacency=("h1;7",),
+        edges={"h1;7": EdgeMetadata(1, 2, None), "h1;8": None},
+        metrics={"cpu": Metric((Sample(3.0, 1.0),), 0.0, 100.0), "mem": None},
+        parents={"host": ("h1;<host>",), "container": None},
+    )
+    envelope = Envelope("probe-1", "h1", 8, 1.0, Report(), full=False, base_seq=7, patches=(patch,))
+    assert wire.decode(wire.encode(envelope)) == envelope
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
         (["process", "id"], "node_malformed"),
         (["process", 1, {}, {}, [], {}, {}, {}], "node_malformed"),
         ([b"process", "h;1", {}, {}, [], {}, {}, {}], "node_malformed"),
@@ -144,8 +179,10 @@ _values = st.recursive(
     max_leaves=25,
 )
 # Node-shaped lists reach the field checks, which random structures rarely do.
-_node_like = st.tuples(st.sampled_from(["process", "host", "endpoint", "x"]), _values).map(list) | st.lists(
-    _values, min_size=8, max_size=8
+_node_like = (
+    st.tuples(st.sampled_from(["process", "host", "endpoint", "x"]), _values).map(list)
+    | st.lists(_values, min_size=8, max_size=8)
+    | st.tuples(st.just("process"), st.just("h;1"), st.lists(_values, min_size=6, max_size=6)).map(list)
 )
 
 
