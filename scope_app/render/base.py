@@ -698,12 +698,23 @@ class EdgeIndex:
             for client_id in graph.clients_of(endpoint_id):
                 if endpoint_id in graph.connections.get(client_id, ()):
                     keys.add((client_id, endpoint_id))
+        emptied: set[tuple[str, str]] = set()
         for key in keys:
-            self._uncount(key)
+            edge = self._uncount(key)
+            if edge is not None:
+                emptied.add(edge)
             if key[1] in graph.connections.get(key[0], ()):
                 self._count(graph, *key)
             else:
                 self._seen.pop(key, None)
+        # Only now are edges left without connections dropped: one recounted is the same edge, and keeps
+        # its counters of what it carried.
+        for source, target in emptied:
+            targets = self.tallies.get(source)
+            if targets is not None and target in targets and not targets[target].count:
+                del targets[target]
+                if not targets:
+                    del self.tallies[source]
 
     def _count(self, graph: ConnectionGraph, client_id: str, server_id: str) -> None:
         endpoints = graph.endpoints
@@ -759,10 +770,12 @@ class EdgeIndex:
             seen = (max(sent, seen[0]), max(received, seen[1]))
         self._seen[key] = seen
 
-    def _uncount(self, key: tuple[str, str]) -> None:
+    def _uncount(self, key: tuple[str, str]) -> tuple[str, str] | None:
+        """Take a connection off its edge; returns the edge (source, target) when that left it empty, to
+        be dropped by the caller unless a connection is counted on it again."""
         counted = self._counted.pop(key, None)
         if counted is None:
-            return
+            return None
         for endpoint_id in key:
             keys = self._by_endpoint.get(endpoint_id)
             if keys is not None:
@@ -784,12 +797,9 @@ class EdgeIndex:
                 ports[port] = left
             else:
                 del ports[port]
-        if not tally.count:
-            del targets[target]
-            if not targets:
-                del self.tallies[source]
         self._release_pseudo(source, key[0])
         self._release_pseudo(target, key[1])
+        return (source, target) if not tally.count else None
 
     def _hold_pseudo(self, pseudo_id: str, endpoint_id: str) -> None:
         holders = self.pseudo.get(pseudo_id)

@@ -361,3 +361,9 @@ def test_an_edge_carries_its_connections_bytes_and_counts_what_it_carried_and_op
     assert [now - before for now, before in zip(seen_now, seen_before, strict=True)] == [5000 + 500, 50 + 5], (
         "what the edge carried in between: the forgotten connection does not count against it"
     )
+    # A lone connection that goes on sending is recounted on every update: the edge keeps its counters.
+    lone = publish((5002, 900, 9))
+    lone_later = publish((5002, 1000, 10))
+    assert lone_later["connections"] == 1 and lone_later["bytes"] == [1000, 10]
+    assert lone_later["opened"] == lone["opened"] == later["opened"]
+    assert lone_later["bytes_seen"] == [seen_now[0] + 500, seen_now[1] + 5]
