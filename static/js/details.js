@@ -2,7 +2,7 @@
 // NodeDetails from REST (connections, children, controls), and refetches when the node updates.
 import { uPlot } from "../vendor/uplot.js";
 import { fetchNodeDetails, postControl } from "./api.js";
-import { escapeHtml, formatMetric } from "./format.js";
+import { escapeHtml, formatBytes, formatMetric, formatRate } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
@@ -51,8 +51,9 @@ function sparkline(target, m, color) {
 }
 
 export class DetailsPanel {
-  constructor(root, { onNavigate, onSelect, onClose, onPipe }) {
+  constructor(root, { traffic, onNavigate, onSelect, onClose, onPipe }) {
     this.root = root;
+    this.traffic = traffic; // TrafficMeter, for the connections' rates
     this.onNavigate = onNavigate; // (topologyId, nodeId) for parents and children
     this.onSelect = onSelect; // (nodeId) within the current topology, for connections
     this.onClose = onClose;
@@ -172,6 +173,24 @@ export class DetailsPanel {
     this._fetch(); // the node's state, and so its controls, changed
   }
 
+  // Sent and received from this node's side: an inbound connection's client -> server bytes are what it
+  // received. Each cell: the bytes on the connections now, and the rate under it once known.
+  _trafficCells(dir, c) {
+    const out = dir === "out";
+    const edge = out ? this.traffic.traffic(this.nodeId, c.id) : this.traffic.traffic(c.id, this.nodeId);
+    const rate = edge?.rate;
+    const cell = (bytes, perSecond, testid) => {
+      const total = Array.isArray(c.bytes) ? formatBytes(bytes) : "–";
+      const speed = rate && Array.isArray(c.bytes) ? `<span class="rate">${escapeHtml(formatRate(perSecond))}</span>` : "";
+      return `<td class="number" data-testid="${testid}">${escapeHtml(total)}${speed}</td>`;
+    };
+    const [toServer, toClient] = Array.isArray(c.bytes) ? c.bytes : [0, 0];
+    return (
+      cell(out ? toServer : toClient, rate ? (out ? rate.out : rate.back) : 0, "connection-sent") +
+      cell(out ? toClient : toServer, rate ? (out ? rate.back : rate.out) : 0, "connection-received")
+    );
+  }
+
   _destroyPlots() {
     for (const plot of this.plots) plot.destroy();
     this.plots = [];
@@ -234,8 +253,8 @@ export class DetailsPanel {
         const list = conns[dir] || [];
         parts.push(`<section data-testid="details-connections-${dir}"><h3>${title} <span class="count">${list.length}</span></h3>${
           list.length
-            ? `<table class="conns"><tr><th>${dir === "in" ? "From" : "To"}</th><th>Port</th><th>#</th></tr>${list
-                .map((c) => `<tr><td><a href="#" data-action="select" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a></td><td>${escapeHtml(c.port ?? "")}</td><td>${escapeHtml(c.count ?? "")}</td></tr>`)
+            ? `<table class="conns"><tr><th>${dir === "in" ? "From" : "To"}</th><th>Port</th><th>#</th><th class="number" title="Bytes this node sent over these connections, and per second">Sent</th><th class="number" title="Bytes this node received over these connections, and per second">Received</th></tr>${list
+                .map((c) => `<tr data-testid="details-connection" data-node-id="${escapeHtml(c.id)}"><td><a href="#" data-action="select" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a></td><td>${escapeHtml(c.port ?? "")}</td><td>${escapeHtml(c.count ?? "")}</td>${this._trafficCells(dir, c)}</tr>`)
                 .join("")}</table>`
             : `<div class="none">None</div>`
         }</section>`);
