@@ -3,13 +3,16 @@
 // counters the app only ever grows while the edge lasts: `opened` (connections first seen on it) and
 // `bytes_seen`. Their growth over the last WINDOW_MS is the edge's rate: sums over the current
 // connections cannot give one (a client connecting every second keeps about as many lingering
-// connections, with about as many bytes, from one update to the next). Updates only come when something
-// changed, so a quiet edge sends nothing: the rate is taken up to now, and falls to 0 by itself.
+// connections, with about as many bytes, from one update to the next). The rate runs from the sample at
+// the start of the window to the latest one; updates only come when something changed, so an edge that
+// went quiet sends nothing, and its rate falls to 0 once its last growth has left the window.
 
 const WINDOW_MS = 10_000;
-// A first rate needs two samples, or this long without a change (the app reads open connections' byte
-// counters every 5 s: an edge that sent nothing new in that time is quiet).
-const FIRST_RATE_MS = 6_000;
+// Samples closer than this make no rate: arrival times jitter by a good part of a short interval.
+const MIN_SPAN_MS = 2_000;
+// An edge seen once is quiet after this long without a change (the app reads open connections' byte
+// counters every 5 s, and publishes at least as often while they grow).
+const QUIET_AFTER_MS = 6_000;
 
 export const edgeKey = (source, target) => `${source}\u2192${target}`;
 
@@ -55,7 +58,13 @@ export class TrafficMeter {
         continue;
       }
       known.edge = edge;
-      if (!sameCounters(known.samples[known.samples.length - 1], sample)) known.samples.push(sample);
+      const last = known.samples[known.samples.length - 1];
+      if (!sameCounters(last, sample)) {
+        // Quiet since `last`, long ago: the growth happened within the last window at most, not
+        // spread over all that time.
+        if (last.t < t - WINDOW_MS) known.samples.push({ ...last, t: t - WINDOW_MS });
+        known.samples.push(sample);
+      }
       this._prune(known, t);
     }
     this._dropOthers(node.id, keys);
@@ -92,10 +101,11 @@ export class TrafficMeter {
     const { edge, samples } = record;
     const base = samples[0];
     const latest = samples[samples.length - 1];
-    const span = now - base.t;
     let rate = null;
-    if (span > 0 && (samples.length > 1 || span >= FIRST_RATE_MS)) {
-      const perSecond = 1000 / span;
+    if (latest === base) {
+      if (now - base.t >= QUIET_AFTER_MS) rate = { out: 0, back: 0, opened: 0 };
+    } else if (latest.t - base.t >= MIN_SPAN_MS) {
+      const perSecond = 1000 / (latest.t - base.t);
       rate = {
         out: (latest.out - base.out) * perSecond,
         back: (latest.back - base.back) * perSecond,
