@@ -6,6 +6,7 @@ import { escapeHtml, formatBytes, formatMetric, formatRate } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
+const TRAFFIC_REFRESH_MS = 2000; // the connections' rates move with time, updates or not
 
 // Icons of the controls (the `icon` of each), 16 px line drawings in the UI's own style.
 const CONTROL_ICONS = {
@@ -71,6 +72,19 @@ export class DetailsPanel {
     this.lastFetch = 0;
     this.refetchTimer = 0;
     root.addEventListener("click", (event) => this._click(event));
+    this.shownRates = "";
+    setInterval(() => {
+      // Redrawn only when a rate as shown changed: a link replaced under the mouse loses its click.
+      if (this.details && this._rateText() !== this.shownRates) this._render();
+    }, TRAFFIC_REFRESH_MS);
+  }
+
+  // The rates of the listed connections as the cells show them.
+  _rateText() {
+    const conns = this.details?.connections || {};
+    return ["in", "out"]
+      .flatMap((dir) => (conns[dir] || []).map((c) => this._trafficCells(dir, c)))
+      .join("");
   }
 
   get isOpen() {
@@ -113,6 +127,15 @@ export class DetailsPanel {
     this.summary = summary;
     this.gone = false;
     this._render();
+    const wait = Math.max(0, REFRESH_MIN_MS - (performance.now() - this.lastFetch));
+    clearTimeout(this.refetchTimer);
+    this.refetchTimer = setTimeout(() => this._fetch(), wait);
+  }
+
+  // A node with an edge to this one changed (its traffic, most often): the inbound rows' bytes come from
+  // the details, so fetch them again soon.
+  peerUpdated() {
+    if (!this.nodeId || !this.details) return;
     const wait = Math.max(0, REFRESH_MIN_MS - (performance.now() - this.lastFetch));
     clearTimeout(this.refetchTimer);
     this.refetchTimer = setTimeout(() => this._fetch(), wait);
@@ -278,6 +301,7 @@ export class DetailsPanel {
     this._destroyPlots();
     this.root.innerHTML = parts.join("");
     this.root.scrollTop = scroll;
+    this.shownRates = this._rateText();
     for (const m of metrics) {
       const target = this.root.querySelector(`.spark[data-metric="${CSS.escape(String(m.id))}"]`);
       const color = m.id === "memory" ? "#a98bf5" : "#4ea1f3";

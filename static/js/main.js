@@ -92,6 +92,8 @@ const socket = new TopologySocket({
       if (change.reset || change.updated.includes(selected) || change.added.includes(selected)) {
         const node = store.get(selected);
         if (node) details.nodeUpdated(node);
+      } else if ([...change.added, ...change.updated].some((id) => store.get(id)?.adjacency?.includes(selected))) {
+        details.peerUpdated();
       }
       if (change.removed.includes(selected) && !store.get(selected)) details.nodeRemoved(selected);
     }

@@ -24,6 +24,7 @@ from scope_common.report import EdgeMetadata, Node, Report
 from tests.app.test_render import _host, _process
 from tests.fixtures.browser import screenshot
 from tests.fixtures.scope import App, ReportSender, Scope, wait_for
+from tests.ui.test_map import UI
 
 pytestmark = [pytest.mark.browser]
 
@@ -84,13 +85,12 @@ def traffic() -> Iterator[Traffic]:
 
 
 def _open(page: Page, app: App, hash_: str = "processes") -> list[str]:
-    """Load the page and wait until both edges are drawn with their rates known; returns page errors."""
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{app.url}/#/{hash_}")
-    page.wait_for_function("() => window.scopeUI !== undefined && window.scopeUI.stats().resets >= 1")
+    """Load the page (again, should Docker's network changes elsewhere abort its scripts) and wait until
+    its layout settled; returns the list the page's errors go to."""
+    ui = UI(page, app)
+    ui.open(hash_)
     page.wait_for_function("() => window.scopeUI.whenSettled().then(() => true)", polling=250)
-    return errors
+    return ui.errors
 
 
 def _edge(page: Page, source: str, target: str) -> dict[str, Any]:
@@ -185,6 +185,14 @@ def test_details_list_connections_with_their_traffic(page: Page, traffic: Traffi
     )
     expect(busy_row.get_by_test_id("connection-sent")).to_have_text(re.compile(r"KiB/s$"), timeout=EXPECT_MS)
     expect(quiet_row.get_by_test_id("connection-received")).to_have_text(re.compile(r"\d+ B/s$"), timeout=EXPECT_MS)
+
+    # The bytes keep up with the traffic while the panel is open, though the server's own summary does
+    # not change (the edges are its clients').
+    def received_mib() -> float:
+        return float(busy_row.get_by_test_id("connection-received").inner_text().split(" MiB")[0])
+
+    before = received_mib()
+    wait_for(lambda: received_mib() >= before + 2, timeout=10, interval=0.5, what="the received bytes to grow")
     screenshot(page, "traffic-details")
     assert not errors, errors
 
