@@ -2,6 +2,7 @@
 
     python -m bench.ui_render [--nodes 1000 --nodes 5000] [--runs 5]
     python -m bench.ui_render --url http://127.0.0.1:4040/ [--view 'processes?unconnected=show'] [--runs 5]
+    python -m bench.ui_render --nodes 5 --per-host 5 --runs 1 --screenshots artifacts/screenshots
 
 Without --url, for each --nodes N (default 1,000 and 5,000) it starts a real app subprocess, publishes
 synthetic reports (bench.synthetic.host_report: N / 500 hosts of 500 processes, with containers and
@@ -17,6 +18,11 @@ nothing), waits for the websocket's reset message and reads the page's own clock
 - redraw: one full redraw of the settled view, as JavaScript time (sigma's refresh) and as time until
   the browser presented the frame.
 
+With --screenshots DIR, the synthetic edges carry traffic (a steady rate per edge, from bytes to tens of
+MB per second, the probes' reports sent again every second with the bytes grown), and each view is
+saved as DIR/ui-render-<nodes>.png once settled and its rates known, for people to judge how the map
+reads (edge thickness, arrows, packing of separate groups) at that size.
+
 Medians over --runs are printed last. The WebGL renderer is printed too: headless Chromium without a
 GPU renders WebGL in software (SwiftShader), which makes frame times far longer than on a desktop.
 `measure_view()` is importable, for a harness that starts the app and publishes reports itself.
@@ -25,16 +31,21 @@ GPU renders WebGL in software (SwiftShader), which makes frame times far longer 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.synthetic import host_report
+from scope_common.report import EdgeMetadata, Report
 from tests.fixtures.browser import CHROMIUM_ARGS
 from tests.fixtures.scope import App, ReportSender
 
@@ -64,7 +75,9 @@ def page_url(base: str, view: str) -> str:
     return f"{base.rstrip('/')}/#/{view.lstrip('#/')}"
 
 
-def measure_once(browser: Any, url: str, timeout_s: float, viewport: tuple[int, int]) -> Run:
+def measure_once(
+    browser: Any, url: str, timeout_s: float, viewport: tuple[int, int], screenshot: Path | None = None
+) -> Run:
     context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
     try:
         page = context.new_page()
@@ -81,6 +94,11 @@ def measure_once(browser: Any, url: str, timeout_s: float, viewport: tuple[int, 
         page.wait_for_function("window.scopeUI.whenSettled().then(() => true)", timeout=timeout_s * 1000, polling=250)
         stats = page.evaluate("window.scopeUI.stats()")
         redraw = page.evaluate("window.scopeUI.measureRedraw()")
+        if screenshot is not None:
+            time.sleep(TRAFFIC_SETTLE_S)  # two updates of the edges' counters: their rates are known
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+            print(f"  screenshot: {screenshot}", flush=True)
         if errors:
             raise RuntimeError(f"page errors: {errors}")
         if stats["resetToDrawMs"] <= 0 or stats["resetToSettledMs"] <= 0:
@@ -107,6 +125,7 @@ def measure_view(
     viewport: tuple[int, int] = (1440, 900),
     chromium: str = CHROMIUM,
     progress: bool = True,
+    screenshot: Path | None = None,
 ) -> tuple[str, list[Run]]:
     """Opens `view` `runs` times; returns the WebGL renderer's name and one Run per page load."""
     from playwright.sync_api import sync_playwright
@@ -118,7 +137,7 @@ def measure_view(
         try:
             renderer = browser.new_page().evaluate(_RENDERER_JS)
             for i in range(runs):
-                run = measure_once(browser, url, timeout_s, viewport)
+                run = measure_once(browser, url, timeout_s, viewport, screenshot if i == 0 else None)
                 results.append(run)
                 if progress:
                     print(
@@ -151,14 +170,40 @@ def summarize(view: str, runs: list[Run]) -> dict[str, Any]:
 
 
 SYNTHETIC_VIEW = "processes?unconnected=show"
+TRAFFIC_SETTLE_S = 3.0
+
+
+def edge_rate(client_id: str, server_id: str) -> float:
+    """A steady rate (bytes/s, client -> server) per synthetic edge from 100 B/s to 50 MB/s, most of them
+    quiet (median ~500 B/s) and a tenth above ~1 MB/s, as on a real map."""
+    digest = hashlib.blake2b(f"{client_id}>{server_id}".encode(), digest_size=4).digest()
+    return float(100 * 10 ** (5.7 * (int.from_bytes(digest) / 2**32) ** 3))
+
+
+def with_traffic(report: Report, elapsed: float) -> Report:
+    """`report` with every endpoint edge metered: what its rate carried in `elapsed` seconds, a tenth back."""
+    out = Report()
+    for topology in report.topologies.values():
+        for node in topology:
+            if node.topology == "endpoint" and node.adjacency:
+                edges = {}
+                for target in node.adjacency:
+                    sent = int(edge_rate(node.id, target) * elapsed)
+                    edges[target] = EdgeMetadata(1, sent, sent // 10)
+                node = dataclasses.replace(node, edges=edges)
+            out.add(node)
+    return out
 
 
 @contextmanager
-def synthetic_app(nodes: int, per_host: int = 500, timeout_s: float = 120.0) -> Iterator[tuple[str, int]]:
+def synthetic_app(
+    nodes: int, per_host: int = 500, timeout_s: float = 120.0, traffic: bool = False
+) -> Iterator[tuple[str, int]]:
     """A real app subprocess holding ~`nodes` process nodes from synthetic probes; yields (URL, process count).
 
     Reports are sent once each (the app keeps them for its whole --window) and carry fixed timestamps,
-    so the view does not change while it is measured.
+    so the view does not change while it is measured. With `traffic`, their edges carry bytes and are
+    sent again every second with the bytes grown (see `with_traffic`).
     """
 
     hosts = max(1, round(nodes / per_host))
@@ -168,6 +213,18 @@ def synthetic_app(nodes: int, per_host: int = 500, timeout_s: float = 120.0) -> 
     ]
     app = App(window="3600s")
     senders = [ReportSender(app, probe_id=f"bench-probe-{i}", host_id=f"host-{i}") for i in range(hosts)]
+    stop = threading.Event()
+    resender: threading.Thread | None = None
+    if traffic:
+        started = time.monotonic()
+        reports = [with_traffic(report, 1.0) for report in reports]
+
+        def resend() -> None:
+            while not stop.wait(1.0):
+                elapsed = 1.0 + time.monotonic() - started
+                for sender, report in zip(senders, reports, strict=True):
+                    sender.send(with_traffic(report, elapsed))
+
     try:
         expected = hosts * per_host
         probes: set[str] = set()
@@ -189,8 +246,14 @@ def synthetic_app(nodes: int, per_host: int = 500, timeout_s: float = 120.0) -> 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the view holds {processes} of {expected} processes")
             time.sleep(0.5)
+        if traffic:
+            resender = threading.Thread(target=resend, name="traffic", daemon=True)
+            resender.start()
         yield app.url, processes
     finally:
+        stop.set()
+        if resender is not None:
+            resender.join()
         for sender in senders:
             sender.close()
         app.terminate()
@@ -232,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewport", default="1440x900")
     parser.add_argument("--chromium", default=CHROMIUM)
     parser.add_argument("--json", action="store_true", help="also print one JSON line per view")
+    parser.add_argument(
+        "--screenshots", type=Path, help="save the first run's settled view as DIR/ui-render-<nodes>.png (with traffic)"
+    )
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.viewport.lower().split("x"))
 
@@ -240,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.view:
             parser.error("--view needs --url; the synthetic app is measured on " + SYNTHETIC_VIEW)
         for nodes in args.nodes or [1000, 5000]:
-            with synthetic_app(nodes, args.per_host) as (url, processes):
+            with synthetic_app(nodes, args.per_host, traffic=args.screenshots is not None) as (url, processes):
                 print(
                     f"synthetic app at {url}: {SYNTHETIC_VIEW} holds {processes} processes "
                     f"({args.runs} runs, viewport {width}x{height})",
@@ -253,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     timeout_s=args.timeout,
                     viewport=(width, height),
                     chromium=args.chromium,
+                    screenshot=args.screenshots / f"ui-render-{nodes}.png" if args.screenshots else None,
                 )
                 report_summary(SYNTHETIC_VIEW, runs, renderer, args.json)
         return status

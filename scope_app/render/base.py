@@ -97,6 +97,51 @@ class EdgeInfo:
 
     count: int = 0
     ports: AbstractSet[int] = field(default_factory=frozenset)
+    #: Bytes client -> server (egress) and back (ingress) over the connections on the edge now, of those
+    #: that carry byte counts (`metered`: conntrack's accounting was on for them).
+    egress_bytes: int = 0
+    ingress_bytes: int = 0
+    metered: int = 0
+    #: Counters that only grow while the edge lasts: bytes each way and connections seen since the edge
+    #: appeared. Connections that close and are forgotten do not lower them, so their growth over time is
+    #: the edge's traffic rate and connection rate, which the current sums above cannot give (a client
+    #: that connects every second keeps about the same number of lingering connections).
+    egress_seen: int = 0
+    ingress_seen: int = 0
+    opened: int = 0
+
+    def plus(self, other: EdgeInfo) -> EdgeInfo:
+        """Both edges' connections together (a grouped view's edge)."""
+        return EdgeInfo(
+            self.count + other.count,
+            {*self.ports, *other.ports},
+            self.egress_bytes + other.egress_bytes,
+            self.ingress_bytes + other.ingress_bytes,
+            self.metered + other.metered,
+            self.egress_seen + other.egress_seen,
+            self.ingress_seen + other.ingress_seen,
+            self.opened + other.opened,
+        )
+
+    def summary(self) -> Json:
+        """The edge as a NodeSummary carries it; bytes only where some connection is metered."""
+        edge: Json = {"connections": self.count, "opened": self.opened}
+        if self.metered:
+            edge["bytes"] = [self.egress_bytes, self.ingress_bytes]
+            edge["bytes_seen"] = [self.egress_seen, self.ingress_seen]
+        return edge
+
+    def summary_key(self) -> tuple[int, ...]:
+        """What `summary` depends on: a summary is built again only when it changed."""
+        return (
+            self.count,
+            self.opened,
+            self.metered,
+            self.egress_bytes,
+            self.ingress_bytes,
+            self.egress_seen,
+            self.ingress_seen,
+        )
 
 
 @dataclass(slots=True)
@@ -124,8 +169,10 @@ class RenderedNode:
     stopped: bool = False
     #: How `metrics` are shown, by metric key: the templates of the report node's topology.
     metric_templates: Mapping[str, MetricTemplate] = field(default_factory=dict)
-    #: Summaries by adjacency, shared by the copies `cached_node` makes of one built node.
-    _memo: dict[tuple[str, ...], tuple[Json, str]] = field(default_factory=dict, repr=False, compare=False)
+    #: Summaries by edges (targets and traffic), shared by the copies `cached_node` makes of one built node.
+    _memo: dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[Json, str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def fresh_copy(self) -> RenderedNode:
         """This node without edges or children, sharing the rest (read-only) and the summary memo."""
@@ -152,7 +199,7 @@ class RenderedNode:
     def summary(self) -> Json:
         """The JSON every client gets for this node (see docs/design.md, NodeSummary).
 
-        Kept on the node while its edges' targets stay the same: a view reuses the nodes whose report
+        Kept on the node while its edges (targets and traffic) stay the same: a view reuses the nodes whose report
         nodes did not change (`cached_node`), so an unchanged node costs neither building nor JSON, and
         an unchanged summary is the same object, which is how a feed's diff skips it."""
         return self._memoized()[0]
@@ -162,13 +209,14 @@ class RenderedNode:
         return self._memoized()[1]
 
     def _memoized(self) -> tuple[Json, str]:
-        adjacency = tuple(sorted(self.edges))
-        found = self._memo.get(adjacency)
+        # The edges are the index's own tallies, updated in place: the key copies their figures.
+        key = tuple(sorted((target, edge.summary_key()) for target, edge in self.edges.items()))
+        found = self._memo.get(key)
         if found is None:
             if len(self._memo) >= 4:  # the views of a few option sets; older edges are not coming back
                 self._memo.clear()
-            summary = self._build_summary(list(adjacency))
-            found = self._memo[adjacency] = (summary, json.dumps(summary, separators=(",", ":")))
+            summary = self._build_summary([target for target, _ in key])
+            found = self._memo[key] = (summary, json.dumps(summary, separators=(",", ":")))
         return found
 
     def _build_summary(self, adjacency: list[str]) -> Json:
@@ -181,6 +229,7 @@ class RenderedNode:
             "kind": self.kind,
             "pseudo": self.pseudo,
             "adjacency": adjacency,
+            "edges": {target: self.edges[target].summary() for target in adjacency},
             "metadata": [{"id": i, "label": label, "value": v} for i, label, v in self.metadata],
             "metrics": [
                 metric_json(key, metric, self.metric_templates.get(key), samples=False)
@@ -615,7 +664,11 @@ class EdgeIndex:
 
     def __init__(self, owner: EndpointMapper) -> None:
         self._owner = owner
-        self._counted: dict[tuple[str, str], tuple[str, str, int | None]] = {}
+        #: Connection -> (source id, target id, port, egress bytes, ingress bytes; None: not metered).
+        self._counted: dict[tuple[str, str], tuple[str, str, int | None, int | None, int | None]] = {}
+        #: Connection -> the most bytes each way it was seen with, for as long as it is in the report: what
+        #: it carried since, and only that, adds to its edge's `*_seen` counters; a first sight, to `opened`.
+        self._seen: dict[tuple[str, str], tuple[int, int]] = {}
         self._by_endpoint: dict[str, set[tuple[str, str]]] = {}
         #: Source id -> target id -> tally.
         self.tallies: dict[str, dict[str, EdgeInfo]] = {}
@@ -628,6 +681,7 @@ class EdgeIndex:
 
     def rebuild(self, graph: ConnectionGraph) -> None:
         self._counted.clear()
+        self._seen.clear()
         self._by_endpoint.clear()
         self.tallies.clear()
         self.pseudo.clear()
@@ -650,10 +704,23 @@ class EdgeIndex:
             for client_id in graph.clients_of(endpoint_id):
                 if endpoint_id in graph.connections.get(client_id, ()):
                     keys.add((client_id, endpoint_id))
+        emptied: set[tuple[str, str]] = set()
         for key in keys:
-            self._uncount(key)
+            edge = self._uncount(key)
+            if edge is not None:
+                emptied.add(edge)
             if key[1] in graph.connections.get(key[0], ()):
                 self._count(graph, *key)
+            else:
+                self._seen.pop(key, None)
+        # Only now are edges left without connections dropped: one recounted is the same edge, and keeps
+        # its counters of what it carried.
+        for source, target in emptied:
+            targets = self.tallies.get(source)
+            if targets is not None and target in targets and not targets[target].count:
+                del targets[target]
+                if not targets:
+                    del self.tallies[source]
 
     def _count(self, graph: ConnectionGraph, client_id: str, server_id: str) -> None:
         endpoints = graph.endpoints
@@ -679,7 +746,10 @@ class EdgeIndex:
         parsed = graph.parse(server_id)
         port = parsed.port if parsed is not None else None
         key = (client_id, server_id)
-        self._counted[key] = (source, target, port)
+        metadata = client.edges.get(server_id)
+        egress = metadata.egress_bytes if metadata is not None else None
+        ingress = metadata.ingress_bytes if metadata is not None else None
+        self._counted[key] = (source, target, port, egress, ingress)
         self._by_endpoint.setdefault(client_id, set()).add(key)
         self._by_endpoint.setdefault(server_id, set()).add(key)
         targets = self.tallies.get(source)
@@ -692,21 +762,40 @@ class EdgeIndex:
         if port is not None:
             ports = cast(_Tally, tally).port_counts
             ports[port] = ports.get(port, 0) + 1
+        seen = self._seen.get(key)
+        if seen is None:
+            tally.opened += 1
+            seen = (0, 0)
+        if egress is not None or ingress is not None:
+            sent, received = egress or 0, ingress or 0
+            tally.metered += 1
+            tally.egress_bytes += sent
+            tally.ingress_bytes += received
+            tally.egress_seen += max(0, sent - seen[0])
+            tally.ingress_seen += max(0, received - seen[1])
+            seen = (max(sent, seen[0]), max(received, seen[1]))
+        self._seen[key] = seen
 
-    def _uncount(self, key: tuple[str, str]) -> None:
+    def _uncount(self, key: tuple[str, str]) -> tuple[str, str] | None:
+        """Take a connection off its edge; returns the edge (source, target) when that left it empty, to
+        be dropped by the caller unless a connection is counted on it again."""
         counted = self._counted.pop(key, None)
         if counted is None:
-            return
+            return None
         for endpoint_id in key:
             keys = self._by_endpoint.get(endpoint_id)
             if keys is not None:
                 keys.discard(key)
                 if not keys:
                     del self._by_endpoint[endpoint_id]
-        source, target, port = counted
+        source, target, port, egress, ingress = counted
         targets = self.tallies[source]
         tally = targets[target]
         tally.count -= 1
+        if egress is not None or ingress is not None:
+            tally.metered -= 1
+            tally.egress_bytes -= egress or 0
+            tally.ingress_bytes -= ingress or 0
         if port is not None:
             ports = cast(_Tally, tally).port_counts
             left = ports[port] - 1
@@ -714,12 +803,9 @@ class EdgeIndex:
                 ports[port] = left
             else:
                 del ports[port]
-        if not tally.count:
-            del targets[target]
-            if not targets:
-                del self.tallies[source]
         self._release_pseudo(source, key[0])
         self._release_pseudo(target, key[1])
+        return (source, target) if not tally.count else None
 
     def _hold_pseudo(self, pseudo_id: str, endpoint_id: str) -> None:
         holders = self.pseudo.get(pseudo_id)

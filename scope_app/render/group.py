@@ -40,9 +40,7 @@ def group_nodes(
             if target_group is None or target_group == source:
                 continue
             merged = groups[source].edges.get(target_group)
-            groups[source].edges[target_group] = EdgeInfo(
-                edge.count + (merged.count if merged else 0), {*edge.ports, *(merged.ports if merged else ())}
-            )
+            groups[source].edges[target_group] = edge.plus(merged) if merged else edge.plus(EdgeInfo())
     for group_id, group in groups.items():
         if group.pseudo:
             continue

@@ -2,10 +2,11 @@
 // NodeDetails from REST (connections, children, controls), and refetches when the node updates.
 import { uPlot } from "../vendor/uplot.js";
 import { fetchNodeDetails, postControl } from "./api.js";
-import { escapeHtml, formatMetric } from "./format.js";
+import { escapeHtml, formatBytes, formatMetric, formatRate } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
+const TRAFFIC_REFRESH_MS = 2000; // the connections' rates move with time, updates or not
 
 // Icons of the controls (the `icon` of each), 16 px line drawings in the UI's own style.
 const CONTROL_ICONS = {
@@ -51,8 +52,9 @@ function sparkline(target, m, color) {
 }
 
 export class DetailsPanel {
-  constructor(root, { onNavigate, onSelect, onClose, onPipe }) {
+  constructor(root, { traffic, onNavigate, onSelect, onClose, onPipe }) {
     this.root = root;
+    this.traffic = traffic; // TrafficMeter, for the connections' rates
     this.onNavigate = onNavigate; // (topologyId, nodeId) for parents and children
     this.onSelect = onSelect; // (nodeId) within the current topology, for connections
     this.onClose = onClose;
@@ -70,6 +72,19 @@ export class DetailsPanel {
     this.lastFetch = 0;
     this.refetchTimer = 0;
     root.addEventListener("click", (event) => this._click(event));
+    this.shownRates = "";
+    setInterval(() => {
+      // Redrawn only when a rate as shown changed: a link replaced under the mouse loses its click.
+      if (this.details && this._rateText() !== this.shownRates) this._render();
+    }, TRAFFIC_REFRESH_MS);
+  }
+
+  // The rates of the listed connections as the cells show them.
+  _rateText() {
+    const conns = this.details?.connections || {};
+    return ["in", "out"]
+      .flatMap((dir) => (conns[dir] || []).map((c) => this._trafficCells(dir, c)))
+      .join("");
   }
 
   get isOpen() {
@@ -112,6 +127,15 @@ export class DetailsPanel {
     this.summary = summary;
     this.gone = false;
     this._render();
+    const wait = Math.max(0, REFRESH_MIN_MS - (performance.now() - this.lastFetch));
+    clearTimeout(this.refetchTimer);
+    this.refetchTimer = setTimeout(() => this._fetch(), wait);
+  }
+
+  // A node with an edge to this one changed (its traffic, most often): the inbound rows' bytes come from
+  // the details, so fetch them again soon.
+  peerUpdated() {
+    if (!this.nodeId || !this.details) return;
     const wait = Math.max(0, REFRESH_MIN_MS - (performance.now() - this.lastFetch));
     clearTimeout(this.refetchTimer);
     this.refetchTimer = setTimeout(() => this._fetch(), wait);
@@ -170,6 +194,24 @@ export class DetailsPanel {
     if (nodeId !== this.nodeId) return;
     this._render();
     this._fetch(); // the node's state, and so its controls, changed
+  }
+
+  // Sent and received from this node's side: an inbound connection's client -> server bytes are what it
+  // received. Each cell: the bytes on the connections now, and the rate under it once known.
+  _trafficCells(dir, c) {
+    const out = dir === "out";
+    const edge = out ? this.traffic.traffic(this.nodeId, c.id) : this.traffic.traffic(c.id, this.nodeId);
+    const rate = edge?.rate;
+    const cell = (bytes, perSecond, testid) => {
+      const total = Array.isArray(c.bytes) ? formatBytes(bytes) : "–";
+      const speed = rate && Array.isArray(c.bytes) ? `<span class="rate">${escapeHtml(formatRate(perSecond))}</span>` : "";
+      return `<td class="number" data-testid="${testid}">${escapeHtml(total)}${speed}</td>`;
+    };
+    const [toServer, toClient] = Array.isArray(c.bytes) ? c.bytes : [0, 0];
+    return (
+      cell(out ? toServer : toClient, rate ? (out ? rate.out : rate.back) : 0, "connection-sent") +
+      cell(out ? toClient : toServer, rate ? (out ? rate.back : rate.out) : 0, "connection-received")
+    );
   }
 
   _destroyPlots() {
@@ -234,8 +276,8 @@ export class DetailsPanel {
         const list = conns[dir] || [];
         parts.push(`<section data-testid="details-connections-${dir}"><h3>${title} <span class="count">${list.length}</span></h3>${
           list.length
-            ? `<table class="conns"><tr><th>${dir === "in" ? "From" : "To"}</th><th>Port</th><th>#</th></tr>${list
-                .map((c) => `<tr><td><a href="#" data-action="select" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a></td><td>${escapeHtml(c.port ?? "")}</td><td>${escapeHtml(c.count ?? "")}</td></tr>`)
+            ? `<table class="conns"><tr><th>${dir === "in" ? "From" : "To"}</th><th>Port</th><th>#</th><th class="number" title="Bytes this node sent over these connections, and per second">Sent</th><th class="number" title="Bytes this node received over these connections, and per second">Received</th></tr>${list
+                .map((c) => `<tr data-testid="details-connection" data-node-id="${escapeHtml(c.id)}"><td><a href="#" data-action="select" data-node-id="${escapeHtml(c.id)}">${escapeHtml(c.label || c.id)}</a></td><td>${escapeHtml(c.port ?? "")}</td><td>${escapeHtml(c.count ?? "")}</td>${this._trafficCells(dir, c)}</tr>`)
                 .join("")}</table>`
             : `<div class="none">None</div>`
         }</section>`);
@@ -259,6 +301,7 @@ export class DetailsPanel {
     this._destroyPlots();
     this.root.innerHTML = parts.join("");
     this.root.scrollTop = scroll;
+    this.shownRates = this._rateText();
     for (const m of metrics) {
       const target = this.root.querySelector(`.spark[data-metric="${CSS.escape(String(m.id))}"]`);
       const color = m.id === "memory" ? "#a98bf5" : "#4ea1f3";

@@ -22,6 +22,12 @@ export function formatBytes(bytes) {
   return `${value.toFixed(value >= 100 || unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
 }
 
+// Bytes per second, e.g. "1.2 MiB/s"; "0 B/s" for a quiet edge.
+export function formatRate(bytesPerSecond) {
+  const text = formatBytes(bytesPerSecond);
+  return text ? `${text}/s` : "";
+}
+
 export function formatMetric(metric) {
   if (!metric || metric.value === undefined || metric.value === null) return "";
   const value = Number(metric.value);

@@ -1,15 +1,19 @@
 // Graph view: graphology holds the nodes/edges, sigma draws them with WebGL (labels on a canvas
 // layer), IncrementalLayout positions them. Adjacency is client -> server, drawn as arrows.
 import { Graph, Sigma, createEdgeArrowProgram } from "../vendor/graph-libs.js";
+import { escapeHtml, formatBytes, formatRate } from "./format.js";
 import { IncrementalLayout } from "./layout.js";
+import { packComponents } from "./pack.js";
 import { SHAPE_PROGRAMS, styleFor } from "./shapes.js";
+import { edgeKey } from "./traffic.js";
 
 // Up to this many nodes every label is drawn; beyond, sigma's label grid picks which to show.
 const SMALL_MAP = 150;
 
 const COLORS = {
-  edge: "#5b7191",
-  edgeHighlight: "#8fb8e8",
+  edge: "#7288aa", // a quiet edge: visible on the dark background, below the nodes' colours
+  edgeBusy: [92, 200, 255], // the busiest edges blend towards this (rgb)
+  edgeHighlight: "#c4ddff",
   dimNode: "#273241",
   label: "#d5dde7",
   labelMinor: "#8a98ab",
@@ -76,6 +80,59 @@ function drawHover(ctx, data, settings) {
   ctx.textAlign = "left";
 }
 
+// Edge size by traffic, both ways together: log scale from a quiet edge's to the busiest's at ~100 MiB/s,
+// so a busy edge stands out at the default zoom without drowning the map in thick lines. (Sigma draws an
+// edge of size s about s / 2 px thick at the default zoom: a quiet one is ~1.2 px, the busiest ~4 px;
+// big maps scale them down with their nodes, see _updateScale.)
+const EDGE_MIN = 2.5;
+const EDGE_MAX = 8;
+const TRAFFIC_REFRESH_MS = 1000; // rates move with time even when no update arrives
+const HOVER_EDGE_PX = 6; // how close (px) the mouse must be to an edge to hover it
+
+function busyness(bytesPerSecond) {
+  return Math.min(1, Math.log10(1 + Math.max(0, bytesPerSecond) / 1024) / 5);
+}
+
+function edgeLook(traffic) {
+  const rate = traffic?.rate;
+  const busy = rate ? busyness(rate.out + rate.back) : 0;
+  // Quantised, so an unchanged look is recognised and costs no redraw.
+  const size = Math.round((EDGE_MIN + (EDGE_MAX - EDGE_MIN) * busy) * 4) / 4;
+  const base = [0x72, 0x88, 0xaa];
+  const rgb = base.map((c, i) => Math.round(c + (COLORS.edgeBusy[i] - c) * Math.min(1, busy * 1.6)));
+  return { size, color: `rgb(${rgb.join(",")})` };
+}
+
+// The hover label of an edge: what flows each way now, and what its connections carried.
+function edgeLabelHtml(sourceLabel, targetLabel, traffic) {
+  const rows = [`<div class="edge-ends">${escapeHtml(sourceLabel)} → ${escapeHtml(targetLabel)}</div>`];
+  const rate = traffic?.rate;
+  if (traffic?.bytes) {
+    const out = rate ? formatRate(rate.out) : "…";
+    const back = rate ? formatRate(rate.back) : "…";
+    rows.push(`<div class="edge-rate" data-testid="edge-rate">→ ${out} · ← ${back}</div>`);
+  } else {
+    rows.push(`<div class="edge-rate none" data-testid="edge-rate">no byte counts (conntrack accounting off)</div>`);
+  }
+  const connections = traffic?.connections ?? 0;
+  const opened = rate ? ` · ${rate.opened.toFixed(rate.opened >= 10 ? 0 : 1)} opened/s` : "";
+  rows.push(`<div class="edge-minor">${connections} connection${connections === 1 ? "" : "s"}${opened}</div>`);
+  if (traffic?.bytes) {
+    rows.push(
+      `<div class="edge-minor" data-testid="edge-bytes">carried ${formatBytes(traffic.bytes[0])} → · ${formatBytes(traffic.bytes[1])} ←</div>`,
+    );
+  }
+  return rows.join("");
+}
+
+function distanceToSegment(p, a, b) {
+  const dx = b.x - a.x;
+  const dy = b.y - a.y;
+  const length2 = dx * dx + dy * dy;
+  const t = length2 ? Math.max(0, Math.min(1, ((p.x - a.x) * dx + (p.y - a.y) * dy) / length2)) : 0;
+  return Math.hypot(p.x - (a.x + t * dx), p.y - (a.y + t * dy));
+}
+
 // Deterministic jitter from the id, so the same data always lays out the same way.
 function hash(id) {
   let h = 2166136261;
@@ -84,9 +141,16 @@ function hash(id) {
 }
 
 export class GraphView {
-  constructor(container, { onSelect }) {
+  constructor(container, { onSelect, traffic }) {
     this.container = container;
     this.onSelect = onSelect;
+    this.traffic = traffic; // TrafficMeter: the edges' rates
+    this.hoveredEdge = ""; // edge key under the mouse
+    this.tooltip = document.createElement("div");
+    this.tooltip.className = "edge-tooltip";
+    this.tooltip.dataset.testid = "edge-tooltip";
+    this.tooltip.hidden = true;
+    container.appendChild(this.tooltip);
     this.graph = new Graph({ type: "directed", multi: false, allowSelfLoops: false });
     this.positions = new Map(); // topology id -> Map(node id -> {x, y}); survives reconnects
     this.topology = "";
@@ -101,12 +165,14 @@ export class GraphView {
     this.settledPendingDraw = false;
     this.settledWaiters = [];
     this.sizeScale = 1;
+    this.edgeScale = 1;
 
     this.sigma = new Sigma(this.graph, container, {
       allowInvalidContainer: true, // the container is hidden while the table view is shown
       nodeProgramClasses: SHAPE_PROGRAMS,
       edgeProgramClasses: {
-        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 5, widenessToThicknessRatio: 4 }),
+        // Heads long and wide enough to read the direction of a quiet edge at the default zoom.
+        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 4.5, widenessToThicknessRatio: 3.5 }),
       },
       defaultNodeType: "circle",
       defaultEdgeType: "arrow",
@@ -122,7 +188,7 @@ export class GraphView {
       showMinorLabels: true, // our own setting, read by drawLabel; see _updateLabelDetail
       defaultDrawNodeLabel: drawLabel,
       defaultDrawNodeHover: drawHover,
-      minEdgeThickness: 1.2,
+      minEdgeThickness: EDGE_MIN,
       stagePadding: 100, // room for the labels (centred under the node) of the outermost nodes
       zIndex: true,
       nodeReducer: (node, data) => this._nodeReducer(node, data),
@@ -130,6 +196,11 @@ export class GraphView {
     });
 
     this.layout = new IncrementalLayout(this.graph, {
+      // Separate groups are packed side by side after each step of a full layout (FA2 alone lets them
+      // drift apart); later runs only place new nodes, so what the user looks at stays put.
+      onPositions: (full) => {
+        if (full) packComponents(this.graph, this._aspect());
+      },
       onSettled: (ms) => {
         this.timing.lastLayoutMs = ms;
         this.settledPendingDraw = true;
@@ -139,6 +210,92 @@ export class GraphView {
     });
 
     this._bindEvents();
+    setInterval(() => this._refreshTraffic(), TRAFFIC_REFRESH_MS);
+  }
+
+  _aspect() {
+    const { width, height } = this.container.getBoundingClientRect();
+    return width > 0 && height > 0 ? width / height : 1.6;
+  }
+
+  // Rates change with time: restyle the edges whose look changed, once a second, while shown.
+  _refreshTraffic() {
+    if (!this.visible || this.graph.size === 0) return;
+    let changed = false;
+    this.graph.updateEachEdgeAttributes(
+      (edge, attrs, source, target) => {
+        const look = edgeLook(this.traffic.traffic(source, target));
+        if (look.size !== attrs.size || look.color !== attrs.color) {
+          changed = true;
+          attrs.size = look.size;
+          attrs.color = look.color;
+        }
+        return attrs;
+      },
+      { attributes: ["size", "color"] },
+    );
+    if (this.hoveredEdge) this._showEdgeTooltip(this.hoveredEdge, null);
+    if (changed) this.sigma.refresh({ skipIndexation: true });
+  }
+
+  _edgeAttrs(source, target) {
+    return edgeLook(this.traffic.traffic(source, target));
+  }
+
+  // The edge within HOVER_EDGE_PX of a viewport point, nearest first; "" if none.
+  _edgeAt(point) {
+    const cache = new Map();
+    const at = (id) => {
+      let p = cache.get(id);
+      if (p === undefined) {
+        const data = this.sigma.getNodeDisplayData(id);
+        p = data && !data.hidden ? this.sigma.framedGraphToViewport(data) : null;
+        cache.set(id, p);
+      }
+      return p;
+    };
+    let best = "";
+    let bestDistance = HOVER_EDGE_PX;
+    this.graph.forEachEdge((edge, attrs, source, target, sa, ta) => {
+      if (sa.hidden || ta.hidden) return;
+      const a = at(source);
+      const b = at(target);
+      if (!a || !b) return;
+      const d = distanceToSegment(point, a, b);
+      if (d <= bestDistance) {
+        bestDistance = d;
+        best = edge;
+      }
+    });
+    return best;
+  }
+
+  _hoverEdge(edge, point) {
+    if (edge === this.hoveredEdge) {
+      if (edge) this._showEdgeTooltip(edge, point);
+      return;
+    }
+    this.hoveredEdge = edge;
+    if (edge) this._showEdgeTooltip(edge, point);
+    else this.tooltip.hidden = true;
+    this.container.style.cursor = edge ? "help" : "";
+    this.sigma.refresh({ skipIndexation: true });
+  }
+
+  _showEdgeTooltip(edge, point) {
+    if (!this.graph.hasEdge(edge)) {
+      this._hoverEdge("", null);
+      return;
+    }
+    const [source, target] = this.graph.extremities(edge);
+    const label = (id) => this.graph.getNodeAttribute(id, "label");
+    this.tooltip.innerHTML = edgeLabelHtml(label(source), label(target), this.traffic.traffic(source, target));
+    this.tooltip.dataset.edge = edge;
+    this.tooltip.hidden = false;
+    if (point) {
+      this.tooltip.style.left = `${point.x + 14}px`;
+      this.tooltip.style.top = `${point.y + 14}px`;
+    }
   }
 
   _bindEvents() {
@@ -168,8 +325,23 @@ export class GraphView {
       }
     });
     this.sigma.on("clickNode", ({ node }) => this.onSelect(node));
+    // Edges are hovered by distance, not by sigma's pixel-exact picking: a 2 px line is hard to hit.
+    let pending = null;
+    this.sigma.on("moveBody", ({ event }) => {
+      if (this.hovered) return;
+      const first = pending === null;
+      pending = { x: event.x, y: event.y };
+      if (!first) return;
+      requestAnimationFrame(() => {
+        const point = pending;
+        pending = null;
+        if (!this.hovered) this._hoverEdge(this._edgeAt(point), point);
+      });
+    });
+    this.sigma.on("leaveStage", () => this._hoverEdge("", null));
     this.sigma.getCamera().on("updated", () => this._updateLabelDetail());
     this.sigma.on("enterNode", ({ node }) => {
+      this._hoverEdge("", null);
       this.hovered = node;
       this.hoverSet = new Set(this.graph.neighbors(node));
       this.hoverSet.add(node);
@@ -219,13 +391,15 @@ export class GraphView {
   }
 
   _edgeReducer(edge, data) {
-    if (!this.hovered && !this.selected) return data;
-    const out = { ...data };
+    const size = Math.max(EDGE_MIN * 0.8, data.size * this.edgeScale);
+    if (edge === this.hoveredEdge) return { ...data, color: COLORS.edgeHighlight, size: size + 1, zIndex: 2 };
+    const out = { ...data, size };
+    if (!this.hovered && !this.selected) return out;
     const focus = this.hovered || this.selected;
     const [source, target] = this.graph.extremities(edge);
     if (source === focus || target === focus) {
       out.color = COLORS.edgeHighlight;
-      out.size = 2;
+      out.size = Math.max(size, EDGE_MIN);
       out.zIndex = 1;
     } else if (this.hovered) {
       out.hidden = true;
@@ -243,6 +417,8 @@ export class GraphView {
   _updateScale() {
     const order = this.graph.order;
     this.sizeScale = order < 60 ? 1.4 : order < 400 ? 1.15 : order < 2000 ? 0.9 : 0.75;
+    // Busy edges (and their heads) would cover a dense map; a quiet edge stays ~1 px whatever the size.
+    this.edgeScale = order < 60 ? 1 : order < 400 ? 0.8 : 0.6;
     this._updateLabelDetail();
   }
 
@@ -272,6 +448,8 @@ export class GraphView {
     this.pendingEdges.clear();
     this.hovered = "";
     this.hoverSet = null;
+    this.hoveredEdge = "";
+    this.tooltip.hidden = true;
     const placed = [];
     const unplaced = [];
     // Sigma needs coordinates on insertion: unknown nodes start on a disc sized for the node
@@ -351,14 +529,14 @@ export class GraphView {
     for (const edge of this.graph.outEdges(source)) {
       const target = this.graph.target(edge);
       if (!wanted.has(target)) this.graph.dropEdge(edge);
-      else wanted.delete(target);
+      else {
+        wanted.delete(target);
+        this.graph.mergeEdgeAttributes(edge, this._edgeAttrs(source, target));
+      }
     }
     for (const target of wanted) {
       if (this.graph.hasNode(target)) {
-        this.graph.addDirectedEdgeWithKey(`${source}\u2192${target}`, source, target, {
-          size: 1,
-          color: COLORS.edge,
-        });
+        this.graph.addDirectedEdgeWithKey(edgeKey(source, target), source, target, this._edgeAttrs(source, target));
       } else {
         if (!this.pendingEdges.has(target)) this.pendingEdges.set(target, new Set());
         this.pendingEdges.get(target).add(source);
@@ -370,10 +548,7 @@ export class GraphView {
       this.pendingEdges.delete(source);
       for (const from of waiting) {
         if (this.graph.hasNode(from) && !this.graph.hasEdge(from, source)) {
-          this.graph.addDirectedEdgeWithKey(`${from}\u2192${source}`, from, source, {
-            size: 1,
-            color: COLORS.edge,
-          });
+          this.graph.addDirectedEdgeWithKey(edgeKey(from, source), from, source, this._edgeAttrs(from, source));
         }
       }
     }
@@ -531,6 +706,25 @@ export class GraphView {
     const p = this.sigma.framedGraphToViewport(data);
     const rect = this.container.getBoundingClientRect();
     return { x: rect.left + p.x, y: rect.top + p.y };
+  }
+
+  // An edge as drawn: its thickness (px at zoom 1), colour, the page coordinates of its midpoint (for
+  // hovering it) and its traffic; null if it is not drawn.
+  edgeInfo(source, target) {
+    const key = edgeKey(source, target);
+    if (!this.graph.hasEdge(key)) return null;
+    const a = this.nodePosition(source);
+    const b = this.nodePosition(target);
+    if (!a || !b) return null;
+    const attrs = this.graph.getEdgeAttributes(key);
+    return {
+      size: attrs.size,
+      color: attrs.color,
+      from: a,
+      to: b,
+      midpoint: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
+      traffic: this.traffic.traffic(source, target),
+    };
   }
 
   edgeCount() {

@@ -61,8 +61,9 @@ function createEngine(onMessage) {
 }
 
 export class IncrementalLayout {
-  constructor(graph, { onSettled }) {
+  constructor(graph, { onPositions, onSettled }) {
     this.graph = graph;
+    this.onPositions = onPositions; // (full: whether every node moves in this layout) after each batch of positions
     this.onSettled = onSettled; // (ms of FA2 compute for the run) once positions are final
     this.engine = createEngine((message) => this._onProgress(message));
     this.runId = 0;
@@ -161,6 +162,7 @@ export class IncrementalLayout {
       }
       return attrs;
     });
+    this.onPositions(this.isFull);
     this.runMs = this.msBefore + message.ms;
     if (message.finished) {
       this.remaining = 0;

@@ -16,6 +16,7 @@ import { KIND_STYLE } from "./shapes.js";
 import { NodeStore } from "./store.js";
 import { OPTION_DEFAULTS, UrlState, optionsQuery } from "./state.js";
 import { TableView } from "./table.js";
+import { TrafficMeter } from "./traffic.js";
 
 // The topology list (counts of the other tabs) is fetched again after each push, at most this often,
 // and this often anyway when no push comes.
@@ -44,19 +45,22 @@ const el = {
 
 const url = new UrlState();
 const store = new NodeStore();
+const traffic = new TrafficMeter();
 let topologies = [];
 let filter = compileSearch(url.state.search);
 let resets = 0;
 
 const select = (id) => url.update({ node: id || "" });
 
-const graph = new GraphView($('[data-testid="graph"]'), { onSelect: select });
+const graph = new GraphView($('[data-testid="graph"]'), { onSelect: select, traffic });
 const table = new TableView($('[data-testid="node-table"]'), {
+  traffic,
   onSelect: select,
   onSort: (sort) => url.update({ sort }),
 });
 const pipes = new PipeWindow($('[data-testid="pipe-window"]'));
 const details = new DetailsPanel($('[data-testid="details"]'), {
+  traffic,
   onNavigate: (topology, node) => url.update({ topology, node }),
   onSelect: select,
   onClose: () => select(""),
@@ -72,6 +76,9 @@ const socket = new TopologySocket({
   onMessage: (message, receivedAt) => {
     const change = store.apply(message);
     if (!change) return;
+    // The meter first: the graph styles edges by their traffic as it adds them.
+    for (const id of change.removed) if (!store.get(id)) traffic.forget(id);
+    for (const id of [...change.added, ...change.updated]) traffic.observe(store.get(id));
     if (change.reset) {
       resets += 1;
       graph.reset(url.state.topology, [...store.values()], receivedAt);
@@ -85,6 +92,8 @@ const socket = new TopologySocket({
       if (change.reset || change.updated.includes(selected) || change.added.includes(selected)) {
         const node = store.get(selected);
         if (node) details.nodeUpdated(node);
+      } else if ([...change.added, ...change.updated].some((id) => store.get(id)?.adjacency?.includes(selected))) {
+        details.peerUpdated();
       }
       if (change.removed.includes(selected) && !store.get(selected)) details.nodeRemoved(selected);
     }
@@ -219,6 +228,7 @@ function onState(state, prev) {
   if (topologyChanged || optionsChanged) {
     if (topologyChanged) {
       store.clear();
+      traffic.clear();
       graph.reset(state.topology, [], 0);
       refreshNodeLists();
     }
@@ -316,6 +326,7 @@ window.scopeUI = Object.freeze({
   version: 1,
   nodeIds: () => visibleNodes().map((n) => n.id).sort(),
   nodePosition: (id) => graph.nodePosition(id),
+  edgeInfo: (source, target) => graph.edgeInfo(source, target),
   selectNode: (id) => select(id),
   whenSettled: () => graph.whenSettled(),
   measureRedraw: () => graph.measureRedraw(),

@@ -1,6 +1,7 @@
 // Table view of the same nodes: sorted on any column, rebuilt at most once per frame when
-// something changed, and only while visible.
-import { escapeHtml, formatMetric } from "./format.js";
+// something changed, and only while visible. Columns read a node and the bytes per second through each
+// node (TrafficMeter.nodeRates), which move with time: the table is rebuilt every TRAFFIC_REFRESH_MS too.
+import { escapeHtml, formatMetric, formatRate } from "./format.js";
 import { metaValue, metric } from "./store.js";
 import { styleFor } from "./shapes.js";
 
@@ -13,13 +14,16 @@ export const COLUMNS = [
   { id: "state", label: "State", type: "text", value: (n) => metaValue(n, "state") },
   { id: "cpu", label: "CPU", type: "number", value: (n) => metric(n, "cpu")?.value ?? null },
   { id: "memory", label: "Memory", type: "number", value: (n) => metric(n, "memory")?.value ?? null },
+  { id: "traffic", label: "Traffic", type: "number", value: (n, rates) => rates.get(n.id) ?? null },
 ];
 
-function compare(column, desc) {
+const TRAFFIC_REFRESH_MS = 2000;
+
+function compare(column, desc, rates) {
   const sign = desc ? -1 : 1;
   return (a, b) => {
-    const va = column.value(a);
-    const vb = column.value(b);
+    const va = column.value(a, rates);
+    const vb = column.value(b, rates);
     // Empty cells always sink to the bottom, whichever the direction.
     const ea = va === null || va === "";
     const eb = vb === null || vb === "";
@@ -35,8 +39,10 @@ const OVERSCAN = 30; // rows rendered beyond each edge of the viewport
 // Only the rows in (and near) the viewport exist in the DOM; padding on the tbody stands in for
 // the rest. That keeps sorting, searching and websocket updates cheap with 5,000 nodes.
 export class TableView {
-  constructor(table, { onSelect, onSort }) {
+  constructor(table, { traffic, onSelect, onSort }) {
     this.table = table;
+    this.traffic = traffic;
+    this.rates = new Map();
     this.scroller = table.parentElement;
     this.onSelect = onSelect;
     this.onSort = onSort;
@@ -55,7 +61,9 @@ export class TableView {
       const th = event.target.closest("th[data-column]");
       if (!th) return;
       const column = th.dataset.column;
-      const desc = this.sort.column === column ? !this.sort.desc : column === "cpu" || column === "memory";
+      // Numbers sort biggest first on the first click: the busiest are what one looks for.
+      const type = COLUMNS.find((c) => c.id === column)?.type;
+      const desc = this.sort.column === column ? !this.sort.desc : type === "number";
       this.onSort({ column, desc });
     });
     this.body.addEventListener("click", (event) => {
@@ -64,6 +72,17 @@ export class TableView {
     });
     this.scroller.addEventListener("scroll", () => this._schedule(), { passive: true });
     window.addEventListener("resize", () => this._schedule());
+    setInterval(() => this._refreshTraffic(), TRAFFIC_REFRESH_MS);
+  }
+
+  // Rebuilt only when a shown rate changed: a row replaced under the mouse would lose its click.
+  _refreshTraffic() {
+    if (!this.visible) return;
+    const rates = this.traffic.nodeRates();
+    const shown = (map, id) => (map.has(id) ? formatRate(map.get(id)) : "");
+    if (rates.size !== this.rates.size || [...rates.keys()].some((id) => shown(rates, id) !== shown(this.rates, id))) {
+      this.invalidate();
+    }
   }
 
   _renderHead() {
@@ -118,7 +137,8 @@ export class TableView {
     if (!this.visible) return;
     if (this.dirty) {
       const column = COLUMNS.find((c) => c.id === this.sort.column) || COLUMNS[0];
-      this.sorted = [...this.nodes].sort(compare(column, this.sort.desc));
+      this.rates = this.traffic.nodeRates();
+      this.sorted = [...this.nodes].sort(compare(column, this.sort.desc, this.rates));
       this.dirty = false;
       this.window = [-1, -1];
     }
@@ -166,6 +186,7 @@ export class TableView {
       `<td>${state ? `<span class="state state-${escapeHtml(state)}">${escapeHtml(state)}</span>` : ""}</td>` +
       `<td class="number">${escapeHtml(formatMetric(metric(n, "cpu")))}</td>` +
       `<td class="number">${escapeHtml(formatMetric(metric(n, "memory")))}</td>` +
+      `<td class="number" data-testid="cell-traffic">${escapeHtml(this.rates.has(n.id) ? formatRate(this.rates.get(n.id)) : "")}</td>` +
       `</tr>`
     );
   }

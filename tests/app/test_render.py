@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+from scope_app.collector import Collector
 from scope_app.render import Renderer, View, view_options
 from scope_app.render.base import INTERNET_IN, INTERNET_OUT, uncontained_id
 from scope_common import ids
+from scope_common.delta import DeltaEncoder
 from scope_common.report import (
     CONTAINER_ID,
     CONTAINER_IPS,
@@ -21,9 +23,11 @@ from scope_common.report import (
     LOCAL_NETWORKS,
     NAME,
     PID,
+    EdgeMetadata,
     Node,
     Report,
 )
+from scope_common.wire import decode
 
 
 def _host(report: Report, host: str, *networks: str) -> str:
@@ -315,3 +319,51 @@ def test_search_keeps_matching_nodes_and_the_edges_between_them() -> None:
     assert view.summaries[server]["adjacency"] == []
     both = renderer.view("processes", view_options({}), search="h1")
     assert both.summaries[client]["adjacency"] == [server]
+
+
+def _metered(report: Report, client_port: int, sent: int, got: int) -> None:
+    """A connection from process 10 (port `client_port`) to process 20 (port 80) on host h1 that carried `sent`
+    bytes to the server and `got` back (as conntrack's accounting counts them)."""
+    client, server = _process(report, "h1", 10, "curl"), _process(report, "h1", 20, "nginx")
+    client_id, server_id = ids.endpoint_id("h1", "127.0.0.1", client_port), ids.endpoint_id("h1", "127.0.0.1", 80)
+    edges = {server_id: EdgeMetadata(1, sent, got)}
+    report.add(Node.build(client_id, "endpoint", adjacency=edges, edges=edges, parents={"process": [client]}))
+    report.add(Node.build(server_id, "endpoint", parents={"process": [server]}))
+
+
+def test_an_edge_carries_its_connections_bytes_and_counts_what_it_carried_and_opened_since_it_appeared() -> None:
+    renderer = Renderer()
+    collector = Collector(lambda report, version, changed: renderer.update(report, version, changed))
+    encoder = DeltaEncoder("p", "h1")
+
+    def publish(*connections: tuple[int, int, int]) -> dict[str, object]:
+        """One probe report with a connection client:port -> server:80 per (port, sent, got); the edge's JSON."""
+        report = Report()
+        _host(report, "h1", "10.0.0.1/24")
+        for port, sent, got in connections:
+            _metered(report, port, sent, got)
+        collector.add(decode(encoder.encode(report)))
+        view = renderer.view("processes", view_options({}), max_age=0)
+        (client,) = (node for node in view.summaries.values() if node["adjacency"])
+        edge: dict[str, object] = client["edges"][client["adjacency"][0]]
+        return edge
+
+    first = publish((5000, 1000, 10), (5001, 2000, 20))
+    assert first["connections"] == 2
+    assert first["bytes"] == [3000, 30], "client -> server and back, over the connections on the edge"
+    # One connection goes on sending, one closed and is forgotten, a new one opens.
+    later = publish((5000, 6000, 60), (5002, 500, 5))
+    assert later["connections"] == 2
+    assert later["bytes"] == [6500, 65]
+    assert later["opened"] == first["opened"] + 1  # type: ignore[operator]
+    seen_before, seen_now = first["bytes_seen"], later["bytes_seen"]
+    assert isinstance(seen_before, list) and isinstance(seen_now, list)
+    assert [now - before for now, before in zip(seen_now, seen_before, strict=True)] == [5000 + 500, 50 + 5], (
+        "what the edge carried in between: the forgotten connection does not count against it"
+    )
+    # A lone connection that goes on sending is recounted on every update: the edge keeps its counters.
+    lone = publish((5002, 900, 9))
+    lone_later = publish((5002, 1000, 10))
+    assert lone_later["connections"] == 1 and lone_later["bytes"] == [1000, 10]
+    assert lone_later["opened"] == lone["opened"] == later["opened"]
+    assert lone_later["bytes_seen"] == [seen_now[0] + 500, seen_now[1] + 5]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Future
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,6 +57,22 @@ _steps = st.lists(
 )
 
 
+_HISTORY = ("opened", "bytes_seen")
+
+
+def _present(summaries: dict[str, Any]) -> dict[str, Any]:
+    """The summaries without the edges' counters of what they carried since they appeared (`_HISTORY`):
+    those are history by design (the rates of connections and traffic), which a fresh view starts anew."""
+    return {node_id: _present_node(summary) for node_id, summary in summaries.items()}
+
+
+def _present_node(node: dict[str, Any] | None) -> dict[str, Any] | None:
+    if node is None:
+        return None
+    edges = {target: {k: v for k, v in edge.items() if k not in _HISTORY} for target, edge in node["edges"].items()}
+    return {**node, "edges": edges}
+
+
 @settings(max_examples=300, deadline=None)
 @given(_steps)
 def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[tuple[str, Report | None]]) -> None:
@@ -80,11 +97,11 @@ def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[tuple[str
         }
         for (topology, i), view in kept.items():
             expected = fresh.view(topology, view_options(_QUERIES[i]))
-            assert view.summaries == expected.summaries, (topology, _QUERIES[i])
-            assert json.loads(view.json) == json.loads(expected.json)
+            assert _present(view.summaries) == _present(expected.summaries), (topology, _QUERIES[i])
+            assert _present(json.loads(view.json)["nodes"]) == _present(json.loads(expected.json)["nodes"])
             assert view.filtered_nodes == expected.filtered_nodes
             for node_id in view.nodes:
-                assert view.details(node_id) == expected.details(node_id)
+                assert _present_node(view.details(node_id)) == _present_node(expected.details(node_id))
 
 
 @settings(max_examples=100, deadline=None)
