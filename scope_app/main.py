@@ -69,11 +69,15 @@ def request_logger(log_http: bool) -> Callable[[tornado.web.RequestHandler], Non
 
 
 def static_dir() -> str:
-    """Where the UI's files are: the installed `scope_static` package, or static/ in a checkout."""
+    """Where the UI's files are: static/ beside this package in a checkout (so that a second checkout's
+    UI is its own, not the one an editable install points at), else the installed `scope_static`."""
+    checkout = Path(__file__).resolve().parent.parent / "static"
+    if (checkout / "index.html").is_file():
+        return str(checkout)
     spec = importlib.util.find_spec("scope_static")
     if spec is not None and spec.submodule_search_locations:
         return str(next(iter(spec.submodule_search_locations)))
-    return str(Path(__file__).resolve().parent.parent / "static")
+    return str(checkout)
 
 
 class ScopeApp:
