@@ -8,8 +8,10 @@ removing the oldest once more than --live run: every second the probe sees a sta
 the app a new container node and an old one leaving. The RSS of the app and the probe is sampled every
 --sample seconds. Growth is measured from the end of the warm-up (caches, the window and the metric
 history filling up are not a leak) to the end: the median of the last minute against the median of the
-minute after the warm-up; the goal is under 10 % for both. The containers are removed at the end, also
-on Ctrl-C or SIGTERM.
+minute after the warm-up; the goal is under 10 % for both. The probe reports the whole machine, so
+each sample also prints the nodes the app stores: on a shared machine, other people's processes and
+containers move memory too, and the node count tells that apart from a leak. The containers are
+removed at the end, also on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -113,9 +115,12 @@ def main() -> int:
                 for name, pid in (("app", app.pid), ("probe", probe.pid)):
                     samples[name].append((elapsed, rss_mib(pid)))
                 shown = page.evaluate("() => window.scopeUI ? window.scopeUI.stats().nodes : -1")
+                # The probe sees the whole machine: what other people run here changes how much it and
+                # the app hold. The stored nodes tell such a change from a leak.
+                stored = int(app.metrics().get("scope_app_stored_nodes", -1))
                 print(
                     f"  {elapsed / 60:5.1f} min: app {samples['app'][-1][1]:6.1f} MiB, "
-                    f"probe {samples['probe'][-1][1]:6.1f} MiB, {churn.started} started, "
+                    f"probe {samples['probe'][-1][1]:6.1f} MiB, {stored} nodes stored, {churn.started} started, "
                     f"{churn.removed} removed, {churn.errors} errors, {shown} nodes on the page",
                     flush=True,
                 )
