@@ -336,7 +336,7 @@ def _metrics_address(text: str) -> str:
     return text.strip()
 
 
-def probe_from_args(args: argparse.Namespace) -> Probe:
+def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = None) -> Probe:
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
     nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
     ctx = ProbeContext(
@@ -383,6 +383,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
         channel=None if args.no_controls else control_channel(ctx),
+        metrics=metrics,
     )
 
 
@@ -396,24 +397,26 @@ def configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
-    try:
-        probe = probe_from_args(args)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("probe starting, version %s, ID %s", __version__, probe.ctx.probe_id)
+    metrics = ProbeMetrics()
     server = None
     if args.metrics_listen:
+        # Before anything else starts: a port that cannot be had stops the probe with nothing to undo.
         host, port = split_host_port(args.metrics_listen, DEFAULT_METRICS_PORT)
         try:
-            server = probe.metrics.serve(host or "0.0.0.0", port)
+            server = metrics.serve(host or "0.0.0.0", port)
         except OSError as exc:
             log.error("cannot serve /metrics at %s: %s", args.metrics_listen, exc)
             return 2
         log.info("serving /metrics at %s", args.metrics_listen)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: probe.stop())
     try:
+        try:
+            probe = probe_from_args(args, metrics)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("probe starting, version %s, ID %s", __version__, probe.ctx.probe_id)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: probe.stop())
         probe.run()
     finally:
         if server is not None:
