@@ -23,6 +23,7 @@ import zmq
 
 from scope_common import __version__, rpc
 from scope_common.drops import Drops
+from scope_common.supervise import Supervisor
 from scope_probe.controls import Controls
 from scope_probe.docker_controls import DockerControls
 from scope_probe.host_controls import HostControls
@@ -35,7 +36,13 @@ log = logging.getLogger(__name__)
 class ControlChannel:
     """Connects to every app's control port and serves the requests that come in."""
 
-    def __init__(self, probe_id: str, host_id: str, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        probe_id: str,
+        host_id: str,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.probe_id = probe_id
         self.host_id = host_id
         self.pipes = Pipes(self.send)
@@ -54,6 +61,7 @@ class ControlChannel:
         self._wake_w.setblocking(False)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._supervisor = supervisor or Supervisor(log)
         self._drops = Drops(log, "control channel dropped a message")
         #: Dropped messages by reason.
         self.dropped = self._drops.counts
@@ -62,8 +70,7 @@ class ControlChannel:
 
     def start(self, wake: Wake) -> None:
         self.controls.start(wake)
-        self._thread = threading.Thread(target=self._run, name="control-channel", daemon=True)
-        self._thread.start()
+        self._thread = self._supervisor.start_thread("control-channel", self._run, self._stopping)
 
     def stop(self) -> None:
         self.controls.stop()
@@ -122,7 +129,12 @@ class ControlChannel:
         finally:
             for dealer in self._dealers.values():
                 dealer.close(linger=0)
+            # Should the thread be restarted after a failure, it connects to the same apps again.
+            with self._lock:
+                if self._wanted is None:
+                    self._wanted = set(self._dealers)
             self._dealers.clear()
+            self._heard.clear()
 
     def _apply_apps(self, poller: zmq.Poller) -> None:
         with self._lock:
@@ -207,7 +219,7 @@ class ControlChannel:
 
 def control_channel(ctx: ProbeContext) -> ControlChannel:
     """The channel with every control this probe offers: the Docker engine's and the host's."""
-    channel = ControlChannel(ctx.probe_id, ctx.host_id)
+    channel = ControlChannel(ctx.probe_id, ctx.host_id, supervisor=ctx.supervisor)
     DockerControls(ctx.docker_url).register(channel.controls)
     HostControls(ctx.host_id, ctx.proc_root).register(channel.controls)
     return channel

@@ -24,6 +24,7 @@ dropped: it can only ever be drawn wrong.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -177,6 +178,7 @@ class ConntrackReporter(Reporter):
         self._linger = linger
         self._max_flows = max_flows
         self._binary = binary
+        self._supervisor = ctx.supervisor
         self._lock = threading.Lock()
         # Keyed by the original direction's (src, dst); insertion order is age, for dropping the oldest.
         self._flows: OrderedDict[tuple[Address, Address], _Flow] = OrderedDict()
@@ -214,8 +216,7 @@ class ConntrackReporter(Reporter):
             return
         self._check_bridge_netfilter()
         self._accounting = self._enable_accounting()
-        self._thread = threading.Thread(target=self._follow, args=(path,), name="conntrack", daemon=True)
-        self._thread.start()
+        self._thread = self._supervisor.start_thread("conntrack", functools.partial(self._follow, path), self._stopping)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -75,6 +75,9 @@ class Controls:
         self._pending = 0
         self._lock = threading.Lock()
         self._wake: Wake | None = None
+        # Requests by (control, status), for /metrics; controls this probe lacks are counted as "other",
+        # so that made-up names cannot grow the table.
+        self._calls: dict[tuple[str, str], int] = {}
         #: The stamp of the probe id on nodes: fixed, so the field does not change from one report to the
         #: next, and the probe's start, so that after a restart the new probe wins the merge with reports
         #: the app still holds from the old one.
@@ -131,6 +134,7 @@ class Controls:
             if not busy:
                 self._pending += 1
         if busy:
+            self._count(request, rpc.BUSY)
             reply(_response(request, rpc.BUSY, error=f"{MAX_PENDING} controls are in progress already"))
             return
         try:
@@ -141,7 +145,9 @@ class Controls:
 
     def _run(self, app: str, request: rpc.Message, reply: Callable[[rpc.Message], None]) -> None:
         try:
-            reply(self._perform(app, request))
+            response = self._perform(app, request)
+            self._count(request, response.text("status"))
+            reply(response)
         finally:
             with self._lock:
                 self._pending -= 1
@@ -149,6 +155,17 @@ class Controls:
         registered = self._handlers.get(request.text("control"))
         if registered is not None and self._wake is not None:
             self._wake(registered.wakes)
+
+    def calls(self) -> dict[tuple[str, str], int]:
+        """Requests handled so far by (control, status)."""
+        with self._lock:
+            return dict(self._calls)
+
+    def _count(self, request: rpc.Message, status: str) -> None:
+        control = request.text("control")
+        key = (control if control in self._handlers else "other", status)
+        with self._lock:
+            self._calls[key] = self._calls.get(key, 0) + 1
 
     def _perform(self, app: str, request: rpc.Message) -> rpc.Message:
         control_id, node_id = request.text("control"), request.text("node")

@@ -60,7 +60,9 @@ class DockerReporter(Reporter):
         resync_seconds: float = RESYNC_SECONDS,
         claims: AddressClaims | None = None,
     ) -> None:
-        self.mirror = EngineMirror(ctx.docker_url, claims or AddressClaims(), resync_seconds=resync_seconds)
+        self.mirror = EngineMirror(
+            ctx.docker_url, claims or AddressClaims(), resync_seconds=resync_seconds, supervisor=ctx.supervisor
+        )
         self._scopes = scopes or AddressScopes(ctx.host_id)
         self._host_node = ids.host_id(ctx.host_id)
 

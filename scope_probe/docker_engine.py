@@ -40,6 +40,7 @@ from scope_common.report import (
     IMAGE_NAME,
     LABEL_PREFIX,
 )
+from scope_common.supervise import Supervisor
 from scope_probe.claims import AddressClaims
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,14 @@ class EngineMirror:
     asking the API for state, so a slow inspect never makes the stream fall behind.
     """
 
-    def __init__(self, docker_url: str, claims: AddressClaims, *, resync_seconds: float = RESYNC_SECONDS) -> None:
+    def __init__(
+        self,
+        docker_url: str,
+        claims: AddressClaims,
+        *,
+        resync_seconds: float = RESYNC_SECONDS,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self.docker_url = docker_url
         self.claims = claims
         self._resync_seconds = resync_seconds
@@ -165,16 +173,15 @@ class EngineMirror:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._on_change: Callable[[], None] | None = None
+        self._supervisor = supervisor or Supervisor(log)
 
     def start(self, on_change: Callable[[], None]) -> None:
         """Follow the engine's events and keep the mirror current; `on_change` is called on every change."""
         self._on_change = on_change
         self._threads = [
-            threading.Thread(target=self._follow, name="docker-events", daemon=True),
-            threading.Thread(target=self._work, name="docker-worker", daemon=True),
+            self._supervisor.start_thread("docker-events", self._follow, self._stopping),
+            self._supervisor.start_thread("docker-worker", self._work_from_scratch, self._stopping),
         ]
-        for thread in self._threads:
-            thread.start()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -274,56 +281,65 @@ class EngineMirror:
         if isinstance(container, str):
             self._request((action, container, _event_time(event)))
 
+    def _work_from_scratch(self) -> None:
+        """The worker, resynchronising first: one restarted after a failure lost the events it was
+        applying, and the mirror may be half-updated."""
+        self._request(_Marker.RESYNC)
+        self._work()
+
     def _work(self) -> None:
         """Worker thread: the only one calling the API for state; applies events and resyncs."""
         client: Any = None
         next_resync = time.monotonic() + self._resync_seconds
-        while not self._stopping.is_set():
-            batch: list[_Item] = []
-            try:
-                batch.append(self._queue.get(timeout=max(0.0, next_resync - time.monotonic())))
-                while True:
-                    batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            if _Marker.STOP in batch or self._stopping.is_set():
-                return
-            with self._lock:
-                overflowed, self._overflowed = self._overflowed, False
-            full = overflowed or _Marker.RESYNC in batch
-            periodic = time.monotonic() >= next_resync
-            events: dict[str, _Pending] = {}
-            for item in batch:
-                if isinstance(item, tuple):
-                    action, cid, when = item
-                    pending = events.get(cid)
-                    if pending is None:
-                        events[cid] = _Pending(action, when, when)
-                    else:
-                        pending.action, pending.last = action, max(pending.last, when)
-            # A client kept from before an engine restart may fail once on a dead connection: the
-            # second attempt, with a new client, tells that apart from an engine that is gone.
-            for attempt in range(2):
+        try:
+            while not self._stopping.is_set():
+                batch: list[_Item] = []
                 try:
-                    if client is None:
-                        client = docker.DockerClient(base_url=self.docker_url, timeout=API_TIMEOUT)
-                    changed = self._resync(client, full) if full or periodic else False
-                    changed = self._apply_events(client, events) or changed
-                    self._note_engine(True)
-                    break
-                except (docker.errors.DockerException, OSError) as exc:
-                    if client is not None:
-                        client.close()
-                        client = None
-                    if attempt == 1:
-                        self._note_engine(False, exc)
-                        changed = self._forget_all()
-            if full or periodic:
-                next_resync = time.monotonic() + self._resync_seconds
-            if changed and self._on_change is not None:
-                self._on_change()
-        if client is not None:
-            client.close()
+                    batch.append(self._queue.get(timeout=max(0.0, next_resync - time.monotonic())))
+                    while True:
+                        batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    pass
+                if _Marker.STOP in batch or self._stopping.is_set():
+                    return
+                with self._lock:
+                    overflowed, self._overflowed = self._overflowed, False
+                full = overflowed or _Marker.RESYNC in batch
+                periodic = time.monotonic() >= next_resync
+                events: dict[str, _Pending] = {}
+                for item in batch:
+                    if isinstance(item, tuple):
+                        action, cid, when = item
+                        pending = events.get(cid)
+                        if pending is None:
+                            events[cid] = _Pending(action, when, when)
+                        else:
+                            pending.action, pending.last = action, max(pending.last, when)
+                # A client kept from before an engine restart may fail once on a dead connection: the
+                # second attempt, with a new client, tells that apart from an engine that is gone.
+                for attempt in range(2):
+                    try:
+                        if client is None:
+                            client = docker.DockerClient(base_url=self.docker_url, timeout=API_TIMEOUT)
+                        changed = self._resync(client, full) if full or periodic else False
+                        changed = self._apply_events(client, events) or changed
+                        self._note_engine(True)
+                        break
+                    except (docker.errors.DockerException, OSError) as exc:
+                        if client is not None:
+                            client.close()
+                            client = None
+                        if attempt == 1:
+                            self._note_engine(False, exc)
+                            changed = self._forget_all()
+                if full or periodic:
+                    next_resync = time.monotonic() + self._resync_seconds
+                if changed and self._on_change is not None:
+                    self._on_change()
+        finally:
+            # Also when the worker fails: its restart makes a new client.
+            if client is not None:
+                client.close()
 
     def _forget_all(self) -> bool:
         self._fingerprints.clear()

@@ -10,6 +10,11 @@ What goes out is a full report now and then and, in between, a delta: the nodes 
 previous message (scope_common.delta). An app that subscribes (new, restarted, reconnected) gets a
 full report with the next publish; one that missed a message waits for the next periodic full report.
 
+Every thread (discovery, each reporter's, the control channel's) and the main loop itself run under
+the context's Supervisor: an unexpected exception is logged (rate-limited), counted in /metrics, and
+the thread starts again after a short back-off, rather than leaving a probe that runs but reports
+nothing new.
+
 A publish on a wake carries what the event changed and nothing else: the other reporters' newer
 reports, and the woken reporter's nodes whose only news is new metric samples or a value that follows
 the clock (an uptime), wait for the next publish tick. On a host where containers come and go all the
@@ -44,6 +49,7 @@ from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
 from scope_probe.endpoint import EndpointReporter
 from scope_probe.host import HostReporter
+from scope_probe.metrics import DEFAULT_METRICS_PORT, ProbeMetrics, stop_serving
 from scope_probe.peers import WEAVE_DNS_NAME, PeerResolver, parse_peer
 from scope_probe.process import ProcessReporter
 from scope_probe.publisher import Publisher
@@ -78,6 +84,7 @@ class Probe:
         wake_gap: float = WAKE_GAP,
         cleanups: Sequence[Callable[[], None]] = (),
         channel: ControlChannel | None = None,
+        metrics: ProbeMetrics | None = None,
     ) -> None:
         self.ctx = ctx
         self._reporters = list(reporters)
@@ -103,7 +110,8 @@ class Probe:
         self._full_report_interval = full_report_interval
         self._wake_gap = wake_gap
         self._next_full = 0.0
-        self.failures: dict[str, int] = {}
+        self.metrics = metrics or ProbeMetrics()
+        self.metrics.watch(publisher, ctx.supervisor, channel)
 
     def wake(self, reporter: str) -> None:
         """Ask for `reporter` to be refreshed and a report to be published now. Any thread."""
@@ -118,12 +126,12 @@ class Probe:
     def run(self) -> None:
         for reporter in self._reporters:
             reporter.start(self.wake)
-        discovery = threading.Thread(target=self._discover, name="discovery", daemon=True)
-        discovery.start()
+        self.ctx.supervisor.start_thread("discovery", self._discover, self._stopping)
         if self.channel is not None:
             self.channel.start(self.wake)
         try:
-            self._loop()
+            # The publisher: gathering, encoding and sending, on the main thread.
+            self.ctx.supervisor.keep("publisher", self._loop, self._stopping)
         finally:
             if self.channel is not None:
                 self.channel.stop()
@@ -163,14 +171,17 @@ class Probe:
 
     def _gather(self, reporters: Sequence[Reporter]) -> None:
         now = time.time()
+        failures = self.metrics.reporter_failures
         for reporter in reporters:
+            started = time.perf_counter()
             try:
                 self._latest[reporter.name] = reporter.report(now)
             except Exception:
                 # One broken source must not silence the others; its last good report stands.
-                self.failures[reporter.name] = self.failures.get(reporter.name, 0) + 1
-                if self.failures[reporter.name] in (1, 10, 100) or self.failures[reporter.name] % 1000 == 0:
-                    log.exception("reporter %s failed (%d times)", reporter.name, self.failures[reporter.name])
+                failures[reporter.name] = failures.get(reporter.name, 0) + 1
+                if failures[reporter.name] in (1, 10, 100) or failures[reporter.name] % 1000 == 0:
+                    log.exception("reporter %s failed (%d times)", reporter.name, failures[reporter.name])
+            self.metrics.reporter_seconds.labels(reporter.name).observe(time.perf_counter() - started)
 
     def _publish(self, reports: dict[str, Report]) -> None:
         """Send the merge of `reports` (by reporter name) as a full report or a delta."""
@@ -182,12 +193,15 @@ class Probe:
         try:
             message = self._encoder.encode(report)
         except wire.EncodeError as exc:
+            self.metrics.publish_errors["encode"] = self.metrics.publish_errors.get("encode", 0) + 1
             log.error("report not sent: %s", exc)
             return
         self._sent = reports
-        if self._encoder.last_was_full:
+        full = self._encoder.last_was_full
+        if full:
             self._next_full = time.monotonic() + self._full_report_interval
-        self._publisher.send(message)
+        if self._publisher.send(message):
+            self.metrics.report_bytes.labels("full" if full else "delta").observe(len(message))
 
     def _discover(self) -> None:
         """Re-resolves the apps forever; the main loop applies what it finds (it owns the socket)."""
@@ -296,6 +310,13 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(group, "--reverse-dns", default="on", type=on_off, help="name remote addresses by reverse DNS")
     switch_flag(group, "--no-controls", help="offer and accept no control at all (stop, exec, logs...)")
+    env_flag(
+        group,
+        "--metrics-listen",
+        default="",
+        type=_metrics_address,
+        help=f"serve /metrics (Prometheus) at host:port, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}; empty: off",
+    )
     env_flag(group, "--log-level", default="info", help="debug, info, warning or error")
 
 
@@ -306,7 +327,17 @@ def _tracer_mode(text: str) -> str:
     return mode
 
 
-def probe_from_args(args: argparse.Namespace) -> Probe:
+def _metrics_address(text: str) -> str:
+    """The flag's text, once known to be an address (kept as text, so `scope` passes it on as given)."""
+    if text.strip():
+        try:
+            split_host_port(text, DEFAULT_METRICS_PORT)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid address {text!r}: {exc}") from None
+    return text.strip()
+
+
+def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = None) -> Probe:
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
     nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
     ctx = ProbeContext(
@@ -317,7 +348,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         docker_url=args.docker_url,
     )
     addresses = AddressScopes(ctx.host_id)
-    names = ReverseResolver() if args.reverse_dns else None
+    names = ReverseResolver(supervisor=ctx.supervisor) if args.reverse_dns else None
     claims = AddressClaims()
     reporters: list[Reporter] = [
         HostReporter(ctx, addresses),
@@ -353,6 +384,7 @@ def probe_from_args(args: argparse.Namespace) -> Probe:
         full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
         channel=None if args.no_controls else control_channel(ctx),
+        metrics=metrics,
     )
 
 
@@ -366,14 +398,29 @@ def configure_logging(level: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    metrics = ProbeMetrics()
+    server = None
+    if args.metrics_listen:
+        # Before anything else starts: a port that cannot be had stops the probe with nothing to undo.
+        host, port = split_host_port(args.metrics_listen, DEFAULT_METRICS_PORT)
+        try:
+            server = metrics.serve(host or "0.0.0.0", port)
+        except OSError as exc:
+            log.error("cannot serve /metrics at %s: %s", args.metrics_listen, exc)
+            return 2
+        log.info("serving /metrics at %s", args.metrics_listen)
     try:
-        probe = probe_from_args(args)
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("probe starting, version %s, ID %s", __version__, probe.ctx.probe_id)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: probe.stop())
-    probe.run()
+        try:
+            probe = probe_from_args(args, metrics)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
+        log.info("probe starting, version %s, ID %s", __version__, probe.ctx.probe_id)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: probe.stop())
+        probe.run()
+    finally:
+        if server is not None:
+            stop_serving(server)
     log.info("probe exiting")
     return 0

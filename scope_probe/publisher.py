@@ -66,14 +66,17 @@ class Publisher:
             if message[:1] == b"\x01":  # \x00 is an unsubscription
                 count += 1
 
-    def send(self, message: bytes) -> None:
+    def send(self, message: bytes) -> bool:
         """Queue `message` for every connected app; never blocks. ZeroMQ drops it, silently, for an app
-        whose queue is full: that app sees the gap in the sequence and waits for the next full report."""
+        whose queue is full: that app sees the gap in the sequence and waits for the next full report.
+        False when the socket refused it altogether (counted in `dropped`)."""
         try:
             self._socket.send(message, zmq.NOBLOCK)
-            self.sent += 1
         except zmq.Again:
             self.dropped += 1
+            return False
+        self.sent += 1
+        return True
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -9,10 +9,12 @@ ticks (a Docker event) calls `wake` so that a report goes out at once.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scope_common.report import Report
+from scope_common.supervise import Supervisor
 
 #: Called by a reporter with its own name to ask for a report to be published now.
 Wake = Callable[[str], None]
@@ -29,6 +31,10 @@ class ProbeContext:
     #: Where the host's cgroup file system is mounted.
     cgroup_root: str = "/sys/fs/cgroup"
     docker_url: str = field(default="unix:///var/run/docker.sock")
+    #: Keeps every background thread of the probe running, and counts their restarts for /metrics.
+    supervisor: Supervisor = field(
+        default_factory=lambda: Supervisor(logging.getLogger("scope.probe")), compare=False, repr=False
+    )
 
 
 class Reporter(abc.ABC):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import dns.exception
 import dns.resolver
 
+from scope_common.supervise import Supervisor
 from scope_probe.addresses import parse_ip
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class ReverseResolver:
         max_entries: int = MAX_ENTRIES,
         max_pending: int = MAX_PENDING,
         rate: float = RATE_PER_SECOND,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._ttl = ttl
         self._failure_ttl = failure_ttl
@@ -76,7 +78,8 @@ class ReverseResolver:
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._queue: deque[str] = deque()
         self._pending: set[str] = set()
-        self._stopping = False
+        self._stopping = threading.Event()
+        self._supervisor = supervisor or Supervisor(log)
         self._thread: threading.Thread | None = None
         self.lookups = 0
 
@@ -92,13 +95,12 @@ class ReverseResolver:
                 self._cache.move_to_end(addr)
                 if entry.expires > now:
                     return entry.name
-            if addr not in self._pending and len(self._pending) < self._max_pending and not self._stopping:
+            if addr not in self._pending and len(self._pending) < self._max_pending and not self._stopping.is_set():
                 self._pending.add(addr)
                 self._queue.append(addr)
                 self._cond.notify()
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="reverse-dns", daemon=True)
-                    self._thread.start()
+                    self._thread = self._supervisor.start_thread("reverse-dns", self._run, self._stopping)
             return entry.name if entry is not None else None
 
     def __len__(self) -> int:
@@ -108,7 +110,7 @@ class ReverseResolver:
 
     def stop(self) -> None:
         with self._cond:
-            self._stopping = True
+            self._stopping.set()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None:
@@ -118,9 +120,9 @@ class ReverseResolver:
         next_at = 0.0
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping.is_set():
                     self._cond.wait()
-                if self._stopping:
+                if self._stopping.is_set():
                     return
                 # Rate limit: wait out the interval since the last lookup (woken early only to stop).
                 delay = next_at - time.monotonic()

@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -392,8 +393,9 @@ class ConnectionTracer(Reporter):
         except TracerUnavailable as exc:
             log.warning("tracer: the tracepoint cannot be used (%s); connections are found by /proc and conntrack", exc)
             return
-        self._thread = threading.Thread(target=self._follow, args=(wake,), name="tracer", daemon=True)
-        self._thread.start()
+        self._thread = self._ctx.supervisor.start_thread(
+            "tracer", functools.partial(self._follow, wake), self._stopping
+        )
 
     def open(self) -> None:
         """Make the instance (mounting tracefs if need be); TracerUnavailable says why it cannot be."""

@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.dns",
     "tests.fixtures.docker",
+    "tests.fixtures.dockerd",
     "tests.fixtures.netns",
     "tests.fixtures.scope",
 ]

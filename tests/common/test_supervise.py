@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
@@ -63,6 +64,49 @@ def test_a_future_cancelled_inside_a_task_is_a_failure_not_a_stop() -> None:
         await supervisor.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_failing_thread_is_restarted_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's sources are threads: one that raises comes back, and its failures are counted."""
+    runs = 0
+    steady = threading.Event()
+    stopping = threading.Event()
+
+    def flaky() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 3:
+            raise RuntimeError("boom")
+        steady.set()
+        stopping.wait()
+
+    supervisor = Supervisor(logging.getLogger("test.supervise"))
+    with caplog.at_level(logging.ERROR, "test.supervise"):
+        thread = supervisor.start_thread("flaky", flaky, stopping)
+        assert steady.wait(10)
+        assert supervisor.restarts == {"flaky": 3}
+        assert supervisor.running == {"flaky": True}
+        stopping.set()
+        thread.join(5)
+    assert not thread.is_alive()
+    assert supervisor.running == {"flaky": False}
+    (record,) = caplog.records
+    assert "flaky failed (1 so far)" in record.getMessage()
+
+
+def test_a_thread_that_returns_has_stopped_on_purpose() -> None:
+    """A reader that gives up (no permission, say) logs why itself; restarting it would only repeat that."""
+    runs = 0
+
+    def gives_up() -> None:
+        nonlocal runs
+        runs += 1
+
+    supervisor = Supervisor(logging.getLogger("test.supervise"))
+    supervisor.start_thread("gives-up", gives_up, threading.Event()).join(5)
+    assert runs == 1
+    assert supervisor.restarts == {"gives-up": 0}
+    assert supervisor.running == {"gives-up": False}
 
 
 def test_rate_limited_log_says_how_many_it_held_back(caplog: pytest.LogCaptureFixture) -> None:
