@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.dns",
     "tests.fixtures.docker",
     "tests.fixtures.netns",
+    "tests.fixtures.redis",
     "tests.fixtures.scope",
 ]
