@@ -112,7 +112,7 @@ class ScopeApp:
         # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas).
         self.replicas = ReplicaLink(store, self.app_id, window) if store else None
         if self.replicas is not None:
-            self.replicas.attach("", self.receiver)
+            self.replicas.attach("", self.receiver, self.router)
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.metrics.registry.register(
             StateMetrics(self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts)

@@ -31,7 +31,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector as PrometheusCollector
 from redis.exceptions import RedisError
 
+from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
+from scope_app.replicas.controls import ReplicaControls
 from scope_common.supervise import RateLimitedLog, Supervisor
 from scope_common.wire import Envelope
 
@@ -119,11 +121,16 @@ class ReplicaLink:
         #: Commands that failed (Redis away, refused, too slow), and joins (a tenant loaded afresh).
         self.errors = 0
         self.joins = 0
+        self.controls = ReplicaControls(self._redis, replica_id, self._trouble)
 
-    def attach(self, tenant: str, receiver: BusReceiver) -> None:
-        """Share `receiver`'s messages as `tenant`'s, and feed it the tenant's messages from other replicas."""
+    def attach(self, tenant: str, receiver: BusReceiver, router: ControlRouter | None = None) -> None:
+        """Share `receiver`'s messages as `tenant`'s, and feed it the tenant's messages from other replicas;
+        with `router`, reach the tenant's probes whose control channels other replicas hold, and let them
+        reach those of `router`."""
         receiver.relay = functools.partial(self.publish, tenant)
         self.follow(tenant, functools.partial(receiver.handle, relay=False))
+        if router is not None:
+            self.controls.attach(tenant, router)
 
     def follow(self, tenant: str, apply: Apply) -> None:
         """Hand what other replicas ingest for `tenant` to `apply`, starting with all they hold now."""
@@ -144,6 +151,8 @@ class ReplicaLink:
     def start(self, supervisor: Supervisor) -> None:
         supervisor.start("replica-writer", self.write_forever)
         supervisor.start("replica-reader", self.read_forever)
+        supervisor.start("replica-controls", self.controls.listen_forever)
+        supervisor.start("replica-holders", self.controls.refresh_forever)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -311,3 +320,21 @@ class ReplicaMetrics(PrometheusCollector):
             "scope_app_replica_received", "Messages other replicas ingested, fed to this one's", value=link.received
         )
         yield CounterMetricFamily("scope_app_replica_joins", "Tenants loaded afresh from the store", value=link.joins)
+        yield CounterMetricFamily(
+            "scope_app_replica_controls_forwarded",
+            "Control requests sent to the replica holding the probe's control channel",
+            value=link.controls.forwarded,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_controls_served",
+            "Control requests performed for another replica",
+            value=link.controls.served,
+        )
+        dropped = CounterMetricFamily(
+            "scope_app_replica_controls_dropped",
+            "Messages on this replica's control channel dropped",
+            labels=["reason"],
+        )
+        for reason, count in sorted(link.controls.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped

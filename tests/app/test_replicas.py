@@ -20,6 +20,7 @@ import zmq
 
 from scope_common import ids, wire
 from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
+from tests.fixtures.docker import Containers
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.scope import App, Scope, loopback_source, wait_for
 
@@ -242,6 +243,37 @@ def test_restarting_redis_loses_nothing_and_crashes_nothing(scope: Scope, redis_
     finally:
         for feeder in feeders:
             feeder.close()
+
+
+def test_a_control_on_one_replica_reaches_a_probe_connected_to_another(
+    scope: Scope, redis_server: RedisServer, containers: Containers
+) -> None:
+    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    scope.probe([holder.bus], hostname="controlled-host")
+    container = containers.run(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"], name="controlled")
+    node = f"{container.id};<container>"
+    probe = wait_for(
+        lambda: {p["hostname"]: p["id"] for p in asked.get("/api/probes")}.get("controlled-host"),
+        30,
+        what="the probe on the replica it does not report to",
+    )
+    wait_for(lambda: node in asked.nodes("containers"), 30, what="the container on that replica")
+    # 404 while the asked replica has not yet read who holds the probe's control channel; then 400 (no
+    # such control): the request went through.
+    wait_for(lambda: asked.control(probe, node, "none")[0] == 400, 15, what="the probe's holder to be known")
+
+    status, body = asked.control(probe, node, "docker_pause_container")
+    assert status == 200, body
+    container.reload()
+    assert container.status == "paused"
+    status, body = asked.control(probe, node, "docker_pause_container")
+    assert status == 409 and "paused" in body["error"], "the engine's refusal comes back through the holder"
+    status, body = asked.control(probe, node, "docker_unpause_container")
+    assert status == 200, body
+    container.reload()
+    assert container.status == "running"
+    assert asked.metrics()["scope_app_replica_controls_forwarded_total"] == 3
+    assert holder.metrics()["scope_app_replica_controls_served_total"] == 3
 
 
 def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
