@@ -38,6 +38,9 @@ REFRESH = 2.0
 HOLDER_TTL = 3 * REFRESH
 #: How long past the probe's own timeout an answer is waited for (two hops through Redis).
 ANSWER_GRACE = 2.0
+#: Reconnection back-off (the channel's, and the link's store), doubled after each failure in a row.
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 5.0
 #: Largest message on a replica's channel: a request or a response, with its texts.
 MAX_MESSAGE_BYTES = rpc.MAX_RPC_MESSAGE_BYTES + 1024
 
@@ -126,18 +129,22 @@ class ReplicaControls:
             self._holders[tenant] = holders
 
     async def listen_forever(self) -> None:
-        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        try:
-            await pubsub.subscribe(channel(self.replica_id))
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and isinstance(message.get("data"), bytes):
-                    self._handle(message["data"])
-        except (RedisError, OSError) as exc:
-            self._trouble("controls channel", exc)
-            raise  # the supervisor restarts it after a back-off
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        backoff = MIN_BACKOFF
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel(self.replica_id))
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    backoff = MIN_BACKOFF
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        self._handle(message["data"])
+            except (RedisError, OSError) as exc:
+                self._trouble("controls channel", exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _handle(self, raw: bytes) -> None:
         if len(raw) > MAX_MESSAGE_BYTES:

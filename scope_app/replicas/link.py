@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
-from scope_app.replicas.controls import ReplicaControls
+from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
 from scope_common.supervise import RateLimitedLog, Supervisor
 from scope_common.wire import Envelope
 
@@ -59,9 +59,6 @@ WRITE_BATCH = 500
 READ_COUNT = 500
 #: How long one blocking read waits for entries: bounds how late a newly followed tenant is joined.
 READ_BLOCK_SECONDS = 1.0
-#: Reconnection back-off, doubled after each failure in a row.
-MIN_BACKOFF = 0.2
-MAX_BACKOFF = 5.0
 #: Entries scanned or fetched per round trip while joining.
 JOIN_CHUNK = 1_000
 
