@@ -237,8 +237,9 @@ class ReplicaLink:
         ):
             await self._apply(apply, entries)
             last = entries[-1][0]
-        self._positions[tenant] = last
-        self.joins += 1
+        if self._followed.get(tenant) is apply:  # not unfollowed or followed afresh meanwhile
+            self._positions[tenant] = last
+            self.joins += 1
 
     async def _read(self) -> None:
         streams = {stream_key(tenant): position for tenant, position in self._positions.items()}
