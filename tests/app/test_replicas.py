@@ -18,6 +18,7 @@ from typing import Any
 import tornado.websocket
 import zmq
 
+from scope_app.replicas import ReplicaLink
 from scope_common import ids, wire
 from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
 from tests.fixtures.docker import Containers
@@ -274,6 +275,61 @@ def test_a_control_on_one_replica_reaches_a_probe_connected_to_another(
     assert container.status == "running"
     assert asked.metrics()["scope_app_replica_controls_forwarded_total"] == 3
     assert holder.metrics()["scope_app_replica_controls_served_total"] == 3
+
+
+def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) -> None:
+    """Two links on one Redis, as two replicas of the hosted service: what one ingests for a tenant
+    reaches the other's apply function for that tenant only, live and when joining; a tenant whose name
+    is a pattern matches no other tenant's keys."""
+    messages = {
+        tenant: wire.encode(wire.Envelope(f"probe-{tenant}", "host", 1, time.time(), container_report(tenant)))
+        for tenant in ("t1", "t2")
+    }
+
+    async def scenario() -> dict[str, list[tuple[str, bytes]]]:
+        ingesting = ReplicaLink(redis_server.url, "ingesting", WINDOW)
+        serving = ReplicaLink(redis_server.url, "serving", WINDOW)
+        joining = ReplicaLink(redis_server.url, "joining", WINDOW)
+        got: dict[str, list[tuple[str, bytes]]] = {"t1": [], "t2": [], "t*": [], "late t2": []}
+
+        def recorder(name: str) -> Any:
+            async def apply(batch: list[tuple[str, bytes]]) -> None:
+                got[name].extend(batch)
+
+            return apply
+
+        serving.follow("t1", recorder("t1"))
+        serving.follow("t2", recorder("t2"))
+        tasks = [asyncio.create_task(ingesting.write_forever()), asyncio.create_task(serving.read_forever())]
+        await asyncio.sleep(0.5)  # joined (nothing there yet)
+        for tenant, message in messages.items():
+            ingesting.publish(tenant, f"10.0.0.{tenant[-1]}", wire.decode(message), message)
+        for _ in range(50):
+            if got["t1"] and got["t2"]:
+                break
+            await asyncio.sleep(0.1)
+        joining.follow("t*", recorder("t*"))
+        joining.follow("t2", recorder("late t2"))
+        tasks.append(asyncio.create_task(joining.read_forever()))
+        for _ in range(50):
+            if got["late t2"]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in (ingesting, serving, joining):
+            await link.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got["t1"] == [("10.0.0.1", messages["t1"])]
+    assert got["t2"] == [("10.0.0.2", messages["t2"])]
+    # Joining: the latest full report from its key, and the same message again from the stream (the
+    # collector refuses the copy as stale).
+    assert got["late t2"] == [("10.0.0.2", messages["t2"])] * 2
+    assert got["t*"] == []
 
 
 def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
