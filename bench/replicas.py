@@ -18,12 +18,14 @@ Meanwhile: every replica's CPU (% of one core, median of `--interval`-long stret
 Redis's CPU and `used_memory` (max); the fleet's ingest rate (messages the replicas' buses accepted
 and wrote to Redis, per second, all replicas together) and what each replica applied per second
 (its own share plus everyone else's). The baseline row is one app, no `--store`, all R sender processes
-publishing to it. Figures are noisy on a shared machine: run it more than once.
+publishing to it. A rate shows nan where an app did not answer its /metrics in time (saturated). Figures
+are noisy on a shared machine: run it more than once.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import subprocess
@@ -61,7 +63,7 @@ class Row:
     rss: list[float] = field(default_factory=list)
     redis_cpu: float | None = None
     redis_mib: float = 0.0
-    ingest_rate: float = 0.0
+    ingest_rate: float = math.nan
     applied_rate: list[float] = field(default_factory=list)
     containers: list[float] = field(default_factory=list)
     fresh_ws: list[float] = field(default_factory=list)
@@ -100,10 +102,12 @@ def start_senders(args: argparse.Namespace, buses: list[str]) -> Senders:
 
 
 def counter(app: App, name: str) -> float:
+    """A counter of the app's /metrics; NaN when the app does not answer in time (a saturated app),
+    so that a rate computed from it says so rather than counting from zero."""
     try:
         return app.metrics().get(name, 0.0)
     except OSError:
-        return 0.0
+        return math.nan
 
 
 def redis_cpu_seconds(server: RedisServer) -> float:
@@ -138,7 +142,7 @@ def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
         watched = apps[-1]
         start = time.monotonic()
         published = [counter(app, "scope_app_replica_published_total") for app in apps]
-        received = [counter(app, "scope_app_reports_received_total") for app in apps]
+        received = counter(apps[0], "scope_app_reports_received_total")
         applied = [counter(app, "scope_app_reports_applied_total") for app in apps]
         redis_start = redis_cpu_seconds(store) if store is not None else 0.0
         memory = Sampling(store)
@@ -158,10 +162,10 @@ def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
         if store is not None:
             row.redis_cpu = (redis_cpu_seconds(store) - redis_start) / elapsed * 100
             row.redis_mib = memory.peak / (1 << 20)
-            row.ingest_rate = sum(counter(app, "scope_app_replica_published_total") for app in apps)
-            row.ingest_rate = (row.ingest_rate - sum(published)) / elapsed
+            now_published = sum(counter(app, "scope_app_replica_published_total") for app in apps)
+            row.ingest_rate = (now_published - sum(published)) / elapsed
         else:
-            row.ingest_rate = (counter(apps[0], "scope_app_reports_received_total") - received[0]) / elapsed
+            row.ingest_rate = (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
         row.applied_rate = [
             (counter(app, "scope_app_reports_applied_total") - before) / elapsed
             for app, before in zip(apps, applied, strict=True)
