@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlparse
 
 import tornado.web
@@ -55,6 +56,14 @@ PipeListener = Callable[[str, rpc.Message], None]
 GoneListener = Callable[[str], None]
 
 
+class RemoteControls(Protocol):
+    """Probes whose control channel another replica holds (scope_app.replicas)."""
+
+    def connected(self, probe_id: str) -> bool: ...
+
+    async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message: ...
+
+
 class ControlRouter:
     def __init__(self, context: zmq.asyncio.Context, bind: str) -> None:
         self._socket = context.socket(zmq.ROUTER)
@@ -69,9 +78,11 @@ class ControlRouter:
         self.dropped = self._drops.counts
         self.on_pipe: PipeListener | None = None
         self.on_gone: GoneListener | None = None
+        #: Where requests for probes not connected here go; None: this app only.
+        self.remote: RemoteControls | None = None
 
     def connected(self, probe_id: str) -> bool:
-        return probe_id in self.probes
+        return probe_id in self.probes or (self.remote is not None and self.remote.connected(probe_id))
 
     async def run(self) -> None:
         while True:
@@ -157,6 +168,8 @@ class ControlRouter:
     async def request(self, probe_id: str, node_id: str, control: str, args: str = "") -> rpc.Message:
         """Ask `probe_id` to perform `control` on `node_id`; its response. Raises ProbeNotConnected,
         ProbeBusy, or TimeoutError when no answer comes within rpc.REQUEST_TIMEOUT."""
+        if probe_id not in self.probes and self.remote is not None and self.remote.connected(probe_id):
+            return await self.remote.request(probe_id, node_id, control, args)
         if probe_id not in self.probes:
             raise ProbeNotConnected(probe_id)
         if sum(1 for owner, _ in self._pending.values() if owner == probe_id) >= MAX_PENDING_PER_PROBE:

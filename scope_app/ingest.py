@@ -12,6 +12,9 @@ does. Every message goes to the thread, whatever its size: a few KB of zlib can 
 
 Each message is applied with the address of the connection it arrived on (ZeroMQ's `Peer-Address`),
 which the collector binds probe ids to.
+
+With replicas (scope_app.replicas), each message the collector accepts from this bus goes to `relay`
+as it arrived, and what other replicas accepted comes back through `handle(..., relay=False)`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import zmq
@@ -41,6 +45,8 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 MAX_BATCH_NODES = wire.MAX_NODES
 
 Decoded = wire.Envelope | wire.DecodeError
+#: Told of each message the collector accepted from the bus: its source, its envelope and its bytes.
+Relay = Callable[[str, wire.Envelope, bytes], None]
 
 
 class BusReceiver:
@@ -59,6 +65,7 @@ class BusReceiver:
         #: Nodes left out of messages that were used, by reason (`Envelope.rejected`).
         self.nodes_rejected: dict[str, int] = {}
         self._log = RateLimitedLog(log)
+        self.relay: Relay | None = None
 
     def _open(self, bind: str) -> zmq.asyncio.Socket:
         socket = self._context.socket(zmq.SUB)
@@ -93,8 +100,9 @@ class BusReceiver:
     def _readable(self) -> bool:
         return bool(int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN)
 
-    async def handle(self, messages: list[tuple[str, bytes]]) -> None:
-        """Decode (off the loop) and apply `messages`, each with the address it came from, in order.
+    async def handle(self, messages: list[tuple[str, bytes]], *, relay: bool = True) -> None:
+        """Decode (off the loop) and apply `messages`, each with the address it came from, in order;
+        those accepted go on to `self.relay` unless `relay` is false (they came from another replica).
 
         A message counts as received when it is applied or dropped, in the same step: the counts
         always add up (`received = applied + dropped`), whenever they are read."""
@@ -106,7 +114,9 @@ class BusReceiver:
                 self.received += 1
                 self.received_bytes += len(message)
                 self._metrics.report_bytes.observe(len(message))
-                self._apply(source, result)
+                accepted = self._apply(source, result)
+                if accepted is not None and relay and self.relay is not None:
+                    self.relay(source, accepted, message)
             done += len(decoded)
             # Merge before the loop runs anything else: see Collector.flush.
             self._collector.flush()
@@ -129,16 +139,18 @@ class BusReceiver:
                 break
         return decoded
 
-    def _apply(self, source: str, result: Decoded) -> None:
+    def _apply(self, source: str, result: Decoded) -> wire.Envelope | None:
+        """Apply a decoded message; the envelope if the collector accepted it."""
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
-            return
+            return None
         for reason, count in result.rejected.items():
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)
         started = time.perf_counter()
-        self._collector.add(result, source)
+        accepted = self._collector.add(result, source)
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
+        return result if accepted else None
 
     def close(self) -> None:
         self._socket.close(linger=0)

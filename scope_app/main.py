@@ -29,6 +29,8 @@ from scope_app.ingest import BusReceiver
 from scope_app.metrics import AppMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
+from scope_app.replicas import ReplicaLink, ReplicaMetrics
+from scope_app.replicas.link import store_url
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__, rpc
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
@@ -95,6 +97,7 @@ class ScopeApp:
         max_view_nodes: int = MAX_VIEW_NODES,
         read_only: bool = False,
         auth_token: str | None = None,
+        store: str | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.metrics = AppMetrics()
@@ -110,6 +113,11 @@ class ScopeApp:
         self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address))
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
+        # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas).
+        self.replicas = ReplicaLink(store, self.app_id, window) if store else None
+        if self.replicas is not None:
+            self.replicas.attach("", self.receiver, self.router)
+            self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.metrics.registry.register(
             StateMetrics(self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts)
         )
@@ -165,11 +173,15 @@ class ScopeApp:
         self.supervisor.start("controls", self.router.run)
         self.supervisor.start("control-heartbeats", self.router.heartbeat_forever)
         self.supervisor.start("pipe-collector", self.pipes.collect_forever)
+        if self.replicas is not None:
+            self.replicas.start(self.supervisor)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
         await self.supervisor.stop()
+        if self.replicas is not None:
+            await self.replicas.close()
         self.pipes.close_all()
         self.router.close()
         self.receiver.close()
@@ -195,6 +207,13 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--listen", default=f"0.0.0.0:{DEFAULT_HTTP_PORT}", help="HTTP address for the UI and API")
     env_flag(group, "--bus", default=f"0.0.0.0:{DEFAULT_BUS_PORT}", help="address the report bus binds")
     env_flag(group, "--window", default="15s", type=parse_duration, help="forget probes silent this long")
+    env_flag(
+        group,
+        "--store",
+        default="",
+        type=_store_url,
+        help="Redis URL (redis://HOST:PORT/DB, rediss://...) shared with other replicas; empty: this process only",
+    )
     env_flag(
         group,
         "--max-view-nodes",
@@ -242,6 +261,13 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _store_url(text: str) -> str:
+    try:
+        return store_url(text) if text else ""
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -278,6 +304,7 @@ async def serve(args: argparse.Namespace) -> None:
         read_only=args.read_only,
         auth_token=token,
         max_view_nodes=args.max_view_nodes,
+        store=args.store or None,
     )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)

@@ -16,8 +16,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$SCOPE_REPO_ROOT"
 
 # dnsmasq-base, not dnsmasq: it ships only the binary, no system service that would grab port 53.
+# redis-server: the replicas' tests start their own on a free loopback port (apt_install keeps the service off).
 # By hand, the same is: apt-get install docker.io conntrack dnsmasq-base busybox-static iproute2 iptables chromium
-#   procps ca-certificates fonts-dejavu-core fonts-liberation util-linux debootstrap python3 python3-venv
+#   procps ca-certificates fonts-dejavu-core fonts-liberation util-linux debootstrap python3 python3-venv redis-server
 DEBIAN_PACKAGES=(
     docker.io
     conntrack
@@ -34,6 +35,7 @@ DEBIAN_PACKAGES=(
     debootstrap
     python3
     python3-venv
+    redis-server
 )
 
 install_debian_packages() {

@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.dockerd",
     "tests.fixtures.netns",
+    "tests.fixtures.redis",
     "tests.fixtures.scope",
 ]

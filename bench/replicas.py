@@ -1,0 +1,268 @@
+"""Benchmark (issue 18): N fake probes spread over R app replicas sharing one Redis, next to the same
+load on one app without Redis.
+
+    python -m bench.replicas --probes 150 [--replicas 3] [--seconds 60] [--profile real|synthetic]
+
+The fake probes are bench/fleet_probes.py's (one ZeroMQ PUB connection per probe, wire v2 deltas, a
+full report every 10 messages), in R processes: process k's probes publish to replica k, so every
+replica ingests a share and must learn the rest through Redis. Probe 0 (on replica 0) swaps in a marked
+container every cycle. After a warm-up (every replica's hosts view shows all N hosts), two phases of
+--seconds/2 each, both measured on the LAST replica (which ingests none of probe 0's messages itself):
+
+- websocket: a websocket client watches its containers view; freshness is the time from the marked
+  message leaving probe 0 to the name being in a websocket message of the other replica (through
+  replica 0's bus, Redis, and the last replica's collector, renderer and feed);
+- polled: one client asks it for the containers view (at most 10 times a second): the latencies.
+
+Meanwhile: every replica's CPU (% of one core, median of `--interval`-long stretches) and max RSS;
+Redis's CPU and `used_memory` (max); the fleet's ingest rate (messages the replicas' buses accepted
+and wrote to Redis, per second, all replicas together) and what each replica applied per second
+(its own share plus everyone else's). The baseline row is one app, no `--store`, all R sender processes
+publishing to it. A rate shows nan where an app did not answer its /metrics in time (saturated). Figures
+are noisy on a shared machine: run it more than once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from bench.fleet import (
+    PROBES_SCRIPT,
+    Requests,
+    Sampler,
+    Senders,
+    fresh,
+    hosts_in_view,
+    latency,
+    phase,
+    poll,
+    watch,
+)
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.scope import LOG_DIR, App
+
+#: Per-source limits off: every fake probe connects from 127.0.0.1.
+LIMITS = ["--max-probes-per-source=100000", "--max-nodes-per-source=100000000", "--max-nodes=100000000"]
+
+
+@dataclass
+class Row:
+    name: str
+    replicas: int
+    probes: int
+    hosts_seen: list[int] = field(default_factory=list)
+    cpu: list[float | None] = field(default_factory=list)
+    rss: list[float] = field(default_factory=list)
+    redis_cpu: float | None = None
+    redis_mib: float = 0.0
+    ingest_rate: float = math.nan
+    applied_rate: list[float] = field(default_factory=list)
+    containers: list[float] = field(default_factory=list)
+    fresh_ws: list[float] = field(default_factory=list)
+    marks_ws: int = 0
+    sent_rate: float = 0.0
+    note: str = ""
+
+
+def start_senders(args: argparse.Namespace, buses: list[str]) -> Senders:
+    """Process k publishes its share of the probes to buses[k % len(buses)]."""
+    log = (LOG_DIR / f"replica-probes-{time.time_ns()}.log").open("w")
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(PROBES_SCRIPT),
+                f"--bus={buses[k % len(buses)]}",
+                f"--probes={args.probes}",
+                f"--profile={args.profile}",
+                f"--containers={args.containers}",
+                f"--interval={args.interval}",
+                f"--senders={args.replicas}",
+                f"--sender={k}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        for k in range(args.replicas)
+    ]
+    senders = Senders(processes, stats=[[] for _ in processes])
+    for k, process in enumerate(processes):
+        assert process.stdout is not None
+        threading.Thread(target=senders.read, args=(k, process.stdout), daemon=True).start()
+    return senders
+
+
+def counter(app: App, name: str) -> float:
+    """A counter of the app's /metrics; NaN when the app does not answer in time (a saturated app),
+    so that a rate computed from it says so rather than counting from zero."""
+    try:
+        return app.metrics().get(name, 0.0)
+    except OSError:
+        return math.nan
+
+
+def redis_cpu_seconds(server: RedisServer) -> float:
+    with server.client() as client:
+        info = client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
+    count = args.replicas if store is not None else 1
+    extra = [*LIMITS, *([f"--store={store.url}"] if store is not None else [])]
+    apps = [App(window=args.window, extra=extra) for _ in range(count)]
+    row = Row("replicas over Redis" if store is not None else "one app, no Redis", count, args.probes)
+    samplers = [Sampler(app.pid) for app in apps]
+    for sampler in samplers:
+        sampler.start()
+    senders: Senders | None = None
+    try:
+        senders = start_senders(args, [app.bus for app in apps])
+        warmup = args.warmup + args.probes * 0.1
+        deadline = time.monotonic() + warmup
+        while time.monotonic() < deadline:
+            row.hosts_seen = [hosts_in_view(app, args.timeout) for app in apps]
+            if min(row.hosts_seen) >= args.probes:
+                break
+            time.sleep(args.interval)
+        else:
+            row.note = f"warm-up: hosts seen {row.hosts_seen} of {args.probes} after {warmup:.0f} s"
+        print(f"{row.name}: warm, hosts seen {row.hosts_seen}", file=sys.stderr, flush=True)
+        time.sleep(args.interval)
+
+        watched = apps[-1]
+        start = time.monotonic()
+        published = [counter(app, "scope_app_replica_published_total") for app in apps]
+        received = counter(apps[0], "scope_app_reports_received_total")
+        applied = [counter(app, "scope_app_reports_applied_total") for app in apps]
+        redis_start = redis_cpu_seconds(store) if store is not None else 0.0
+        memory = Sampling(store)
+        half: float = args.seconds / 2
+        requests = Requests()
+        ws_start, _, ws_marks = phase(
+            senders, half, requests.ws_seen, lambda until, _: watch(watched, until, requests, half)
+        )
+        phase(
+            senders,
+            half,
+            requests.api_seen,
+            lambda until, measuring: poll(watched, args.timeout, until, requests, measuring),
+        )
+        elapsed = time.monotonic() - start
+        memory.stop()
+        if store is not None:
+            row.redis_cpu = (redis_cpu_seconds(store) - redis_start) / elapsed * 100
+            row.redis_mib = memory.peak / (1 << 20)
+            now_published = sum(counter(app, "scope_app_replica_published_total") for app in apps)
+            row.ingest_rate = (now_published - sum(published)) / elapsed
+        else:
+            row.ingest_rate = (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
+        row.applied_rate = [
+            (counter(app, "scope_app_reports_applied_total") - before) / elapsed
+            for app, before in zip(apps, applied, strict=True)
+        ]
+        row.cpu = [sampler.cpu(start, start + elapsed, args.interval) for sampler in samplers]
+        row.rss = [sampler.rss() for sampler in samplers]
+        row.containers = requests.latency["containers"]
+        row.marks_ws = len(ws_marks)
+        row.fresh_ws = [requests.ws_seen[n] - t for n, t in ws_marks.items() if n in requests.ws_seen]
+        row.sent_rate, _, _ = senders.sent_between(ws_start, start + elapsed)
+        if requests.ws_error:
+            row.note = (row.note + "; " if row.note else "") + f"websocket: {requests.ws_error}"
+        for app in apps:
+            if app.process.poll() is not None:
+                row.note = (row.note + "; " if row.note else "") + f"{app.url} exited ({app.process.returncode})"
+    finally:
+        for sampler in samplers:
+            sampler.done.set()
+        if senders is not None:
+            senders.stop()
+        for app in apps:
+            app.terminate()
+    return row
+
+
+class Sampling(threading.Thread):
+    """Redis's used_memory, every second: the peak."""
+
+    def __init__(self, store: RedisServer | None) -> None:
+        super().__init__(daemon=True)
+        self.store = store
+        self.peak = 0
+        self.done = threading.Event()
+        if store is not None:
+            self.start()
+
+    def run(self) -> None:
+        assert self.store is not None
+        while not self.done.wait(1.0):
+            self.peak = max(self.peak, self.store.used_memory())
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def figures(values: list[float | None], unit: str = "") -> str:
+    return "/".join("—" if v is None else f"{v:.0f}" for v in values) + unit
+
+
+def report(rows: list[Row]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(
+            f"{r.name}: {r.replicas} app(s), {r.probes} probes, sent {r.sent_rate:.1f}/s\n"
+            f"  ingest (bus messages accepted, all apps) {r.ingest_rate:.1f}/s; applied per app "
+            f"{figures(list(r.applied_rate), '/s')}\n"
+            f"  app CPU% {figures(r.cpu)}  RSS MiB {figures(list(r.rss))}"
+            + (
+                ""
+                if r.redis_cpu is None
+                else f"  Redis CPU% {r.redis_cpu:.0f}  Redis used_memory {r.redis_mib:.1f} MiB"
+            )
+            + f"\n  containers view (last app) med/p90 {latency(r.containers)}; "
+            f"change to websocket of the last app: median {fresh(r.fresh_ws, r.marks_ws)}"
+            + (f", max {max(r.fresh_ws):.2f}s" if r.fresh_ws else "")
+            + (f"\n  note: {r.note}" if r.note else "")
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--probes", type=int, default=150)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=60.0, help="measured time (two phases)")
+    parser.add_argument("--profile", choices=["real", "synthetic"], default="real")
+    parser.add_argument("--containers", type=int, default=10, help="containers per probe")
+    parser.add_argument("--interval", type=float, default=3.0, help="each probe publishes this often")
+    parser.add_argument("--timeout", type=float, default=5.0, help="bound on each API request")
+    parser.add_argument("--warmup", type=float, default=90.0, help="longest wait for all hosts in every view")
+    parser.add_argument("--window", default="15s", help="the apps' --window")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the one-app run")
+    args = parser.parse_args()
+    os.environ["PYTHONPATH"] = str(PROBES_SCRIPT.parents[1])
+    rows = []
+    store = RedisServer()
+    try:
+        rows.append(measure(args, store))
+        print(report(rows[-1:]), file=sys.stderr, flush=True)
+    finally:
+        store.close()
+    if not args.no_baseline:
+        rows.append(measure(args, None))
+    print(report(rows))
+    if rows and rows[0].fresh_ws:
+        print(f"freshness across replicas: median {statistics.median(rows[0].fresh_ws):.2f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Controls across replicas: a browser on replica B controls a probe whose control channel replica A holds.
+
+Every REFRESH seconds each replica writes which probes' control channels it holds (one key per tenant
+and replica, expiring after a few refreshes, so a replica that died stops being named within seconds)
+and reads what the others wrote. `ControlRouter.request` for a probe held elsewhere comes here
+(`ControlRouter.remote`): the request goes by pub/sub to the holder's channel, the holder performs it
+on its own router (same limits, same timeout) and publishes the probe's response to the requester's
+channel. The requesting replica has already checked the node and control against its merged report,
+which is the same on every replica. A holder nobody listens for (PUBLISH reaches no one) is a probe not
+connected, at once rather than after the timeout.
+
+Pipes are not carried across replicas yet: a control that opens one (exec, attach, logs) works only on
+the replica holding the probe's control channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from scope_app.controls import ControlRouter, ProbeBusy, ProbeNotConnected
+from scope_common import rpc
+from scope_common.drops import Drops
+
+log = logging.getLogger(__name__)
+
+#: How often a replica says which probes it holds, and reads what the others hold.
+REFRESH = 2.0
+#: What a holder's word is worth: past this many refreshes without one, it is gone.
+HOLDER_TTL = 3 * REFRESH
+#: How long past the probe's own timeout an answer is waited for (two hops through Redis).
+ANSWER_GRACE = 2.0
+#: Reconnection back-off (the channel's, and the link's store), doubled after each failure in a row.
+MIN_BACKOFF = 0.2
+MAX_BACKOFF = 5.0
+#: Largest message on a replica's channel: a request or a response, with its texts.
+MAX_MESSAGE_BYTES = rpc.MAX_RPC_MESSAGE_BYTES + 1024
+
+REQUEST = "q"
+ANSWER = "a"
+#: Outcomes of a forwarded request, besides a response.
+OK, NOT_CONNECTED, BUSY, TIMEOUT = "ok", "not_connected", "busy", "timeout"
+
+Trouble = Callable[[str, Exception], None]
+
+
+def holders_key(tenant: str, replica_id: str) -> str:
+    """The probes whose control channels `replica_id` holds, for `tenant`."""
+    return f"scope:{{{tenant}}}:controls:{replica_id}"
+
+
+def channel(replica_id: str) -> str:
+    """Where requests for `replica_id`, and answers to it, are published."""
+    return f"scope:replica:{replica_id}"
+
+
+class TenantControls:
+    """One tenant's view of the probes other replicas hold: what `ControlRouter.remote` asks."""
+
+    def __init__(self, controls: ReplicaControls, tenant: str) -> None:
+        self._controls = controls
+        self._tenant = tenant
+
+    def connected(self, probe_id: str) -> bool:
+        return self._controls.holder(self._tenant, probe_id) is not None
+
+    async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message:
+        return await self._controls.request(self._tenant, probe_id, node_id, control, args)
+
+
+class ReplicaControls:
+    def __init__(self, client: redis.asyncio.Redis, replica_id: str, trouble: Trouble) -> None:
+        self._redis = client
+        self.replica_id = replica_id
+        self._trouble = trouble
+        self._routers: dict[str, ControlRouter] = {}
+        #: By tenant: the replica holding each probe's control channel, as last read.
+        self._holders: dict[str, dict[str, str]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[str, bytes]]] = {}
+        self._serving: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
+        self._drops = Drops(log, "replica controls dropped a message")
+        #: Dropped messages by reason.
+        self.dropped = self._drops.counts
+        #: Requests sent to the replica holding the probe, and performed for another replica.
+        self.forwarded = 0
+        self.served = 0
+
+    def attach(self, tenant: str, router: ControlRouter) -> None:
+        self._routers[tenant] = router
+        router.remote = TenantControls(self, tenant)
+
+    def holder(self, tenant: str, probe_id: str) -> str | None:
+        return self._holders.get(tenant, {}).get(probe_id)
+
+    async def refresh_forever(self) -> None:
+        while True:
+            try:
+                await self._refresh()
+            except (RedisError, OSError) as exc:
+                self._trouble("controls refresh", exc)
+            await asyncio.sleep(REFRESH)
+
+    async def _refresh(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for tenant, router in self._routers.items():
+                held = msgpack.packb(sorted(router.probes), use_bin_type=True)
+                pipe.set(holders_key(tenant, self.replica_id), held, px=int(HOLDER_TTL * 1000))
+            await pipe.execute()
+        for tenant in list(self._routers):
+            pattern = holders_key(re.sub(r"([*?\[\]\\])", r"\\\1", tenant), "*")
+            keys = [key async for key in self._redis.scan_iter(match=pattern)]
+            values = await self._redis.mget(keys) if keys else []
+            holders: dict[str, str] = {}
+            for key, value in zip(keys, values, strict=True):
+                replica = key.decode(errors="replace").rpartition(":")[2]
+                if replica == self.replica_id or not isinstance(value, bytes):
+                    continue
+                for probe_id in _strings(value):
+                    holders[probe_id] = replica
+            self._holders[tenant] = holders
+
+    async def listen_forever(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel(self.replica_id))
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    backoff = MIN_BACKOFF
+                    if message is not None and isinstance(message.get("data"), bytes):
+                        self._handle(message["data"])
+            except (RedisError, OSError) as exc:
+                self._trouble("controls channel", exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _handle(self, raw: bytes) -> None:
+        if len(raw) > MAX_MESSAGE_BYTES:
+            self._drops.add("too_large", f"{len(raw)} bytes")
+            return
+        try:
+            fields = msgpack.unpackb(raw, raw=False, max_bin_len=MAX_MESSAGE_BYTES, max_str_len=MAX_MESSAGE_BYTES)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            self._drops.add("malformed", type(exc).__name__)
+            return
+        if _shaped(fields, [str, str, str, int, str, str, str, str]) and fields[0] == REQUEST:
+            task = asyncio.create_task(self._serve(*fields[1:]))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+        elif _shaped(fields, [str, int, str, bytes]) and fields[0] == ANSWER:
+            future = self._pending.get(fields[1])
+            if future is None or future.done():
+                self._drops.add("unexpected_answer", f"to request {fields[1]}")
+            else:
+                future.set_result((fields[2], fields[3]))
+        else:
+            self._drops.add("malformed", "not a request or an answer")
+
+    async def _serve(
+        self, tenant: str, reply_to: str, request_id: int, probe_id: str, node_id: str, control: str, args: str
+    ) -> None:
+        """Perform a request another replica forwarded, if this one holds the probe; answer it."""
+        router = self._routers.get(tenant)
+        raw = b""
+        if router is None or probe_id not in router.probes:
+            status = NOT_CONNECTED
+        else:
+            try:
+                raw = rpc.encode(await router.request(probe_id, node_id, control, args))
+                status = OK
+            except ProbeNotConnected:
+                status = NOT_CONNECTED
+            except ProbeBusy:
+                status = BUSY
+            except TimeoutError:
+                status = TIMEOUT
+        self.served += 1
+        try:
+            answer = msgpack.packb([ANSWER, request_id, status, raw], use_bin_type=True)
+            await self._redis.publish(channel(reply_to), answer)
+        except (RedisError, OSError) as exc:
+            self._trouble("controls answer", exc)
+
+    async def request(self, tenant: str, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message:
+        """Have the replica holding `probe_id` perform the control; the probe's response. Raises what
+        `ControlRouter.request` raises."""
+        holder = self.holder(tenant, probe_id)
+        if holder is None:
+            raise ProbeNotConnected(probe_id)
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        message = [REQUEST, tenant, self.replica_id, request_id, probe_id, node_id, control, args]
+        try:
+            try:
+                listeners = await self._redis.publish(channel(holder), msgpack.packb(message, use_bin_type=True))
+            except (RedisError, OSError) as exc:
+                self._trouble("controls request", exc)
+                raise ProbeNotConnected(probe_id) from exc
+            if not listeners:
+                raise ProbeNotConnected(probe_id)
+            self.forwarded += 1
+            status, raw = await asyncio.wait_for(future, rpc.REQUEST_TIMEOUT + ANSWER_GRACE)
+        finally:
+            self._pending.pop(request_id, None)
+        if status == OK:
+            try:
+                return rpc.decode(raw, frozenset({rpc.RESPONSE}))
+            except rpc.RpcError as exc:
+                self._drops.add(exc.reason, f"answer from {holder[:40]}: {exc}")
+                raise TimeoutError(f"replica {holder} answered with a bad response") from None
+        if status == BUSY:
+            raise ProbeBusy(probe_id)
+        if status == TIMEOUT:
+            raise TimeoutError(f"probe {probe_id} did not answer replica {holder}")
+        raise ProbeNotConnected(probe_id)
+
+
+def _shaped(fields: Any, kinds: list[type]) -> bool:
+    """Whether `fields` is a list of exactly these kinds, in order."""
+    return (
+        type(fields) is list
+        and len(fields) == len(kinds)
+        and all(type(f) is k for f, k in zip(fields, kinds, strict=True))
+    )
+
+
+def _strings(value: bytes) -> list[str]:
+    """The probe ids in a holder's key; none when it is not a list of strings."""
+    try:
+        found = msgpack.unpackb(value, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return []
+    return [s for s in found if type(s) is str] if type(found) is list else []

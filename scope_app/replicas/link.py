@@ -1,0 +1,338 @@
+"""One replica's link to the others through Redis: what it ingests goes out, what they ingest comes in.
+
+Two supervised tasks, each on its own connection from the client's pool:
+- the writer drains the messages this replica's bus accepted into the tenants' streams (one pipelined
+  round trip for all that waited), and keeps each probe's latest full report under its own key;
+- the reader follows the tenants' streams with a blocking XREAD and hands what other replicas wrote to
+  the tenant's apply function (the bus receiver's decoding and applying). On every (re)connection it
+  first joins each tenant again: each probe's latest full report, then the stream from its start (the
+  window), so whatever it missed while away is applied in order, copies refused as `stale`.
+
+Redis going away costs no more than a lost message does on the bus: the reader retries with a
+back-off and the replica keeps serving what its collector holds; the writer drops what it cannot write
+(counted), and the next full report of each probe repairs the other replicas' pictures. Probes a
+replica does not hear of expire after the window, as they would on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector as PrometheusCollector
+from redis.exceptions import RedisError
+
+from scope_app.controls import ControlRouter
+from scope_app.ingest import BusReceiver
+from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
+from scope_common.supervise import RateLimitedLog, Supervisor
+from scope_common.wire import Envelope
+
+log = logging.getLogger(__name__)
+
+#: Messages from the bus, each with the address of the connection it arrived on.
+Messages = list[tuple[str, bytes]]
+#: Decodes and applies messages other replicas ingested, as the bus receiver does its own.
+Apply = Callable[[Messages], Awaitable[None]]
+
+#: A stream entry as the client returns it (no decoding of responses): its id and its fields. The
+#: client's own annotations are looser than what it returns for these commands.
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+#: URL schemes the client connects with (TLS for rediss).
+SCHEMES = ("redis://", "rediss://", "unix://")
+#: Messages waiting for the writer while Redis is slow or away; past it the oldest are dropped: a newer
+#: message of the same probe is on its way, and its next full report repairs what a lost one carried.
+MAX_PENDING = 10_000
+#: Messages written in one pipelined round trip.
+WRITE_BATCH = 500
+#: Stream entries read in one go: bounds one step's decoding before the loop serves anyone else.
+READ_COUNT = 500
+#: How long one blocking read waits for entries: bounds how late a newly followed tenant is joined.
+READ_BLOCK_SECONDS = 1.0
+#: Entries scanned or fetched per round trip while joining.
+JOIN_CHUNK = 1_000
+
+
+def stream_key(tenant: str) -> str:
+    """The tenant's stream of accepted messages (the braces are a Redis Cluster hash tag)."""
+    return f"scope:{{{tenant}}}:reports"
+
+
+def full_key(tenant: str, probe_id: str) -> str:
+    """Where the probe's latest full report is kept."""
+    return f"scope:{{{tenant}}}:full:{probe_id}"
+
+
+def store_url(text: str) -> str:
+    """A `--store` value: a Redis URL the client understands (raises ValueError otherwise)."""
+    if not text.startswith(SCHEMES):
+        raise ValueError(f"{text!r} is not a Redis URL ({', '.join(SCHEMES)})")
+    redis.asyncio.connection.parse_url(text)  # raises ValueError for what the client would refuse
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message this replica's bus accepted, on its way to Redis."""
+
+    tenant: str
+    source: str
+    probe_id: str
+    full: bool
+    message: bytes
+
+
+class ReplicaLink:
+    """Shares the messages of the tenants it follows with every other replica on the same Redis."""
+
+    def __init__(self, url: str, replica_id: str, window: float) -> None:
+        self.url = url
+        self.replica_id = replica_id
+        self.window = window
+        # Every command bounded in time (a Redis that stopped answering is one that went away); the
+        # blocking read gets its own wait on top.
+        self._redis = redis.asyncio.from_url(
+            url, socket_connect_timeout=2.0, socket_timeout=READ_BLOCK_SECONDS + 5.0, retry_on_timeout=False
+        )
+        self._followed: dict[str, Apply] = {}
+        #: The stream id each followed tenant has been read up to; absent: not joined yet.
+        self._positions: dict[str, bytes] = {}
+        self._outgoing: collections.deque[Outgoing] = collections.deque(maxlen=MAX_PENDING)
+        self._wake = asyncio.Event()
+        self._log = RateLimitedLog(log)
+        self.connected = False
+        #: Messages written to Redis, dropped before they could be, and read from other replicas.
+        self.published = 0
+        self.publish_dropped = 0
+        self.received = 0
+        #: Commands that failed (Redis away, refused, too slow), and joins (a tenant loaded afresh).
+        self.errors = 0
+        self.joins = 0
+        self.controls = ReplicaControls(self._redis, replica_id, self._trouble)
+
+    def attach(self, tenant: str, receiver: BusReceiver, router: ControlRouter | None = None) -> None:
+        """Share `receiver`'s messages as `tenant`'s, and feed it the tenant's messages from other replicas;
+        with `router`, reach the tenant's probes whose control channels other replicas hold, and let them
+        reach those of `router`."""
+        receiver.relay = functools.partial(self.publish, tenant)
+        self.follow(tenant, functools.partial(receiver.handle, relay=False))
+        if router is not None:
+            self.controls.attach(tenant, router)
+
+    def follow(self, tenant: str, apply: Apply) -> None:
+        """Hand what other replicas ingest for `tenant` to `apply`, starting with all they hold now."""
+        self._followed[tenant] = apply
+        self._positions.pop(tenant, None)
+
+    def unfollow(self, tenant: str) -> None:
+        self._followed.pop(tenant, None)
+        self._positions.pop(tenant, None)
+
+    def publish(self, tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
+        """Queue `message`, accepted from `source`, for the other replicas (never blocks)."""
+        if len(self._outgoing) == MAX_PENDING:
+            self.publish_dropped += 1
+        self._outgoing.append(Outgoing(tenant, source, envelope.probe_id, envelope.full, message))
+        self._wake.set()
+
+    def start(self, supervisor: Supervisor) -> None:
+        supervisor.start("replica-writer", self.write_forever)
+        supervisor.start("replica-reader", self.read_forever)
+        supervisor.start("replica-controls", self.controls.listen_forever)
+        supervisor.start("replica-holders", self.controls.refresh_forever)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def write_forever(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outgoing:
+                batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), WRITE_BATCH))]
+                try:
+                    await self._write(batch)
+                except (RedisError, OSError) as exc:
+                    self.publish_dropped += len(batch)
+                    self._trouble("write", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+                backoff = MIN_BACKOFF
+                self.published += len(batch)
+
+    async def _write(self, batch: list[Outgoing]) -> None:
+        window_ms = max(1, int(self.window * 1000))
+        # Entries older than the window are worth nothing to anyone: their probes' reports have been
+        # replaced by newer ones or expired.
+        oldest = f"{int(time.time() * 1000) - window_ms}-0"
+        async with self._redis.pipeline(transaction=False) as pipe:
+            streams = set()
+            for item in batch:
+                streams.add(stream_key(item.tenant))
+                fields: dict[Any, Any] = {
+                    "r": self.replica_id,
+                    "s": item.source,
+                    "p": item.probe_id,
+                    "f": b"1" if item.full else b"0",
+                    "m": item.message,
+                }
+                pipe.xadd(stream_key(item.tenant), fields, minid=oldest, approximate=True)
+                if item.full:
+                    key = full_key(item.tenant, item.probe_id)
+                    pipe.hset(key, mapping={"s": item.source, "m": item.message})
+                    pipe.pexpire(key, window_ms)
+            for key in streams:
+                # A tenant nobody reports for any more leaves nothing behind.
+                pipe.pexpire(key, 2 * window_ms)
+            await pipe.execute()
+
+    async def read_forever(self) -> None:
+        backoff = MIN_BACKOFF
+        while True:
+            try:
+                await self._redis.ping()
+                if not self.connected:
+                    log.info("connected to the replicas' store %s", self._redacted_url())
+                self.connected = True
+                # Whatever was written while this replica was away is in the stream: join afresh.
+                self._positions.clear()
+                while True:
+                    for tenant in [t for t in self._followed if t not in self._positions]:
+                        await self._join(tenant)
+                    await self._read()
+                    backoff = MIN_BACKOFF
+            except (RedisError, OSError) as exc:
+                self.connected = False
+                self._trouble("read", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _join(self, tenant: str) -> None:
+        """Apply each of the tenant's probes' latest full report, then its stream from the start."""
+        apply = self._followed[tenant]
+        keys = [key async for key in self._redis.scan_iter(match=full_key(_glob_escape(tenant), "*"), count=JOIN_CHUNK)]
+        for start in range(0, len(keys), JOIN_CHUNK):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + JOIN_CHUNK]:
+                    pipe.hmget(key, "s", "m")
+                fulls = await pipe.execute()
+            messages = [(source.decode(errors="replace"), message) for source, message in fulls if source and message]
+            self.received += len(messages)
+            await apply(messages)
+        last = b"0-0"
+        while entries := cast(
+            list[Entry], await self._redis.xrange(stream_key(tenant), min=b"(" + last, count=READ_COUNT)
+        ):
+            await self._apply(apply, entries)
+            last = entries[-1][0]
+        if self._followed.get(tenant) is apply:  # not unfollowed or followed afresh meanwhile
+            self._positions[tenant] = last
+            self.joins += 1
+
+    async def _read(self) -> None:
+        streams = {stream_key(tenant): position for tenant, position in self._positions.items()}
+        if not streams:
+            await asyncio.sleep(READ_BLOCK_SECONDS)
+            return
+        tenants = {stream_key(tenant): tenant for tenant in self._followed}
+        found = cast(
+            list[tuple[bytes, list[Entry]]] | None,
+            await self._redis.xread(streams, count=READ_COUNT, block=int(READ_BLOCK_SECONDS * 1000)),  # type: ignore[arg-type]
+        )
+        for key, entries in found or []:
+            tenant = tenants.get(key.decode(errors="replace"))
+            if tenant is None or tenant not in self._positions:
+                continue  # unfollowed while reading
+            self._positions[tenant] = entries[-1][0]
+            await self._apply(self._followed[tenant], entries)
+
+    async def _apply(self, apply: Apply, entries: list[Entry]) -> None:
+        me = self.replica_id.encode()
+        messages = [
+            (fields[b"s"].decode(errors="replace"), fields[b"m"])
+            for _, fields in entries
+            if fields.get(b"r") != me and b"s" in fields and b"m" in fields
+        ]
+        if messages:
+            self.received += len(messages)
+            await apply(messages)
+
+    def _trouble(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        self._log.log(
+            what,
+            logging.WARNING,
+            "replicas' store %s: %s failed (%s: %s); %d errors so far, retrying",
+            self._redacted_url(),
+            what,
+            type(exc).__name__,
+            exc,
+            self.errors,
+        )
+
+    def _redacted_url(self) -> str:
+        """The store's URL without a password."""
+        return re.sub(r"//[^@/]*@", "//***@", self.url)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` matched literally in a SCAN pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+class ReplicaMetrics(PrometheusCollector):
+    """The link's counts, read at each scrape."""
+
+    def __init__(self, link: ReplicaLink) -> None:
+        self._link = link
+
+    def collect(self) -> Iterator[Metric]:
+        link = self._link
+        yield GaugeMetricFamily(
+            "scope_app_replica_store_connected", "Whether the replicas' store answers", value=int(link.connected)
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_store_errors", "Commands to the replicas' store that failed", value=link.errors
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_published", "Messages of this replica's bus written for the others", value=link.published
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_publish_dropped",
+            "Messages of this replica's bus never written for the others (store away or too slow)",
+            value=link.publish_dropped,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_received", "Messages other replicas ingested, fed to this one's", value=link.received
+        )
+        yield CounterMetricFamily("scope_app_replica_joins", "Tenants loaded afresh from the store", value=link.joins)
+        yield CounterMetricFamily(
+            "scope_app_replica_controls_forwarded",
+            "Control requests sent to the replica holding the probe's control channel",
+            value=link.controls.forwarded,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_controls_served",
+            "Control requests performed for another replica",
+            value=link.controls.served,
+        )
+        dropped = CounterMetricFamily(
+            "scope_app_replica_controls_dropped",
+            "Messages on this replica's control channel dropped",
+            labels=["reason"],
+        )
+        for reason, count in sorted(link.controls.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped

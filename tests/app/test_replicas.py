@@ -1,0 +1,340 @@
+"""Replicas over Redis: any replica ingests, any replica serves.
+
+A real redis-server (tests.fixtures.redis), real `scope app --store` processes, and real ZeroMQ senders
+that publish as probes do, each from a loopback address of its own, to one replica at a time: a sender
+moved to another replica is a probe failing over, seen from the same host address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import tornado.websocket
+import zmq
+
+from scope_app.replicas import ReplicaLink
+from scope_common import ids, wire
+from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
+from tests.fixtures.docker import Containers
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.scope import App, Scope, loopback_source, wait_for
+
+WINDOW = 5.0
+
+
+def container_id(name: str) -> str:
+    return ids.container_id(name.ljust(64, "0"))
+
+
+def container_report(name: str) -> Report:
+    report = Report()
+    container = name.ljust(64, "0")
+    report.add(
+        Node.build(
+            ids.container_id(container),
+            "container",
+            timestamp=time.time(),
+            latest={CONTAINER_ID: container, CONTAINER_NAME: name, IMAGE_NAME: "img", CONTAINER_STATE: "running"},
+        )
+    )
+    return report
+
+
+class Feeder:
+    """A probe's stand-in: publishes a full report of one container twice a second, from its own
+    loopback address, to one replica at a time (`move_to` switches, as a probe failing over would)."""
+
+    def __init__(self, name: str, app: App) -> None:
+        self.name = name
+        self.source = loopback_source()
+        self._target = app.bus
+        self._paused = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"feeder-{name}", daemon=True)
+        self._thread.start()
+
+    def move_to(self, app: App) -> None:
+        self._target = app.bus
+
+    def pause(self, paused: bool = True) -> None:
+        self._paused = paused
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        socket: zmq.Socket[bytes] | None = None
+        connected = ""
+        seq = 0
+        try:
+            while not self._stop.is_set():
+                if connected != self._target:
+                    if socket is not None:
+                        socket.close(linger=0)
+                    socket = context.socket(zmq.PUB)
+                    connected = self._target
+                    socket.connect(f"tcp://{self.source}:0;{connected}")
+                if not self._paused and socket is not None:
+                    seq += 1
+                    report = container_report(self.name)
+                    socket.send(wire.encode(wire.Envelope(f"probe-{self.name}", self.name, seq, time.time(), report)))
+                self._stop.wait(0.5)
+        finally:
+            if socket is not None:
+                socket.close(linger=0)
+            context.term()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class View:
+    """A websocket on one replica's containers view, read on a thread of its own: the node ids it shows
+    now, and every id it was ever told to remove."""
+
+    def __init__(self, app: App) -> None:
+        self.shown: set[str] = set()
+        self.removed: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._ws: tornado.websocket.WebSocketClientConnection | None = None
+        self._thread = threading.Thread(target=self._run, args=(app,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "the websocket did not open"
+
+    def _run(self, app: App) -> None:
+        self._loop.run_until_complete(self._read(app))
+
+    async def _read(self, app: App) -> None:
+        self._ws = await tornado.websocket.websocket_connect(
+            f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws"
+        )
+        self._ready.set()
+        while (message := await self._ws.read_message()) is not None:
+            update: dict[str, Any] = json.loads(message)
+            if update.get("reset"):
+                self.shown.clear()
+            self.shown |= {node["id"] for node in update.get("add") or []}
+            self.shown -= set(update.get("remove") or [])
+            self.removed |= set(update.get("remove") or [])
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._loop.call_soon_threadsafe(self._ws.close)
+        self._thread.join(10)
+
+
+def replicas(scope: Scope, redis_server: RedisServer, count: int = 3, window: float = WINDOW) -> list[App]:
+    return [scope.app(window=f"{window}s", extra=[f"--store={redis_server.url}"]) for _ in range(count)]
+
+
+def shows(app: App, names: list[str]) -> bool:
+    return set(app.nodes("containers")) >= {container_id(name) for name in names}
+
+
+def test_every_replica_serves_what_any_replica_ingests(scope: Scope, redis_server: RedisServer) -> None:
+    apps = replicas(scope, redis_server)
+    names = [f"c{i}" for i in range(6)]
+    feeders = [Feeder(name, apps[i % len(apps)]) for i, name in enumerate(names)]
+    try:
+        for app in apps:
+            wait_for(lambda app=app: shows(app, names), 20, what="every replica to show every probe's containers")  # type: ignore[misc]
+            assert {p["id"] for p in app.get("/api/probes")} >= {f"probe-{name}" for name in names}
+        views = [View(app) for app in apps]
+        try:
+            for view in views:
+                wait_for(lambda view=view: view.shown >= {container_id(n) for n in names}, 10, what="every websocket")  # type: ignore[misc]
+        finally:
+            for view in views:
+                view.close()
+        for app in apps:
+            metrics = app.metrics()
+            assert metrics["scope_app_replica_store_connected"] == 1
+            assert metrics["scope_app_replica_published_total"] > 0
+            assert metrics["scope_app_replica_received_total"] > 0
+    finally:
+        for feeder in feeders:
+            feeder.close()
+
+
+def test_a_real_probe_on_one_replica_shows_on_the_others(scope: Scope, redis_server: RedisServer) -> None:
+    apps = replicas(scope, redis_server)
+    scope.probe([apps[0].bus], hostname="replicated-host", extra=["--no-controls", "--conntrack=off"])
+    for app in apps[1:]:
+        wait_for(
+            lambda app=app: {p["hostname"] for p in app.get("/api/probes")} == {"replicated-host"},  # type: ignore[misc]
+            30,
+            what="the probe on a replica it does not report to",
+        )
+        wait_for(lambda app=app: app.nodes("hosts"), 10, what="the probe's host in the map")  # type: ignore[misc]
+
+
+def test_a_replica_that_joins_loads_what_the_others_hold(scope: Scope, redis_server: RedisServer) -> None:
+    first = replicas(scope, redis_server, 1, window=20.0)[0]
+    names = ["early-a", "early-b"]
+    feeders = [Feeder(name, first) for name in names]
+    try:
+        wait_for(lambda: shows(first, names), 20, what="the first replica to show the probes")
+        for feeder in feeders:
+            feeder.pause()
+        time.sleep(0.6)  # nothing more in flight
+        late = replicas(scope, redis_server, 1, window=20.0)[0]
+        # Nothing is sent any more: what the late replica shows, it loaded from the store.
+        wait_for(lambda: shows(late, names), 10, what="the late replica to load every probe's latest report")
+    finally:
+        for feeder in feeders:
+            feeder.close()
+
+
+def test_killing_a_replica_loses_no_probe(scope: Scope, redis_server: RedisServer) -> None:
+    apps = replicas(scope, redis_server)
+    doomed, other, watched = apps
+    names = ["moving", "staying"]
+    moving, staying = Feeder("moving", doomed), Feeder("staying", other)
+    try:
+        for app in apps:
+            wait_for(lambda app=app: shows(app, names), 20, what="every replica to show both probes")  # type: ignore[misc]
+        view = View(watched)
+        try:
+            wait_for(lambda: view.shown >= {container_id(n) for n in names}, 10, what="the websocket to show both")
+            doomed.kill()
+            moving.move_to(other)
+            # Over twice the window: the probe would have expired everywhere had nobody taken it over.
+            time.sleep(2.5 * WINDOW)
+            for app in (other, watched):
+                assert shows(app, names), f"{app.url} lost a probe"
+            assert container_id("moving") in view.shown
+            assert not view.removed, "the open websocket showed a probe gone"
+        finally:
+            view.close()
+    finally:
+        moving.close()
+        staying.close()
+
+
+def test_restarting_redis_loses_nothing_and_crashes_nothing(scope: Scope, redis_server: RedisServer) -> None:
+    apps = replicas(scope, redis_server)
+    names = [f"r{i}" for i in range(3)]
+    feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
+    try:
+        for app in apps:
+            wait_for(lambda app=app: shows(app, names), 20, what="every replica to show every probe")  # type: ignore[misc]
+        redis_server.restart()  # empty: no persistence
+        for app in apps:
+            wait_for(
+                lambda app=app: app.metrics()["scope_app_replica_joins_total"] >= 2,  # type: ignore[misc]
+                WINDOW,
+                what="the replica to reconnect and join again",
+            )
+        after = Feeder("after-restart", apps[0])
+        try:
+            for app in apps:
+                wait_for(lambda app=app: shows(app, [*names, "after-restart"]), WINDOW, what="the map whole again")  # type: ignore[misc]
+        finally:
+            after.close()
+        for app in apps:
+            assert app.process.poll() is None, app.log()
+            assert app.metrics()["scope_app_replica_store_errors_total"] > 0
+            assert "Traceback" not in app.log()
+    finally:
+        for feeder in feeders:
+            feeder.close()
+
+
+def test_a_control_on_one_replica_reaches_a_probe_connected_to_another(
+    scope: Scope, redis_server: RedisServer, containers: Containers
+) -> None:
+    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    scope.probe([holder.bus], hostname="controlled-host")
+    container = containers.run(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"], name="controlled")
+    node = f"{container.id};<container>"
+    probe = wait_for(
+        lambda: {p["hostname"]: p["id"] for p in asked.get("/api/probes")}.get("controlled-host"),
+        30,
+        what="the probe on the replica it does not report to",
+    )
+    wait_for(lambda: node in asked.nodes("containers"), 30, what="the container on that replica")
+    # 404 while the asked replica has not yet read who holds the probe's control channel; then 400 (no
+    # such control): the request went through.
+    wait_for(lambda: asked.control(probe, node, "none")[0] == 400, 15, what="the probe's holder to be known")
+
+    status, body = asked.control(probe, node, "docker_pause_container")
+    assert status == 200, body
+    container.reload()
+    assert container.status == "paused"
+    status, body = asked.control(probe, node, "docker_pause_container")
+    assert status == 409 and "paused" in body["error"], "the engine's refusal comes back through the holder"
+    status, body = asked.control(probe, node, "docker_unpause_container")
+    assert status == 200, body
+    container.reload()
+    assert container.status == "running"
+    assert asked.metrics()["scope_app_replica_controls_forwarded_total"] == 3
+    assert holder.metrics()["scope_app_replica_controls_served_total"] == 3
+
+
+def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) -> None:
+    """Two links on one Redis, as two replicas of the hosted service: what one ingests for a tenant
+    reaches the other's apply function for that tenant only, live and when joining; a tenant whose name
+    is a pattern matches no other tenant's keys."""
+    messages = {
+        tenant: wire.encode(wire.Envelope(f"probe-{tenant}", "host", 1, time.time(), container_report(tenant)))
+        for tenant in ("t1", "t2")
+    }
+
+    async def scenario() -> dict[str, list[tuple[str, bytes]]]:
+        ingesting = ReplicaLink(redis_server.url, "ingesting", WINDOW)
+        serving = ReplicaLink(redis_server.url, "serving", WINDOW)
+        joining = ReplicaLink(redis_server.url, "joining", WINDOW)
+        got: dict[str, list[tuple[str, bytes]]] = {"t1": [], "t2": [], "t*": [], "late t2": []}
+
+        def recorder(name: str) -> Any:
+            async def apply(batch: list[tuple[str, bytes]]) -> None:
+                got[name].extend(batch)
+
+            return apply
+
+        serving.follow("t1", recorder("t1"))
+        serving.follow("t2", recorder("t2"))
+        tasks = [asyncio.create_task(ingesting.write_forever()), asyncio.create_task(serving.read_forever())]
+        await asyncio.sleep(0.5)  # joined (nothing there yet)
+        for tenant, message in messages.items():
+            ingesting.publish(tenant, f"10.0.0.{tenant[-1]}", wire.decode(message), message)
+        for _ in range(50):
+            if got["t1"] and got["t2"]:
+                break
+            await asyncio.sleep(0.1)
+        joining.follow("t*", recorder("t*"))
+        joining.follow("t2", recorder("late t2"))
+        tasks.append(asyncio.create_task(joining.read_forever()))
+        for _ in range(50):
+            if got["late t2"]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in (ingesting, serving, joining):
+            await link.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got["t1"] == [("10.0.0.1", messages["t1"])]
+    assert got["t2"] == [("10.0.0.2", messages["t2"])]
+    # Joining: the latest full report from its key, and the same message again from the stream (the
+    # collector refuses the copy as stale).
+    assert got["late t2"] == [("10.0.0.2", messages["t2"])] * 2
+    assert got["t*"] == []
+
+
+def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scope_app", "--store=http://127.0.0.1:1/"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert "not a Redis URL" in result.stderr
