@@ -41,11 +41,12 @@ def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     """Every flag `child` declares, set to what `scope` parsed (from its command line or environment).
 
     The names come from the child's own parser, so a flag added to `scope app` or `scope probe` reaches it
-    through `scope` too; --help and --version (whose default is SUPPRESS) are not settings.
+    through `scope` too; --help and --version (whose default is SUPPRESS) are not settings, and flags only
+    the child run alone takes (`scope app --multitenant`, `scope probe --service-token`) are not `scope`'s.
     """
     flags = []
     for action in child._actions:
-        if not action.option_strings or action.default == argparse.SUPPRESS:
+        if not action.option_strings or action.default == argparse.SUPPRESS or not hasattr(args, action.dest):
             continue
         name, value = max(action.option_strings, key=len), getattr(args, action.dest)
         if action.nargs == 0:  # a switch (store_true) takes no value: given when on

@@ -11,7 +11,9 @@ pool does not help: unpickling the decoded report on the loop costs 0.8 to 0.95 
 does. Every message goes to the thread, whatever its size: a few KB of zlib can hold 100,000 nodes.
 
 Each message is applied with the address of the connection it arrived on (ZeroMQ's `Peer-Address`),
-which the collector binds probe ids to.
+which the collector binds probe ids to, and filed under the tenant of that connection: its `User-Id`,
+which the ZAP authenticator set from the probe's CURVE key (scope_app.tenancy.zap); without
+--multitenant there is no ZAP and every message is the one implicit tenant's.
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import zmq
 import zmq.asyncio
 
-from scope_app.collector import Collector
 from scope_app.metrics import AppMetrics
+from scope_app.tenancy import SINGLE_TENANT, frame_property
+from scope_app.tenancy.limits import TenantGate
+from scope_app.tenancy.store import LatestReports
 from scope_common import wire
 from scope_common.bus import configure_subscriber
+from scope_common.curve import KeyPair, serve_curve
 from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog
 
@@ -43,11 +49,33 @@ MAX_BATCH_NODES = wire.MAX_NODES
 Decoded = wire.Envelope | wire.DecodeError
 
 
+class Arrival(NamedTuple):
+    """One message as it arrived: the tenant and address of its connection, and its bytes."""
+
+    tenant: str
+    source: str
+    data: bytes
+
+
 class BusReceiver:
-    def __init__(self, collector: Collector, context: zmq.asyncio.Context, bind: str, metrics: AppMetrics) -> None:
-        self._collector = collector
+    """`keys`: the service's CURVE key pair (--multitenant), which makes the bus a CURVE server
+    that admits only connections ZAP admits. `gate`: what each tenant may still send (--multitenant)."""
+
+    def __init__(
+        self,
+        store: LatestReports,
+        context: zmq.asyncio.Context,
+        bind: str,
+        metrics: AppMetrics,
+        *,
+        keys: KeyPair | None = None,
+        gate: TenantGate | None = None,
+    ) -> None:
+        self._store = store
         self._metrics = metrics
         self._context = context
+        self._keys = keys
+        self._gate = gate
         self._socket = self._open(bind)
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._decoder: ThreadPoolExecutor | None = None
@@ -63,6 +91,8 @@ class BusReceiver:
     def _open(self, bind: str) -> zmq.asyncio.Socket:
         socket = self._context.socket(zmq.SUB)
         configure_subscriber(socket)
+        if self._keys is not None:
+            serve_curve(socket, self._keys)
         try:
             socket.bind(bind)
         except zmq.ZMQError:
@@ -86,30 +116,49 @@ class BusReceiver:
                 while len(frames) < MAX_BATCH and size < MAX_BATCH_BYTES and self._readable():
                     frames.append(await self._socket.recv(copy=False))
                     size += len(frames[-1])
-                await self.handle([(_peer_address(frame), frame.bytes) for frame in frames])
+                await self.handle(
+                    [
+                        Arrival(frame_property(frame, "User-Id"), frame_property(frame, "Peer-Address"), frame.bytes)
+                        for frame in frames
+                    ]
+                )
         finally:
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def _readable(self) -> bool:
         return bool(int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN)
 
-    async def handle(self, messages: list[tuple[str, bytes]]) -> None:
-        """Decode (off the loop) and apply `messages`, each with the address it came from, in order.
+    async def handle(self, messages: list[Arrival]) -> None:
+        """Decode (off the loop) and apply `messages`, each with the tenant and address it came from, in order.
 
         A message counts as received when it is applied or dropped, in the same step: the counts
         always add up (`received = applied + dropped`), whenever they are read."""
+        if self._gate is not None:
+            admitted = [m for m in messages if self._admit(m)]
+            self.received += len(messages) - len(admitted)
+            messages = admitted
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(messages):
-            decoded = await loop.run_in_executor(self._decoder, self._decode, [m for _, m in messages[done:]])
-            for (source, message), result in zip(messages[done:], decoded, strict=False):
+            decoded = await loop.run_in_executor(self._decoder, self._decode, [m.data for m in messages[done:]])
+            for arrival, result in zip(messages[done:], decoded, strict=False):
                 self.received += 1
-                self.received_bytes += len(message)
-                self._metrics.report_bytes.observe(len(message))
-                self._apply(source, result)
+                self.received_bytes += len(arrival.data)
+                self._metrics.report_bytes.observe(len(arrival.data))
+                self._apply(arrival, result)
             done += len(decoded)
             # Merge before the loop runs anything else: see Collector.flush.
-            self._collector.flush()
+            self._store.flush()
+
+    def _admit(self, arrival: Arrival) -> bool:
+        """Whether the tenant of `arrival`'s connection may send it now (--multitenant); the gate
+        counts and logs what it refuses, per tenant."""
+        assert self._gate is not None
+        refused = self._gate.admit(arrival.tenant, len(arrival.data), arrival.source)
+        if refused is not None:
+            self.received_bytes += len(arrival.data)
+            self.dropped[refused] = self.dropped.get(refused, 0) + 1
+        return refused is None
 
     def _decode(self, messages: list[bytes]) -> list[Decoded]:
         """Decode messages from the first until MAX_BATCH_NODES nodes are decoded (on the decoding thread)."""
@@ -129,7 +178,7 @@ class BusReceiver:
                 break
         return decoded
 
-    def _apply(self, source: str, result: Decoded) -> None:
+    def _apply(self, arrival: Arrival, result: Decoded) -> None:
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
             return
@@ -137,16 +186,8 @@ class BusReceiver:
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)
         started = time.perf_counter()
-        self._collector.add(result, source)
+        self._store.add(arrival.tenant if self._gate is not None else SINGLE_TENANT, result, arrival.source)
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
 
     def close(self) -> None:
         self._socket.close(linger=0)
-
-
-def _peer_address(frame: zmq.Frame) -> str:
-    """The address of the connection a message arrived on; "" where the transport has none (ipc)."""
-    try:
-        return str(frame.get("Peer-Address"))
-    except zmq.ZMQError:
-        return ""
