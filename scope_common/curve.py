@@ -17,7 +17,7 @@ from typing import Any
 import zmq
 from zmq.utils import z85
 
-#: The file in --state-dir holding the service's key pair (public line, then secret line, Z85).
+#: The file in --state-dir holding the service's key pair (public line, then secret line, hex).
 SERVICE_KEY_FILE = "service.key"
 #: ZeroMQ's ZAP domain of the service's sockets; with ZAP_ENFORCE_DOMAIN it makes ZAP mandatory.
 ZAP_DOMAIN = "scope"
@@ -25,14 +25,21 @@ ZAP_DOMAIN = "scope"
 
 @dataclass(frozen=True)
 class KeyPair:
-    public: str  # Z85, 40 characters
+    """Keys as 64 hex digits: what people copy and paste (`--service-key`) without shell quoting, where
+    ZeroMQ's own Z85 text is full of `$`, `&` and `<`."""
+
+    public: str
     secret: str
 
 
 def probe_keys(probe_token: str) -> KeyPair:
     """The key pair of every probe holding `probe_token`: the same on every host and every start."""
-    secret = z85.encode(hashlib.sha256(b"scope probe curve key\0" + probe_token.encode()).digest())
-    return KeyPair(zmq.curve_public(secret).decode(), secret.decode())
+    secret = hashlib.sha256(b"scope probe curve key\0" + probe_token.encode()).digest()
+    return KeyPair(public_of(secret), secret.hex())
+
+
+def public_of(secret: bytes) -> str:
+    return z85.decode(zmq.curve_public(z85.encode(secret))).hex()
 
 
 def service_keys(state_dir: Path) -> KeyPair:
@@ -40,22 +47,25 @@ def service_keys(state_dir: Path) -> KeyPair:
     path = state_dir / SERVICE_KEY_FILE
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
-        public, secret = zmq.curve_keypair()
+        secret = os.urandom(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(f"{public.decode()}\n{secret.decode()}\n")
+            out.write(f"{public_of(secret)}\n{secret.hex()}\n")
     public_text, secret_text = path.read_text().split()[:2]
     return KeyPair(public_text, secret_text)
 
 
-def valid_public_key(text: str) -> bool:
-    """Whether `text` is a Z85 CURVE public key (40 characters of 32 bytes)."""
-    if len(text) != 40:
-        return False
+def parse_key(text: str) -> str:
+    """A public key as given on a command line (64 hex digits) in canonical form; ValueError if it is none."""
     try:
-        return len(z85.decode(text)) == 32
-    except (ValueError, KeyError, TypeError):
-        return False
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ValueError(
+            f"invalid key {text[:80]!r}: 64 hex digits expected (the service_key `scope tenants add` printed)"
+        )
+    return key.hex()
 
 
 def serve_curve(socket: zmq.Socket[Any], keys: KeyPair) -> None:
@@ -64,13 +74,13 @@ def serve_curve(socket: zmq.Socket[Any], keys: KeyPair) -> None:
     ZAP_ENFORCE_DOMAIN makes a missing authenticator (nothing bound at inproc://zeromq.zap.01) refuse
     every connection, where libzmq would otherwise let every client in."""
     socket.setsockopt(zmq.CURVE_SERVER, 1)
-    socket.setsockopt(zmq.CURVE_SECRETKEY, keys.secret.encode())
+    socket.setsockopt(zmq.CURVE_SECRETKEY, bytes.fromhex(keys.secret))
     socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
     socket.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 def connect_curve(socket: zmq.Socket[Any], keys: KeyPair, server_public: str) -> None:
     """Make `socket` a CURVE client with `keys` that talks only to the server holding `server_public`."""
-    socket.setsockopt(zmq.CURVE_SERVERKEY, server_public.encode())
-    socket.setsockopt(zmq.CURVE_PUBLICKEY, keys.public.encode())
-    socket.setsockopt(zmq.CURVE_SECRETKEY, keys.secret.encode())
+    socket.setsockopt(zmq.CURVE_SERVERKEY, bytes.fromhex(server_public))
+    socket.setsockopt(zmq.CURVE_PUBLICKEY, bytes.fromhex(keys.public))
+    socket.setsockopt(zmq.CURVE_SECRETKEY, bytes.fromhex(keys.secret))

@@ -34,7 +34,7 @@ class Tenant:
     created: float
     #: SHA-256 of the user token, hex.
     user_token_hash: str
-    #: The Z85 CURVE public key of the tenant's probes (derived from the probe token).
+    #: The CURVE public key of the tenant's probes, hex (derived from the probe token).
     probe_key: str
 
 

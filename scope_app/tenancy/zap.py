@@ -16,7 +16,6 @@ from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
-from zmq.utils import z85
 
 from scope_common.drops import Drops
 
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_VERSION = b"1.0"
 
-#: Looks a Z85 public key up: the tenant's name, or None for a key no tenant has.
+#: Looks a public key (hex) up: the tenant's name, or None for a key no tenant has.
 TenantOfKey = Callable[[str], str | None]
 
 
@@ -55,7 +54,7 @@ class ZapHandler:
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
             self._refusals.add("not_curve", f"from {peer}: mechanism {mechanism[:20]!r}")
             return [ZAP_VERSION, request_id, b"400", b"CURVE only", b"", b""]
-        key = z85.encode(credentials[0]).decode()
+        key = credentials[0].hex()
         tenant = self._tenant_of_key(key)
         if tenant is None:
             # The most common cause by far: a probe started with a token that is wrong or was revoked.
