@@ -66,7 +66,17 @@ GoneListener = Callable[[str], None]
 
 
 class ControlRouter:
-    def __init__(self, context: zmq.asyncio.Context, bind: str, *, keys: KeyPair | None = None) -> None:
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        bind: str,
+        *,
+        keys: KeyPair | None = None,
+        active: Callable[[str], bool] | None = None,
+    ) -> None:
+        """`keys` and `active` (--multitenant): the service's key pair, and whether a tenant is still one
+        (a revoked tenant's connections stay open, but what they carry is dropped)."""
+        self._active = active
         self._socket = context.socket(zmq.ROUTER)
         rpc.configure_router(self._socket)
         if keys is not None:
@@ -112,6 +122,9 @@ class ControlRouter:
             message = rpc.decode(raw, rpc.APP_RECEIVES)
         except rpc.RpcError as exc:
             self._drops.add(exc.reason, f"from {identity[:40]!r}: {exc}")
+            return
+        if self._active is not None and not self._active(tenant):
+            self._drops.add("no_tenant", f"a {message.kind} from {identity[:40]!r} of no tenant (revoked?)")
             return
         link = self.probes.get(identity)
         if link is not None and link.tenant != tenant:

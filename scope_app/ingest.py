@@ -182,6 +182,10 @@ class BusReceiver:
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
             return
+        if self._gate is not None and not self._gate.still_active(arrival.tenant, arrival.source):
+            # Revoked while the message was being decoded: it must not bring the tenant's probe back.
+            self.dropped["revoked_tenant"] = self.dropped.get("revoked_tenant", 0) + 1
+            return
         for reason, count in result.rejected.items():
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)

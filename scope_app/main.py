@@ -181,7 +181,12 @@ class ScopeApp:
             # Bound before the sockets it guards; they would refuse every probe without it anyway.
             self.zap = ZapHandler(self._zmq, self.directory.tenant_of_key)
         self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
-        self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address), keys=keys)
+        self.router = ControlRouter(
+            self._zmq,
+            rpc.control_address(self.receiver.address),
+            keys=keys,
+            active=self.directory.active if self.directory is not None else None,
+        )
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
         self.web_settings: dict[str, Any] = {

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.netns",
     "tests.fixtures.scope",
+    "tests.fixtures.service",
 ]

@@ -69,6 +69,13 @@ class TenantGate:
         self._buckets[tenant] = (available - size, now)
         return None
 
+    def still_active(self, tenant: str, source: str = "") -> bool:
+        """Whether `tenant`, admitted a moment ago, is still a tenant (counted as a refusal if not)."""
+        if self._active(tenant):
+            return True
+        self._refuse(tenant, "revoked_tenant", source)
+        return False
+
     def forget(self, tenant: str) -> None:
         self._buckets.pop(tenant, None)
 
