@@ -7,7 +7,8 @@ arrives is decoded by rpc.decode and dropped with a counter when it is bad, from
 said hello, or an answer to nothing asked.
 
 With --multitenant the ROUTER is a CURVE server behind ZAP like the bus, and every probe belongs to
-the tenant of the connection its hello came on (the message's `User-Id`): a message from another
+the tenant of the connection its hello came on (the tenant of the message's `User-Id`, the probe's
+key, as the bus): a message from another
 tenant's connection for that probe id is dropped, and the HTTP side asks for a probe by id *and*
 tenant. ROUTER_HANDOVER is then off, so that a connection of another tenant that names itself with a
 probe's id is refused by ZeroMQ rather than taking that probe's messages over.
@@ -72,11 +73,11 @@ class ControlRouter:
         bind: str,
         *,
         keys: KeyPair | None = None,
-        active: Callable[[str], bool] | None = None,
+        tenant_of_key: Callable[[str], str | None] | None = None,
     ) -> None:
-        """`keys` and `active` (--multitenant): the service's key pair, and whether a tenant is still one
-        (a revoked tenant's connections stay open, but what they carry is dropped)."""
-        self._active = active
+        """`keys` and `tenant_of_key` (--multitenant): the service's key pair, and the tenant of a
+        connection's User-Id now (a revoked tenant's connections stay open, what they carry is dropped)."""
+        self._tenant_of_key = tenant_of_key
         self._socket = context.socket(zmq.ROUTER)
         rpc.configure_router(self._socket)
         if keys is not None:
@@ -104,7 +105,13 @@ class ControlRouter:
             if len(rest) != 1:
                 self._drops.add("malformed", "not one frame")
                 continue
-            self.handle(identity.bytes.decode(errors="replace"), rest[0].bytes, frame_property(rest[0], "User-Id"))
+            tenant: str | None = SINGLE_TENANT
+            if self._tenant_of_key is not None:
+                tenant = self._tenant_of_key(frame_property(rest[0], "User-Id"))
+            if tenant is None:
+                self._drops.add("no_tenant", f"from {identity.bytes[:40]!r}, whose key is no tenant's (revoked?)")
+                continue
+            self.handle(identity.bytes.decode(errors="replace"), rest[0].bytes, tenant)
 
     async def heartbeat_forever(self) -> None:
         beat = rpc.encode(rpc.Message.make(rpc.HEARTBEAT))
@@ -122,9 +129,6 @@ class ControlRouter:
             message = rpc.decode(raw, rpc.APP_RECEIVES)
         except rpc.RpcError as exc:
             self._drops.add(exc.reason, f"from {identity[:40]!r}: {exc}")
-            return
-        if self._active is not None and not self._active(tenant):
-            self._drops.add("no_tenant", f"a {message.kind} from {identity[:40]!r} of no tenant (revoked?)")
             return
         link = self.probes.get(identity)
         if link is not None and link.tenant != tenant:

@@ -11,9 +11,10 @@ pool does not help: unpickling the decoded report on the loop costs 0.8 to 0.95 
 does. Every message goes to the thread, whatever its size: a few KB of zlib can hold 100,000 nodes.
 
 Each message is applied with the address of the connection it arrived on (ZeroMQ's `Peer-Address`),
-which the collector binds probe ids to, and filed under the tenant of that connection: its `User-Id`,
-which the ZAP authenticator set from the probe's CURVE key (scope_app.tenancy.zap); without
---multitenant there is no ZAP and every message is the one implicit tenant's.
+which the collector binds probe ids to, and filed under the tenant of that connection: its `User-Id`
+is the probe's CURVE key, which the ZAP authenticator admitted (scope_app.tenancy.zap), and which the
+registry maps to a tenant now (a revoked tenant's connections stay open, their messages are dropped).
+Without --multitenant there is no ZAP, and every message is the one implicit tenant's.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ Decoded = wire.Envelope | wire.DecodeError
 
 
 class Arrival(NamedTuple):
-    """One message as it arrived: the tenant and address of its connection, and its bytes."""
+    """One message as it arrived: the User-Id and address of its connection, and its bytes."""
 
-    tenant: str
+    user_id: str
     source: str
     data: bytes
 
@@ -154,7 +155,7 @@ class BusReceiver:
         """Whether the tenant of `arrival`'s connection may send it now (--multitenant); the gate
         counts and logs what it refuses, per tenant."""
         assert self._gate is not None
-        refused = self._gate.admit(arrival.tenant, len(arrival.data), arrival.source)
+        refused = self._gate.admit(arrival.user_id, len(arrival.data), arrival.source)
         if refused is not None:
             self.received_bytes += len(arrival.data)
             self.dropped[refused] = self.dropped.get(refused, 0) + 1
@@ -182,7 +183,8 @@ class BusReceiver:
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
             return
-        if self._gate is not None and not self._gate.still_active(arrival.tenant, arrival.source):
+        tenant = self._gate.tenant_of(arrival.user_id) if self._gate is not None else SINGLE_TENANT
+        if tenant is None:
             # Revoked while the message was being decoded: it must not bring the tenant's probe back.
             self.dropped["revoked_tenant"] = self.dropped.get("revoked_tenant", 0) + 1
             return
@@ -190,7 +192,7 @@ class BusReceiver:
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)
         started = time.perf_counter()
-        self._store.add(arrival.tenant if self._gate is not None else SINGLE_TENANT, result, arrival.source)
+        self._store.add(tenant, result, arrival.source)
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
 
     def close(self) -> None:

@@ -177,15 +177,15 @@ class ScopeApp:
         self.zap: ZapHandler | None = None
         if service is not None:
             self.directory = TenantDirectory(service.registry, self._revoked)
-            self.gate = TenantGate(self.directory.active, service.limits)
+            self.gate = TenantGate(self.directory.tenant_of_key, service.limits)
             # Bound before the sockets it guards; they would refuse every probe without it anyway.
-            self.zap = ZapHandler(self._zmq, self.directory.tenant_of_key)
+            self.zap = ZapHandler(self._zmq, self.directory.admits_key)
         self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
         self.router = ControlRouter(
             self._zmq,
             rpc.control_address(self.receiver.address),
             keys=keys,
-            active=self.directory.active if self.directory is not None else None,
+            tenant_of_key=self.directory.tenant_of_key if self.directory is not None else None,
         )
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()

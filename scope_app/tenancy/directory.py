@@ -22,6 +22,7 @@ class TenantDirectory:
         self._on_revoked = on_revoked
         self.tenants: dict[str, Tenant] = {}
         self._by_user_token_hash: dict[str, Tenant] = {}
+        self._by_probe_key: dict[str, Tenant] = {}
         self.refresh()
 
     def refresh(self) -> None:
@@ -33,6 +34,7 @@ class TenantDirectory:
         added = [name for name in tenants if name not in self.tenants]
         self.tenants = tenants
         self._by_user_token_hash = {tenant.user_token_hash: tenant for tenant in tenants.values()}
+        self._by_probe_key = {tenant.probe_key: tenant for tenant in tenants.values()}
         for name in added:
             log.info("tenant %s added", name)
         for name in gone:
@@ -45,13 +47,15 @@ class TenantDirectory:
             # SQLite reads block: off the loop, so that a slow disk never stalls requests.
             self._apply(await asyncio.to_thread(self.registry.list))
 
-    def active(self, name: str) -> bool:
-        return name in self.tenants
-
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
         return self._by_user_token_hash.get(user_token_hash)
 
-    def tenant_of_key(self, probe_key: str) -> str | None:
+    def admits_key(self, probe_key: str) -> bool:
         """For ZAP: read from the registry itself, so that a tenant just added gets in at once."""
-        tenant = self.registry.by_probe_key(probe_key)
+        return self.registry.by_probe_key(probe_key) is not None
+
+    def tenant_of_key(self, probe_key: str) -> str | None:
+        """The tenant whose probes hold `probe_key` (a connection's User-Id), now. A tenant revoked
+        and added again under its name has new tokens: the old key is no tenant's."""
+        tenant = self._by_probe_key.get(probe_key)
         return tenant.name if tenant is not None else None

@@ -40,14 +40,18 @@ BURST_SECONDS = 5.0
 
 
 class TenantGate:
-    """Admits each message of a tenant's connection, or says why not: the tenant was revoked since
-    the connection was made, or it is over its byte rate (a token bucket a tenant). Refusals are
-    counted per tenant (`refused`) and logged once per tenant and reason per interval."""
+    """Admits each message of a probe's connection, by its User-Id (the probe's key), or says why not:
+    the key is no tenant's now (revoked since the connection was made), or its tenant is over its byte
+    rate (a token bucket a tenant). Refusals are counted per tenant (`refused`; "?" for no tenant) and
+    logged once per tenant and reason per interval."""
 
     def __init__(
-        self, active: Callable[[str], bool], limits: TenantLimits, clock: Callable[[], float] = time.monotonic
+        self,
+        tenant_of_key: Callable[[str], str | None],
+        limits: TenantLimits,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._active = active
+        self.tenant_of = tenant_of_key
         self.limits = limits
         self._clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (bytes available, when)
@@ -55,10 +59,11 @@ class TenantGate:
         self.refused: dict[str, dict[str, int]] = {}
         self._log = RateLimitedLog(log)
 
-    def admit(self, tenant: str, size: int, source: str = "") -> str | None:
+    def admit(self, user_id: str, size: int, source: str = "") -> str | None:
         """None when the message may pass; else the reason it may not."""
-        if not tenant or not self._active(tenant):
-            return self._refuse(tenant, "revoked_tenant" if tenant else "no_tenant", source)
+        tenant = self.tenant_of(user_id)
+        if tenant is None:
+            return self._refuse("?", "revoked_tenant", source)
         rate = float(self.limits.max_bytes_per_second)
         now = self._clock()
         available, when = self._buckets.get(tenant, (rate * BURST_SECONDS, now))
@@ -68,13 +73,6 @@ class TenantGate:
             return self._refuse(tenant, "over_byte_rate", source)
         self._buckets[tenant] = (available - size, now)
         return None
-
-    def still_active(self, tenant: str, source: str = "") -> bool:
-        """Whether `tenant`, admitted a moment ago, is still a tenant (counted as a refusal if not)."""
-        if self._active(tenant):
-            return True
-        self._refuse(tenant, "revoked_tenant", source)
-        return False
 
     def forget(self, tenant: str) -> None:
         self._buckets.pop(tenant, None)
