@@ -1,5 +1,5 @@
 """./launch.sh: scope (probe and app) in one container named `weavescope`, from the image that
-scripts/build-image.sh builds; `--service-token` is refused until the hosted service exists. The installed
+scripts/build-image.sh builds; `--service-token` needs the service's host and key. The installed
 `scope` command does the same as `scope launch` and `scope stop`, the original's commands.
 
 Real engine, real image. The first run on a machine builds the Debian base image with debootstrap (about two
@@ -303,14 +303,28 @@ def test_scope_launch_and_scope_stop_as_the_original_has_them(launch: Any, docke
     assert "not running" in idle.stderr
 
 
+KEY = "ab" * 32
+
+
 @pytest.mark.parametrize("command", [LAUNCH_SH, SCOPE_COMMAND], ids=["launch.sh", "scope"])
 @pytest.mark.parametrize(
-    "args", [["--service-token=x"], ["--service-token", "x"], ["--service-token=x", "127.0.0.1:4030"]]
+    ("args", "problem"),
+    [
+        (["--service-token=x", f"--service-key={KEY}"], "--service-token needs --service-host=HOST[:PORT]"),
+        (["--service-token", "x", "--service-host=svc.example"], "--service-token needs --service-key=KEY"),
+        (["--service-token=x", "--service-host=svc.example", "--service-key=abc"], "64 hex digits"),
+        (
+            ["--service-token=x", "--service-host=svc.example", f"--service-key={KEY}", "127.0.0.1:4030"],
+            "publishes to the service alone",
+        ),
+    ],
 )
-def test_service_token_is_refused_until_the_service_exists(args: list[str], command: Sequence[str]) -> None:
+def test_a_probe_for_the_service_needs_its_host_and_key(args: list[str], problem: str, command: Sequence[str]) -> None:
+    """Said before anything starts (the real container runs `scope probe`: tests/app/test_multitenant.py
+    runs the same probe as a process)."""
     result = run_launch("launch", *args, timeout=30, command=command)
     assert result.returncode != 0
-    assert "the hosted service is not available yet" in result.stderr
+    assert problem in result.stderr
 
 
 def test_help_and_bad_commands() -> None:
