@@ -76,6 +76,7 @@ class TenantGate:
 
     def forget(self, tenant: str) -> None:
         self._buckets.pop(tenant, None)
+        self.refused.pop(tenant, None)
 
     def _refuse(self, tenant: str, reason: str, source: str) -> str:
         counts = self.refused.setdefault(tenant, {})
