@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,16 @@ def get(app: App, token: str, path: str) -> Any:
         return json.load(response)
 
 
-def totals(app: App, user_tokens: list[str]) -> tuple[int, int, int, int]:
-    """(reports applied, merges, reports refused, probes), summed over every tenant."""
-    applied = merges = refused = probes = 0
+def totals(app: App, user_tokens: list[str]) -> tuple[int, int, Counter[str], int]:
+    """(reports applied, merges, reports refused by reason, probes), summed over every tenant."""
+    applied = merges = probes = 0
+    refused: Counter[str] = Counter()
     for token in user_tokens:
         stats = get(app, token, "/api/stats")
         applied += stats["reports_applied"]
         merges += stats["merges"]
         probes += stats["probes"]
-        refused += sum(stats["reports_dropped"].values())
+        refused.update(stats["reports_dropped"])
     return applied, merges, refused, probes
 
 
@@ -79,7 +81,7 @@ def main() -> None:
     tokens_file.write_text(json.dumps(probe_tokens))
     per_tenant = -(-args.probes // args.tenants)
     app = App(
-        window="30s",
+        window=f"{max(30.0, 4 * args.interval):g}s",
         extra=[
             "--multitenant",
             f"--state-dir={state}",
@@ -128,7 +130,8 @@ def main() -> None:
         print(f"  probes sent               {sent:8.1f} reports/s (worst lag behind schedule {behind:.2f} s)")
         print(f"  ingested (applied)        {(after[0] - before[0]) / elapsed:8.1f} reports/s")
         print(f"  merges                    {(after[1] - before[1]) / elapsed:8.1f} /s (all tenants)")
-        print(f"  refused meanwhile         {after[2] - before[2]:8d}")
+        refused = after[2] - before[2]
+        print(f"  refused meanwhile         {sum(refused.values()):8d} {dict(refused)}")
         print(f"  service CPU               {cpu if cpu is not None else float('nan'):8.1f} % of a core (median)")
         print(f"  service RSS               {sampler.rss():8.1f} MiB (largest)")
         print(

@@ -111,14 +111,41 @@ def test_each_tenant_sees_only_its_own_hosts_processes_and_containers(
     time.sleep(2)
     container.reload()
     assert container.status == "running"
-    # Alpha's own user can: the control works through the service.
+    # Alpha's own user can: the control works through the service, and so does a pipe, which is alpha's alone.
     stopper = next(p["id"] for p in probes if p["id"] in json.dumps(_controls(service, alpha.user_token, node_id)))
+    status, body = service.request(
+        alpha.user_token, f"/api/control/{stopper}/{_quote(node_id)}/docker_exec_container", method="POST", body=b"{}"
+    )
+    assert status == 200 and body["pipe"], body
+    assert asyncio.run(_pipe_echo(service, beta.user_token, body["pipe"])) == 404
+    assert asyncio.run(_pipe_echo(service, alpha.user_token, body["pipe"])) == 200
     status, body = service.request(
         alpha.user_token, f"/api/control/{stopper}/{_quote(node_id)}/docker_stop_container", method="POST", body=b"{}"
     )
     assert status == 200, body
     container.reload()
     assert container.status == "exited"
+
+
+async def _pipe_echo(service: Service, token: str, pipe: str) -> int:
+    """Open the pipe's websocket as the holder of `token`; 200 once a shell echoes through it, else the status."""
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{service.app.http_port}/api/pipe/{pipe}", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        ws = await tornado.websocket.websocket_connect(request)
+    except tornado.httpclient.HTTPClientError as exc:
+        return exc.code
+    try:
+        await ws.write_message(b"echo through-the-$((40+2))-pipe\n", binary=True)
+        seen = b""
+        while b"through-the-42-pipe" not in seen:
+            message = await asyncio.wait_for(ws.read_message(), 10)
+            assert message is not None, f"the pipe closed: {seen!r}"
+            seen += message if isinstance(message, bytes) else message.encode()
+        return 200
+    finally:
+        ws.close()
 
 
 def _controls(service: Service, token: str, node_id: str) -> list[dict[str, Any]]:
