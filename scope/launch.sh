@@ -16,8 +16,9 @@
 #   ./launch.sh launch --service-token=TOKEN --service-host=HOST[:PORT] --service-key=KEY [PROBE_FLAG ...]
 #       Run a probe only (`scope probe`), feeding the multi-tenant service (`scope app --multitenant`) at
 #       HOST with the probe token TOKEN, encrypted and pinning the service's KEY (`scope tenants add`
-#       prints all three). No UI on this host. The token reaches the container in its environment, never
-#       on a command line (`ps` would show it).
+#       prints all three). No UI on this host. SCOPE_SERVICE_TOKEN=TOKEN in the environment does the same
+#       as --service-token=TOKEN without showing the token in `ps`; either way it reaches the container
+#       in its environment, never on a command line.
 #   ./launch.sh stop
 #       Stop and remove the container.
 #   ./launch.sh help
@@ -332,6 +333,11 @@ cmd_launch() {
         esac
         shift
     done
+    if [[ $with_token -eq 0 && -n "${SCOPE_SERVICE_TOKEN:-}" ]]; then
+        # The token from the environment: no command line (ps) ever shows it.
+        token="$SCOPE_SERVICE_TOKEN"
+        with_token=1
+    fi
     if [[ $with_token -eq 1 ]]; then
         [[ -n "$token" ]] || die "--service-token needs a value: --service-token=TOKEN"
         launch_service "$token" "${args[@]}"

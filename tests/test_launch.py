@@ -33,6 +33,7 @@ from scope_common import __version__, ids
 from tests.fixtures.docker import PID_LABEL, REPO_ROOT, TEST_LABEL, Containers
 from tests.fixtures.ports import free_port
 from tests.fixtures.scope import Scope, wait_for
+from tests.fixtures.service import Service
 
 LAUNCH = REPO_ROOT / "launch.sh"
 #: The two ways to run the launch commands: the script, and the console script installed beside this Python.
@@ -166,9 +167,11 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
     remove_test_weavescope(docker_client)
     started: list[Launched] = []
 
-    def start(*args: str, command: Sequence[str] = LAUNCH_SH) -> Launched:
+    def start(*args: str, command: Sequence[str] = LAUNCH_SH, token: str = "") -> Launched:
+        """`token`: a probe token for the service, given as SCOPE_SERVICE_TOKEN (a probe alone)."""
         http_port, bus_port = free_port(), free_port()
         env = clean_env(
+            **({"SCOPE_SERVICE_TOKEN": token} if token else {}),
             SCOPE_LISTEN=f"127.0.0.1:{http_port}",
             SCOPE_BUS=f"127.0.0.1:{bus_port}",
             # No DNS through the host's resolver: no WeaveDNS look-ups of apps, no reverse look-ups of addresses.
@@ -304,6 +307,31 @@ def test_scope_launch_and_scope_stop_as_the_original_has_them(launch: Any, docke
 
 
 KEY = "ab" * 32
+
+
+@pytest.mark.docker
+@pytest.mark.root
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_launch_with_a_service_token_runs_a_probe_alone_for_the_service(
+    launch: Any, docker_client: Any, service: Service
+) -> None:
+    alpha = service.add_tenant("alpha")
+    hostname = "launched-for-the-service"
+    launched = launch(
+        f"--service-host={service.app.bus}",
+        f"--service-key={alpha.service_key}",
+        f"--hostname={hostname}",
+        token=alpha.probe_token,
+    )
+    assert launched.result.returncode == 0, launched.result.stdout + launched.result.stderr
+    assert "feeding the service at" in launched.result.stderr
+    wait_for(lambda: service.hostnames(alpha.user_token) == {hostname}, timeout=60, what="the launched probe")
+    container = docker_client.containers.get(CONTAINER_NAME)
+    command = json.dumps([container.attrs["Path"], container.attrs["Args"], container.attrs["Config"]["Cmd"]])
+    assert "probe" in command and alpha.probe_token not in command
+    assert f"SCOPE_SERVICE_TOKEN={alpha.probe_token}" in container.attrs["Config"]["Env"]
+    with pytest.raises(urllib.error.URLError):  # no app, no UI on this host
+        launched.api("/api")
 
 
 @pytest.mark.parametrize("command", [LAUNCH_SH, SCOPE_COMMAND], ids=["launch.sh", "scope"])
