@@ -95,7 +95,11 @@ class TenantView:
         self.renderer = Renderer(app.max_view_nodes, on_render=app.metrics.observe_render)
         self.hub = FeedHub(self.renderer, supervisor=app.supervisor)
         self.collector = Collector(self._merged, window=app.window, limits=limits)
-        self.context = AppContext(app.app_id, self.collector, self.renderer, app.receiver, app.supervisor, app.metrics)
+        # A tenant of the service reads its own counters, not the bus's, which are every tenant's together.
+        receiver = app.receiver if app.gate is None else None
+        self.context = AppContext(app.app_id, self.collector, self.renderer, receiver, app.supervisor, app.metrics)
+        if app.gate is not None:
+            self.context.refused = app.gate.refused.setdefault(tenant, {})
         self.context.read_only = app.read_only
         self.routes = [
             *api_routes(self.context),

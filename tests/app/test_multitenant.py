@@ -162,6 +162,9 @@ def test_tokens_a_probe_token_and_the_login_page(service: Service) -> None:
     # A probe token that leaks from a host gives no access to the UI.
     assert service.get(alpha.probe_token, "/api/probes")[0] == 401
     assert service.get(alpha.user_token, "/api/probes") == (200, [])
+    # Its counters are its own: the bus's, every tenant's together, are not shown.
+    stats = service.get(alpha.user_token, "/api/stats")[1]
+    assert stats["reports_received"] is None and stats["reports_applied"] == 0
     # The login page's cookie works as the token does, and names the tenant without giving the token away.
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
