@@ -48,7 +48,15 @@ class TenantDirectory:
             self._apply(await asyncio.to_thread(self.registry.list))
 
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
-        return self._by_user_token_hash.get(user_token_hash)
+        """From the copy; a token the copy does not know yet is looked up in the registry itself, so that
+        a tenant just added can log in at once (one indexed read, only for tokens the copy lacks)."""
+        found = self._by_user_token_hash.get(user_token_hash)
+        return found if found is not None else self.registry.by_user_token_hash(user_token_hash)
+
+    def by_name(self, name: str) -> Tenant | None:
+        """As `by_user_token_hash`, for a session cookie, which names its tenant."""
+        found = self.tenants.get(name)
+        return found if found is not None else self.registry.by_name(name)
 
     def admits_key(self, probe_key: str) -> bool:
         """For ZAP: read from the registry itself, so that a tenant just added gets in at once."""

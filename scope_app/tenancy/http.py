@@ -47,7 +47,7 @@ class TenantAuth:
         if cookie is None:
             return None
         name, _, mac = cookie.rpartition(".")
-        tenant = self._directory.tenants.get(name)
+        tenant = self._directory.by_name(name)
         if tenant is None or not hmac.compare_digest(mac.encode(), self._mac(name, tenant.user_token_hash).encode()):
             return None
         return name

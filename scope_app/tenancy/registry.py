@@ -64,6 +64,8 @@ class TenantRegistry(Protocol):
         """Remove a tenant: both its tokens stop working. RegistryError if there is none of that name."""
         ...
 
+    def by_name(self, name: str) -> Tenant | None: ...
+
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None: ...
 
     def by_probe_key(self, probe_key: str) -> Tenant | None: ...
@@ -118,6 +120,9 @@ class SqliteRegistry:
         with self._connect() as db:
             if db.execute("DELETE FROM tenants WHERE name = ?", (name,)).rowcount == 0:
                 raise RegistryError(f"there is no tenant {name[:80]!r}")
+
+    def by_name(self, name: str) -> Tenant | None:
+        return self._one("name", name)
 
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
         return self._one("user_token_hash", user_token_hash)
