@@ -42,7 +42,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -121,7 +121,10 @@ class Senders:
                 process.wait()
 
 
-def start_senders(args: argparse.Namespace, probes: int, bus: str, pythonpath: str) -> Senders:
+def start_senders(
+    args: argparse.Namespace, probes: int, bus: str, pythonpath: str, extra: Sequence[str] = ()
+) -> Senders:
+    """`args.senders` fake-probe processes sharing `probes` probes; `extra`: more flags of bench/fleet_probes.py."""
     log = (LOG_DIR / f"fleet-probes-{time.time_ns()}.log").open("w")
     processes = [
         subprocess.Popen(
@@ -135,6 +138,7 @@ def start_senders(args: argparse.Namespace, probes: int, bus: str, pythonpath: s
                 f"--interval={args.interval}",
                 f"--senders={args.senders}",
                 f"--sender={k}",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=log,

@@ -20,6 +20,10 @@ bench.fleet watches for in the API and on a websocket.
 Probes publish every `--interval`, spread evenly over it. Every interval the process prints
 `STAT <monotonic> <messages sent> <seconds behind schedule, worst in the interval> <CPU seconds used>`.
 It stops on SIGTERM, when its parent goes, or after `--seconds`.
+
+With `--service-tokens FILE` (a JSON array of probe tokens) and `--service-key KEY`, the probes feed the
+multi-tenant service (bench.service): probe i as the tenant of token i modulo their number, over CURVE,
+as `scope probe --service-token` does.
 """
 
 from __future__ import annotations
@@ -162,6 +166,7 @@ class FakeProbe:
         context: zmq.Context[zmq.Socket[bytes]],
         bus: str,
         rng: random.Random,
+        secure: Callable[[zmq.Socket[bytes]], None] | None = None,
     ) -> None:
         self.index = index
         self.host = host_name(index)
@@ -169,6 +174,8 @@ class FakeProbe:
         self.nodes: dict[NodeKey, Node] = {(n.topology, n.id): n for n in nodes}
         self.socket = context.socket(zmq.PUB)
         configure_publisher(self.socket)
+        if secure is not None:
+            secure(self.socket)
         self.socket.connect(f"tcp://{bus}")
         probe_id = f"{self.host}-{os.getpid()}"
         self.encode: Encode
@@ -324,6 +331,13 @@ def synthetic_probe_nodes(index: int, probes: int, containers: int, now: float) 
     return [n for t in report.topologies.values() for n in t.nodes.values()]
 
 
+def service_credentials(token: str, service_key: str) -> Callable[[zmq.Socket[bytes]], None]:
+    """What makes a socket a probe of the service with `token` (the checkout's own CURVE set-up)."""
+    from scope_probe.service import ServiceCredentials
+
+    return ServiceCredentials.from_flags(token, service_key).apply
+
+
 class Stop(Exception):
     pass
 
@@ -345,7 +359,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3600.0)
     parser.add_argument("--senders", type=int, default=1, help="processes sharing the probes")
     parser.add_argument("--sender", type=int, default=0, help="which of them this is: probes i with i %% senders")
+    parser.add_argument("--service-tokens", type=Path, help="JSON array of probe tokens: feed the service")
+    parser.add_argument("--service-key", default="", help="the service's public key (with --service-tokens)")
     args = parser.parse_args()
+    tokens: list[str] = json.loads(args.service_tokens.read_text()) if args.service_tokens else []
     signal.signal(signal.SIGTERM, _stop)
     parent = os.getppid()
     started = time.monotonic()
@@ -364,7 +381,8 @@ def main() -> None:
                 if args.profile == "real"
                 else synthetic_probe_nodes(i, args.probes, args.containers, now)
             )
-            probes.append(FakeProbe(i, args.probes, nodes, context, args.bus, random.Random(i)))
+            secure = service_credentials(tokens[i % len(tokens)], args.service_key) if tokens else None
+            probes.append(FakeProbe(i, args.probes, nodes, context, args.bus, random.Random(i), secure))
         kind = "delta" if delta is not None else "full"
         size = sum(len(p.nodes) for p in probes) // max(1, len(probes))
         print(f"READY {kind} {time.monotonic() - started:.1f} {size}", flush=True)

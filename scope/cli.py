@@ -1,5 +1,6 @@
 """`scope` runs a probe and an app on this host; `scope app` and `scope probe [PEER ...]` run one;
-`scope launch` and `scope stop` start and stop both in a container, as the original's users type them.
+`scope launch` and `scope stop` start and stop both in a container, as the original's users type them;
+`scope tenants` manages the tenants of the multi-tenant service (`scope app --multitenant`).
 
 Together they run as two child processes, as in the original: the probe's gathering and the app's
 serving then never compete for one interpreter lock, and either can be restarted or profiled alone.
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scope_app import main as app_main
+from scope_app.tenancy import cli as tenants_main
 from scope_common import __version__
 from scope_common.bus import DEFAULT_BUS_PORT
 from scope_probe import main as probe_main
@@ -41,11 +43,12 @@ def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     """Every flag `child` declares, set to what `scope` parsed (from its command line or environment).
 
     The names come from the child's own parser, so a flag added to `scope app` or `scope probe` reaches it
-    through `scope` too; --help and --version (whose default is SUPPRESS) are not settings.
+    through `scope` too; --help and --version (whose default is SUPPRESS) are not settings, and flags only
+    the child run alone takes (`scope app --multitenant`, `scope probe --service-token`) are not `scope`'s.
     """
     flags = []
     for action in child._actions:
-        if not action.option_strings or action.default == argparse.SUPPRESS:
+        if not action.option_strings or action.default == argparse.SUPPRESS or not hasattr(args, action.dest):
             continue
         name, value = max(action.option_strings, key=len), getattr(args, action.dest)
         if action.nargs == 0:  # a switch (store_true) takes no value: given when on
@@ -128,13 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scope",
         usage="scope [FLAGS] [PEER ...] | scope app [FLAGS] | scope probe [FLAGS] [PEER ...]\n"
-        "       scope launch [FLAGS] [PEER ...] | scope launch --service-token=TOKEN | scope stop",
+        "       scope launch [FLAGS] [PEER ...] | scope launch --service-token=TOKEN ... | scope stop\n"
+        "       scope tenants --state-dir DIR add NAME | list [--json] | revoke NAME",
         description="A live map of this host's containers, processes and connections. "
         "Without a command: run a probe and an app on this host (UI on :4040), the probe also "
         "publishing to any PEER given. `scope app --help` and `scope probe --help` describe "
         "running one alone. `scope launch` runs both in a container named weavescope (privileged, in the "
         "host's network and PID namespaces; FLAGS and PEERs as here) and `scope stop` removes it; "
-        "`--service-token` (a probe for the hosted service) is refused until that service exists.",
+        "`scope launch --service-token=TOKEN --service-host=HOST --service-key=KEY` runs a probe alone, "
+        "for the multi-tenant service (`scope app --multitenant`, whose tenants `scope tenants` manages).",
     )
     parser.add_argument("--version", action="version", version=f"scope {__version__}")
     probe_main.add_probe_flags(parser)
@@ -148,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return app_main.main(argv[1:])
     if argv[:1] == ["probe"]:
         return probe_main.main(argv[1:])
+    if argv[:1] == ["tenants"]:
+        return tenants_main.main(argv[1:])
     if argv[:1] and argv[0] in LAUNCH_COMMANDS:
         return run_launch_script(argv)
     return run_both(build_parser().parse_args(argv))

@@ -13,8 +13,12 @@
 #       Start the container. PEERs are further apps the probe publishes to (host, ip, host:port; default
 #       port 4030), e.g. the other hosts of a cluster; flags go to `scope` (./launch.sh launch --help).
 #       Builds the image first (scripts/build-image.sh) when it is missing.
-#   ./launch.sh launch --service-token=TOKEN
-#       Run a probe only, feeding the hosted scope service with TOKEN (not available yet).
+#   ./launch.sh launch --service-token=TOKEN --service-host=HOST[:PORT] --service-key=KEY [PROBE_FLAG ...]
+#       Run a probe only (`scope probe`), feeding the multi-tenant service (`scope app --multitenant`) at
+#       HOST with the probe token TOKEN, encrypted and pinning the service's KEY (`scope tenants add`
+#       prints all three). No UI on this host. SCOPE_SERVICE_TOKEN=TOKEN in the environment does the same
+#       as --service-token=TOKEN without showing the token in `ps`; either way it reaches the container
+#       in its environment, never on a command line.
 #   ./launch.sh stop
 #       Stop and remove the container.
 #   ./launch.sh help
@@ -180,16 +184,7 @@ build it: build it in a checkout of scope with scripts/build-image.sh, or set SC
     SCOPE_IMAGE="$IMAGE" bash "$build" || die "building $IMAGE failed"
 }
 
-launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go to scope
-    require_docker
-    local arg
-    for arg in "$@"; do
-        if [[ "$arg" == -h || "$arg" == --help || "$arg" == --version ]]; then
-            ensure_image
-            docker run --rm "$IMAGE" "$@"
-            return
-        fi
-    done
+prepare_container() { # the image ready, no container in the way; RUN_ARGS: what every launch runs it with
     [[ -S "$DOCKER_SOCKET" ]] || die "$DOCKER_SOCKET is not a socket: the probe reads the engine through it"
     case "$(container_state)" in
     "") ;;
@@ -203,7 +198,7 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
     esac
     ensure_image
 
-    local run_args=(
+    RUN_ARGS=(
         --detach
         --name "$CONTAINER_NAME"
         --net=host
@@ -215,24 +210,39 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
     )
     local privileges
     mapfile -t privileges < <(privilege_args)
-    run_args+=("${privileges[@]}")
+    RUN_ARGS+=("${privileges[@]}")
     # The host's cgroup namespace, so that container cgroup paths read the same inside and out.
-    if engine_api_at_least 1.41; then run_args+=(--cgroupns=host); fi
+    if engine_api_at_least 1.41; then RUN_ARGS+=(--cgroupns=host); fi
     local name skip
     while read -r name; do
         [[ "$name" != SCOPE_HOSTNAME ]] || continue
         for skip in "${LAUNCH_VARIABLES[@]}"; do [[ "$name" != "$skip" ]] || continue 2; done
-        run_args+=(-e "$name=${!name}")
+        # By name only: docker takes the value from this script's environment, so no argv shows it.
+        RUN_ARGS+=(-e "$name")
     done < <(compgen -e | grep -E '^SCOPE_[A-Za-z0-9_]+$' || true)
+    if [[ -n "${SCOPE_DOCKER_ARGS:-}" ]]; then
+        local extra
+        read -r -a extra <<<"$SCOPE_DOCKER_ARGS"
+        RUN_ARGS+=("${extra[@]}")
+    fi
+}
+
+launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go to scope
+    require_docker
+    local arg
+    for arg in "$@"; do
+        if [[ "$arg" == -h || "$arg" == --help || "$arg" == --version ]]; then
+            ensure_image
+            docker run --rm "$IMAGE" "$@"
+            return
+        fi
+    done
+    prepare_container
+    local run_args=("${RUN_ARGS[@]}")
     local token
     token="$(ui_token "$@")"
     if [[ -n "$token" && -z "${SCOPE_AUTH_TOKEN:-}" ]]; then
         run_args+=(-e "SCOPE_AUTH_TOKEN=$token")
-    fi
-    if [[ -n "${SCOPE_DOCKER_ARGS:-}" ]]; then
-        local extra
-        read -r -a extra <<<"$SCOPE_DOCKER_ARGS"
-        run_args+=("${extra[@]}")
     fi
 
     local host port state restarts deadline=$((SECONDS + 20))
@@ -272,12 +282,37 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
     fi
 }
 
-launch_service() { # launch_service TOKEN ARGS...: a probe only, publishing to the hosted service
-    # The hosted, multi-tenant app (the "service") does not exist yet. When it does, this runs the same
-    # image in the same privileged way, but as `scope probe` with the service's address as its peer and
-    # the token to authenticate the reports (and no local app: no UI on this host).
-    : "$1"
-    die "the hosted service is not available yet: run '$SELF launch' without --service-token for a local UI"
+launch_service() { # launch_service TOKEN ARGS...: a probe only, publishing to the multi-tenant service
+    local token="$1" arg host="" key=""
+    shift
+    for arg in "$@"; do
+        case "$arg" in
+        --service-host=*) host="${arg#*=}" ;;
+        --service-key=*) key="${arg#*=}" ;;
+        --service-host | --service-key) die "give $arg as $arg=VALUE" ;;
+        -*) ;;
+        *) die "a probe of the service publishes to the service alone: no PEER ($arg) with --service-token" ;;
+        esac
+    done
+    host="${host:-${SCOPE_SERVICE_HOST:-}}"
+    key="${key:-${SCOPE_SERVICE_KEY:-}}"
+    [[ -n "$host" ]] || die "--service-token needs --service-host=HOST[:PORT]: the service's bus address"
+    [[ "$key" =~ ^[0-9a-fA-F]{64}$ ]] ||
+        die "--service-token needs --service-key=KEY: the service_key (64 hex digits) 'scope tenants add' printed"
+    require_docker
+    export SCOPE_SERVICE_TOKEN="$token"
+    prepare_container
+    docker run "${RUN_ARGS[@]}" "$IMAGE" probe "$@" >/dev/null || die "docker run failed"
+    # A bad flag ends the probe at once: better said here than left as a container restarting in a loop.
+    sleep 3
+    if [[ "$(container_state)" != running ||
+        "$(docker container inspect --format '{{.RestartCount}}' "$CONTAINER_NAME" 2>/dev/null || echo 0)" != 0 ]]; then
+        docker logs --tail 30 "$CONTAINER_NAME" 2>&1 | sed 's/^/    /' >&2 || true
+        docker rm -f "$CONTAINER_NAME" >/dev/null 2>&1 || true
+        die "the probe exited right after starting; its last lines are above"
+    fi
+    log "a scope probe is running in container $CONTAINER_NAME ($IMAGE), feeding the service at $host"
+    log "its map is in the service's UI; see how it connects with: docker logs $CONTAINER_NAME"
 }
 
 cmd_launch() {
@@ -298,6 +333,11 @@ cmd_launch() {
         esac
         shift
     done
+    if [[ $with_token -eq 0 && -n "${SCOPE_SERVICE_TOKEN:-}" ]]; then
+        # The token from the environment: no command line (ps) ever shows it.
+        token="$SCOPE_SERVICE_TOKEN"
+        with_token=1
+    fi
     if [[ $with_token -eq 1 ]]; then
         [[ -n "$token" ]] || die "--service-token needs a value: --service-token=TOKEN"
         launch_service "$token" "${args[@]}"

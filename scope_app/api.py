@@ -34,15 +34,18 @@ class AppContext:
         app_id: str,
         collector: Collector,
         renderer: Renderer,
-        receiver: BusReceiver,
+        receiver: BusReceiver | None,
         supervisor: Supervisor,
         metrics: AppMetrics,
     ) -> None:
+        """`receiver`: None for a tenant of the service, whose bus counts every tenant's messages."""
         self.app_id = app_id
         self.hostname = socket.gethostname()
         self.collector = collector
         self.renderer = renderer
         self.receiver = receiver
+        #: What the service refused of this tenant before its collector saw it, by reason (--multitenant).
+        self.refused: dict[str, int] = {}
         #: With --read-only, node details list no controls (and the control routes refuse them).
         self.read_only = False
         self.supervisor = supervisor
@@ -153,13 +156,17 @@ class StatsHandler(ApiHandler):
     def get(self) -> None:
         receiver = self.ctx.receiver
         collector = self.ctx.collector
+        # A tenant of the service sees its own figures only: the bus's are every tenant's together.
+        bus: dict[str, Any] = {
+            "reports_received": receiver.received if receiver else None,
+            "bytes_received": receiver.received_bytes if receiver else None,
+        }
         self.write_json(
             {
-                "reports_received": receiver.received,
-                "bytes_received": receiver.received_bytes,
+                **bus,
                 "reports_applied": collector.applied,
-                "reports_dropped": {**receiver.dropped, **collector.rejected},
-                "nodes_rejected": receiver.nodes_rejected,
+                "reports_dropped": {**(receiver.dropped if receiver else self.ctx.refused), **collector.rejected},
+                "nodes_rejected": receiver.nodes_rejected if receiver else {},
                 "probes": len(collector.probes),
                 "nodes": collector.node_count,
                 "merges": collector.version,

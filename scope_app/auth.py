@@ -7,6 +7,8 @@ than the token itself) and is sent on to the same page without the token in its 
 gets a 401: JSON for the API, a page saying what to do for the UI.
 
 Enforced by the first rules of the application's router (`auth_rules`), so no handler can forget it.
+The rules take any `Gate`: this module's `Auth` (one token), or the service's per-tenant tokens
+(scope_app.tenancy.http), whose login page and refusals are these.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import secrets
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.escape
 import tornado.httputil
@@ -33,11 +35,35 @@ SESSION_COOKIE = "scope_session"
 SESSION_DAYS = 30
 
 
+class Gate(Protocol):
+    """Who may use the app over HTTP."""
+
+    @property
+    def enforced(self) -> bool:
+        """False when the app is open to all."""
+        ...
+
+    def allows(self, request: tornado.httputil.HTTPServerRequest) -> bool: ...
+
+    def login(self, token: str) -> str | None:
+        """The session cookie's value for `token`, or None when the token is not a valid one."""
+        ...
+
+
 @dataclass(frozen=True)
 class Auth:
     """The token in force, or None when the app is open."""
 
     token: str | None
+
+    @property
+    def enforced(self) -> bool:
+        return self.token is not None
+
+    def login(self, token: str) -> str | None:
+        if self.token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
+            return None
+        return self.session
 
     @property
     def session(self) -> str:
@@ -48,14 +74,25 @@ class Auth:
     def allows(self, request: tornado.httputil.HTTPServerRequest) -> bool:
         if self.token is None:
             return True
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
+        given = bearer_token(request)
+        if given is not None and hmac.compare_digest(given.encode(), self.token.encode()):
             return True
-        try:
-            cookie = request.cookies.get(SESSION_COOKIE)
-        except Exception:  # a malformed Cookie header is no cookie
-            return False
-        return cookie is not None and hmac.compare_digest(cookie.value.encode(), self.session.encode())
+        cookie = session_cookie(request)
+        return cookie is not None and hmac.compare_digest(cookie.encode(), self.session.encode())
+
+
+def bearer_token(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, if there is one."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def session_cookie(request: tornado.httputil.HTTPServerRequest) -> str | None:
+    try:
+        cookie = request.cookies.get(SESSION_COOKIE)
+    except Exception:  # a malformed Cookie header is no cookie
+        return None
+    return cookie.value if cookie is not None else None
 
 
 def choose_token(listen_host: str, token: str, no_auth: bool) -> tuple[str | None, bool]:
@@ -96,7 +133,7 @@ class _Login(tornado.routing.Matcher):
 class _Refused(tornado.routing.Matcher):
     """Any request without a valid token or session."""
 
-    def __init__(self, auth: Auth) -> None:
+    def __init__(self, auth: Gate) -> None:
         self.auth = auth
 
     def match(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, Any] | None:
@@ -106,21 +143,21 @@ class _Refused(tornado.routing.Matcher):
 class LoginHandler(tornado.web.RequestHandler):
     """`/?token=TOKEN`: a session cookie, then the same page without the token in its address."""
 
-    def initialize(self, auth: Auth) -> None:
+    def initialize(self, auth: Gate) -> None:
         self.auth = auth
 
     def get(self) -> None:
-        assert self.auth.token is not None
         query = urllib.parse.parse_qs(self.request.query or "", keep_blank_values=True)
         given = (query.pop("token", [""]) or [""])[0]
-        if not hmac.compare_digest(given.encode(), self.auth.token.encode()):
+        session = self.auth.login(given)
+        if session is None:
             log.warning("a wrong token from %s", self.request.remote_ip)
             self.set_status(401)
             self.finish(login_page("That token is not this app's."))
             return
         self.set_cookie(
             SESSION_COOKIE,
-            self.auth.session,
+            session,
             path="/",
             expires_days=SESSION_DAYS,
             httponly=True,
@@ -174,9 +211,9 @@ in <code>docker logs weavescope</code>, or in what <code>scope launch</code> sai
 """
 
 
-def auth_rules(auth: Auth) -> list[tornado.routing.Rule]:
+def auth_rules(auth: Gate) -> list[tornado.routing.Rule]:
     """The rules to put first in the application: none when the app is open."""
-    if auth.token is None:
+    if not auth.enforced:
         return []
     return [
         tornado.routing.Rule(_Login(), LoginHandler, {"auth": auth}),

@@ -21,6 +21,7 @@ import tornado.web
 from scope_app.controls import ControlRouter, ProbeBusy, ProbeNotConnected, same_origin
 from scope_app.pipes import PipeHub, PipeWebSocket
 from scope_app.render.templates import offered
+from scope_app.tenancy import SINGLE_TENANT
 from scope_common import rpc
 from scope_common.report import Report
 
@@ -48,12 +49,14 @@ class ControlHandler(tornado.web.RequestHandler):
         pipes: PipeHub,
         read_only: bool,
         allowed_origins: frozenset[str],
+        tenant: str,
     ) -> None:
         self.router = router
         self.report = report
         self.pipes = pipes
         self.read_only = read_only
         self.allowed_origins = allowed_origins
+        self.tenant = tenant
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -86,7 +89,8 @@ class ControlHandler(tornado.web.RequestHandler):
         args = self._args()
         if args is None:
             return refuse(415, "the body must be a JSON object (Content-Type: application/json)")
-        if not self.router.connected(probe_id):
+        # Another tenant's probe answers exactly as one that is not there.
+        if not self.router.connected(probe_id, self.tenant):
             return refuse(404, f"probe {probe_id[:40]!r} is not connected")
         found = offered(self.report(), node_id)
         if found is None or found.probe_id != probe_id:
@@ -103,7 +107,7 @@ class ControlHandler(tornado.web.RequestHandler):
             return refuse(504, f"the probe did not answer: {exc or 'timed out'}")
         status = _HTTP_STATUS[response.text("status")]
         pipe = response.text("pipe") or None
-        if pipe is not None and not self.pipes.add(probe_id, pipe, self.request.remote_ip or ""):
+        if pipe is not None and not self.pipes.add(probe_id, pipe, self.request.remote_ip or "", self.tenant):
             return refuse(503, "too many pipes are open")
         return status, {
             "value": response.text("value") or None,
@@ -136,8 +140,10 @@ def control_routes(
     report: Callable[[], Report],
     read_only: bool,
     allowed_origins: frozenset[str],
+    tenant: str = SINGLE_TENANT,
 ) -> list[tuple[Any, ...]]:
-    checks = {"read_only": read_only, "allowed_origins": allowed_origins}
+    """The routes of one tenant's controls and pipes (the app's only tenant without --multitenant)."""
+    checks = {"read_only": read_only, "allowed_origins": allowed_origins, "tenant": tenant}
     return [
         (
             r"/api/control/([^/]+)/(.+)/([^/]+)",

@@ -5,6 +5,13 @@ keeps the ones heard within rpc.PEER_TIMEOUT (those it can reach now), heartbeat
 each response to the request it answers. A request gets rpc.REQUEST_TIMEOUT to be answered. Whatever
 arrives is decoded by rpc.decode and dropped with a counter when it is bad, from a probe that never
 said hello, or an answer to nothing asked.
+
+With --multitenant the ROUTER is a CURVE server behind ZAP like the bus, and every probe belongs to
+the tenant of the connection its hello came on (the tenant of the message's `User-Id`, the probe's
+key, as the bus): a message from another
+tenant's connection for that probe id is dropped, and the HTTP side asks for a probe by id *and*
+tenant. ROUTER_HANDOVER is then off, so that a connection of another tenant that names itself with a
+probe's id is refused by ZeroMQ rather than taking that probe's messages over.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ import tornado.web
 import zmq
 import zmq.asyncio
 
+from scope_app.tenancy import SINGLE_TENANT, frame_property
 from scope_common import rpc
+from scope_common.curve import KeyPair, serve_curve
 from scope_common.drops import Drops
 
 log = logging.getLogger(__name__)
@@ -49,6 +58,8 @@ class ProbeLink:
     host_id: str
     version: str
     last_seen: float
+    #: The tenant of the connection the probe said hello on.
+    tenant: str = SINGLE_TENANT
 
 
 #: Called with (probe id, message) for pipe messages, and (probe id) when a probe goes away.
@@ -65,9 +76,22 @@ class RemoteControls(Protocol):
 
 
 class ControlRouter:
-    def __init__(self, context: zmq.asyncio.Context, bind: str) -> None:
+    def __init__(
+        self,
+        context: zmq.asyncio.Context,
+        bind: str,
+        *,
+        keys: KeyPair | None = None,
+        tenant_of_key: Callable[[str], str | None] | None = None,
+    ) -> None:
+        """`keys` and `tenant_of_key` (--multitenant): the service's key pair, and the tenant of a
+        connection's User-Id now (a revoked tenant's connections stay open, what they carry is dropped)."""
+        self._tenant_of_key = tenant_of_key
         self._socket = context.socket(zmq.ROUTER)
         rpc.configure_router(self._socket)
+        if keys is not None:
+            serve_curve(self._socket, keys)
+            self._socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
         self._socket.bind(bind)
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.probes: dict[str, ProbeLink] = {}
@@ -81,16 +105,27 @@ class ControlRouter:
         #: Where requests for probes not connected here go; None: this app only.
         self.remote: RemoteControls | None = None
 
-    def connected(self, probe_id: str) -> bool:
-        return probe_id in self.probes or (self.remote is not None and self.remote.connected(probe_id))
+    def connected(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
+        """Whether `probe_id` is connected now, as a probe of `tenant`: here, or (single-tenant replicas)
+        to another replica."""
+        link = self.probes.get(probe_id)
+        if link is not None:
+            return link.tenant == tenant
+        return tenant == SINGLE_TENANT and self.remote is not None and self.remote.connected(probe_id)
 
     async def run(self) -> None:
         while True:
-            identity, *rest = await self._socket.recv_multipart(copy=True)
+            identity, *rest = await self._socket.recv_multipart(copy=False)
             if len(rest) != 1:
                 self._drops.add("malformed", "not one frame")
                 continue
-            self.handle(identity.decode(errors="replace"), rest[0])
+            tenant: str | None = SINGLE_TENANT
+            if self._tenant_of_key is not None:
+                tenant = self._tenant_of_key(frame_property(rest[0], "User-Id"))
+            if tenant is None:
+                self._drops.add("no_tenant", f"from {identity.bytes[:40]!r}, whose key is no tenant's (revoked?)")
+                continue
+            self.handle(identity.bytes.decode(errors="replace"), rest[0].bytes, tenant)
 
     async def heartbeat_forever(self) -> None:
         beat = rpc.encode(rpc.Message.make(rpc.HEARTBEAT))
@@ -103,16 +138,21 @@ class ControlRouter:
                     self.send_raw(probe_id, beat)
             await asyncio.sleep(rpc.HEARTBEAT_INTERVAL)
 
-    def handle(self, identity: str, raw: bytes) -> None:
+    def handle(self, identity: str, raw: bytes, tenant: str = SINGLE_TENANT) -> None:
         try:
             message = rpc.decode(raw, rpc.APP_RECEIVES)
         except rpc.RpcError as exc:
             self._drops.add(exc.reason, f"from {identity[:40]!r}: {exc}")
             return
-        if message.kind == rpc.HELLO:
-            self._hello(identity, message)
-            return
         link = self.probes.get(identity)
+        if link is not None and link.tenant != tenant:
+            self._drops.add(
+                "foreign_tenant", f"a {message.kind} for {identity[:40]!r} on a connection of another tenant"
+            )
+            return
+        if message.kind == rpc.HELLO:
+            self._hello(identity, message, tenant)
+            return
         if link is None:
             self._drops.add("unknown_probe", f"a {message.kind} from {identity[:40]!r}, which has not said hello")
             return
@@ -128,7 +168,7 @@ class ControlRouter:
         elif self.on_pipe is not None:
             self.on_pipe(identity, message)
 
-    def _hello(self, identity: str, message: rpc.Message) -> None:
+    def _hello(self, identity: str, message: rpc.Message, tenant: str) -> None:
         if message.text("probe_id") != identity:
             self._drops.add("identity_mismatch", f"{identity[:40]!r} says it is {message.text('probe_id')[:40]!r}")
             return
@@ -137,10 +177,20 @@ class ControlRouter:
             if len(self.probes) >= MAX_PROBES:
                 self._drops.add("too_many_probes", f"{identity[:40]!r}")
                 return
-            link = self.probes[identity] = ProbeLink(identity, "", "", 0.0)
-            log.info("probe %s (%s) connected its control channel", identity, message.text("host_id"))
+            link = self.probes[identity] = ProbeLink(identity, "", "", 0.0, tenant)
+            log.info(
+                "probe %s (%s%s) connected its control channel",
+                identity,
+                message.text("host_id"),
+                f", tenant {tenant}" if tenant else "",
+            )
         link.host_id, link.version = message.text("host_id"), message.text("version")
         link.last_seen = time.monotonic()
+
+    def forget_tenant(self, tenant: str) -> None:
+        """Drop every probe of `tenant` (revoked): controls and pipes to them end now."""
+        for link in [link for link in self.probes.values() if link.tenant == tenant]:
+            self._forget(link.probe_id, "its tenant was revoked")
 
     def _forget(self, probe_id: str, why: str) -> None:
         self.probes.pop(probe_id, None)

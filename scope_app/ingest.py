@@ -11,10 +11,14 @@ pool does not help: unpickling the decoded report on the loop costs 0.8 to 0.95 
 does. Every message goes to the thread, whatever its size: a few KB of zlib can hold 100,000 nodes.
 
 Each message is applied with the address of the connection it arrived on (ZeroMQ's `Peer-Address`),
-which the collector binds probe ids to.
+which the collector binds probe ids to, and filed under the tenant of that connection: its `User-Id`
+is the probe's CURVE key, which the ZAP authenticator admitted (scope_app.tenancy.zap), and which the
+registry maps to a tenant now (a revoked tenant's connections stay open, their messages are dropped).
+Without --multitenant there is no ZAP, and every message is the one implicit tenant's.
 
-With replicas (scope_app.replicas), each message the collector accepts from this bus goes to `relay`
-as it arrived, and what other replicas accepted comes back through `handle(..., relay=False)`.
+With replicas (scope_app.replicas), each message the store accepts from this bus goes to `relay` with
+its tenant, as it arrived, and what other replicas accepted comes back through `handle(..., relay=False)`
+with the tenant it was filed under there.
 """
 
 from __future__ import annotations
@@ -24,14 +28,18 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import zmq
 import zmq.asyncio
 
-from scope_app.collector import Collector
 from scope_app.metrics import AppMetrics
+from scope_app.tenancy import SINGLE_TENANT, frame_property
+from scope_app.tenancy.limits import TenantGate
+from scope_app.tenancy.store import LatestReports
 from scope_common import wire
 from scope_common.bus import configure_subscriber
+from scope_common.curve import KeyPair, serve_curve
 from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog
 
@@ -45,15 +53,37 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 MAX_BATCH_NODES = wire.MAX_NODES
 
 Decoded = wire.Envelope | wire.DecodeError
-#: Told of each message the collector accepted from the bus: its source, its envelope and its bytes.
-Relay = Callable[[str, wire.Envelope, bytes], None]
+#: Told of each message the store accepted from the bus: its tenant, source, envelope and bytes.
+Relay = Callable[[str, str, wire.Envelope, bytes], None]
+
+
+class Arrival(NamedTuple):
+    """One message as it arrived: the User-Id and address of its connection, and its bytes."""
+
+    user_id: str
+    source: str
+    data: bytes
 
 
 class BusReceiver:
-    def __init__(self, collector: Collector, context: zmq.asyncio.Context, bind: str, metrics: AppMetrics) -> None:
-        self._collector = collector
+    """`keys`: the service's CURVE key pair (--multitenant), which makes the bus a CURVE server
+    that admits only connections ZAP admits. `gate`: what each tenant may still send (--multitenant)."""
+
+    def __init__(
+        self,
+        store: LatestReports,
+        context: zmq.asyncio.Context,
+        bind: str,
+        metrics: AppMetrics,
+        *,
+        keys: KeyPair | None = None,
+        gate: TenantGate | None = None,
+    ) -> None:
+        self._store = store
         self._metrics = metrics
         self._context = context
+        self._keys = keys
+        self._gate = gate
         self._socket = self._open(bind)
         self.address: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._decoder: ThreadPoolExecutor | None = None
@@ -70,6 +100,8 @@ class BusReceiver:
     def _open(self, bind: str) -> zmq.asyncio.Socket:
         socket = self._context.socket(zmq.SUB)
         configure_subscriber(socket)
+        if self._keys is not None:
+            serve_curve(socket, self._keys)
         try:
             socket.bind(bind)
         except zmq.ZMQError:
@@ -93,33 +125,53 @@ class BusReceiver:
                 while len(frames) < MAX_BATCH and size < MAX_BATCH_BYTES and self._readable():
                     frames.append(await self._socket.recv(copy=False))
                     size += len(frames[-1])
-                await self.handle([(_peer_address(frame), frame.bytes) for frame in frames])
+                await self.handle(
+                    [
+                        Arrival(frame_property(frame, "User-Id"), frame_property(frame, "Peer-Address"), frame.bytes)
+                        for frame in frames
+                    ]
+                )
         finally:
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def _readable(self) -> bool:
         return bool(int(self._socket.get(zmq.EVENTS)) & zmq.POLLIN)
 
-    async def handle(self, messages: list[tuple[str, bytes]], *, relay: bool = True) -> None:
-        """Decode (off the loop) and apply `messages`, each with the address it came from, in order;
-        those accepted go on to `self.relay` unless `relay` is false (they came from another replica).
+    async def handle(self, messages: list[Arrival], *, relay: bool = True, tenant: str | None = None) -> None:
+        """Decode (off the loop) and apply `messages`, each with the tenant and address it came from, in order;
+        those accepted go on to `self.relay` unless `relay` is false (they came from another replica, which
+        filed them under `tenant`).
 
         A message counts as received when it is applied or dropped, in the same step: the counts
         always add up (`received = applied + dropped`), whenever they are read."""
+        if self._gate is not None:
+            admitted = [m for m in messages if self._admit(m)]
+            self.received += len(messages) - len(admitted)
+            messages = admitted
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(messages):
-            decoded = await loop.run_in_executor(self._decoder, self._decode, [m for _, m in messages[done:]])
-            for (source, message), result in zip(messages[done:], decoded, strict=False):
+            decoded = await loop.run_in_executor(self._decoder, self._decode, [m.data for m in messages[done:]])
+            for arrival, result in zip(messages[done:], decoded, strict=False):
                 self.received += 1
-                self.received_bytes += len(message)
-                self._metrics.report_bytes.observe(len(message))
-                accepted = self._apply(source, result)
+                self.received_bytes += len(arrival.data)
+                self._metrics.report_bytes.observe(len(arrival.data))
+                accepted = self._apply(arrival, result, tenant)
                 if accepted is not None and relay and self.relay is not None:
-                    self.relay(source, accepted, message)
+                    self.relay(accepted[0], arrival.source, accepted[1], arrival.data)
             done += len(decoded)
             # Merge before the loop runs anything else: see Collector.flush.
-            self._collector.flush()
+            self._store.flush()
+
+    def _admit(self, arrival: Arrival) -> bool:
+        """Whether the tenant of `arrival`'s connection may send it now (--multitenant); the gate
+        counts and logs what it refuses, per tenant."""
+        assert self._gate is not None
+        refused = self._gate.admit(arrival.user_id, len(arrival.data), arrival.source)
+        if refused is not None:
+            self.received_bytes += len(arrival.data)
+            self.dropped[refused] = self.dropped.get(refused, 0) + 1
+        return refused is None
 
     def _decode(self, messages: list[bytes]) -> list[Decoded]:
         """Decode messages from the first until MAX_BATCH_NODES nodes are decoded (on the decoding thread)."""
@@ -139,26 +191,25 @@ class BusReceiver:
                 break
         return decoded
 
-    def _apply(self, source: str, result: Decoded) -> wire.Envelope | None:
-        """Apply a decoded message; the envelope if the collector accepted it."""
+    def _apply(self, arrival: Arrival, result: Decoded, tenant: str | None) -> tuple[str, wire.Envelope] | None:
+        """Apply a decoded message under `tenant` (None: the tenant of its connection); the tenant and
+        envelope if the store accepted it."""
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
+            return None
+        if tenant is None:
+            tenant = self._gate.tenant_of(arrival.user_id) if self._gate is not None else SINGLE_TENANT
+        if tenant is None:
+            # Revoked while the message was being decoded: it must not bring the tenant's probe back.
+            self.dropped["revoked_tenant"] = self.dropped.get("revoked_tenant", 0) + 1
             return None
         for reason, count in result.rejected.items():
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)
         started = time.perf_counter()
-        accepted = self._collector.add(result, source)
+        accepted = self._store.add(tenant, result, arrival.source)
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
-        return result if accepted else None
+        return (tenant, result) if accepted else None
 
     def close(self) -> None:
         self._socket.close(linger=0)
-
-
-def _peer_address(frame: zmq.Frame) -> str:
-    """The address of the connection a message arrived on; "" where the transport has none (ipc)."""
-    try:
-        return str(frame.get("Peer-Address"))
-    except zmq.ZMQError:
-        return ""

@@ -9,9 +9,11 @@ import logging
 import secrets
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import tornado.httpserver
 import tornado.log
@@ -21,7 +23,7 @@ import zmq.asyncio
 from scope_app import collector as collector_defaults
 from scope_app.allowed_hosts import AllowedHosts, host_checked
 from scope_app.api import AppContext, api_routes, not_found_route
-from scope_app.auth import Auth, auth_rules, choose_token, is_loopback
+from scope_app.auth import Auth, Gate, auth_rules, choose_token, is_loopback
 from scope_app.collector import Collector, Limits
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
@@ -31,6 +33,13 @@ from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.replicas import ReplicaLink, ReplicaMetrics
 from scope_app.replicas.link import store_url
+from scope_app.tenancy import SINGLE_TENANT
+from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.http import TenantAuth, tenant_rules
+from scope_app.tenancy.limits import TenantGate, TenantLimits
+from scope_app.tenancy.service import Service, add_state_dir_flag, open_service
+from scope_app.tenancy.store import InProcessReports
+from scope_app.tenancy.zap import ZapHandler
 from scope_app.websocket import FeedHub, TopologyWebSocket
 from scope_common import __version__, rpc
 from scope_common.bus import DEFAULT_BUS_PORT, DEFAULT_HTTP_PORT
@@ -82,8 +91,66 @@ def static_dir() -> str:
     return str(checkout)
 
 
+class TenantView:
+    """One tenant's side of the app: its collector, renderer, feeds and web routes. Without
+    --multitenant there is one, of the implicit tenant; with it, one a tenant, made on first use."""
+
+    def __init__(self, app: ScopeApp, tenant: str, limits: Limits | None) -> None:
+        self.tenant = tenant
+        self._app = app
+        self.renderer = Renderer(app.max_view_nodes, on_render=app.metrics.observe_render)
+        self.hub = FeedHub(self.renderer, supervisor=app.supervisor)
+        self.collector = Collector(self._merged, window=app.window, limits=limits)
+        # A tenant of the service reads its own counters, not the bus's, which are every tenant's together.
+        receiver = app.receiver if app.gate is None else None
+        self.context = AppContext(app.app_id, self.collector, self.renderer, receiver, app.supervisor, app.metrics)
+        if app.gate is not None:
+            self.context.refused = app.gate.refused.setdefault(tenant, {})
+        self.context.read_only = app.read_only
+        self.routes = [
+            *api_routes(self.context),
+            (
+                r"/api/topology/([^/]+)/ws",
+                TopologyWebSocket,
+                {"hub": self.hub, "allowed_origins": app.allowed_origins},
+            ),
+            *control_routes(app.router, app.pipes, self._report, app.read_only, app.allowed_origins, tenant),
+            not_found_route(self.context),
+            (
+                r"/(.*)",
+                tornado.web.StaticFileHandler,
+                {"path": static_dir(), "default_filename": "index.html"},
+            ),
+        ]
+        self._web: tornado.web.Application | None = None
+
+    @property
+    def web(self) -> tornado.web.Application:
+        """The tenant's own application, which the service hands its requests to (--multitenant)."""
+        if self._web is None:
+            self._web = tornado.web.Application(self.routes, **self._app.web_settings)
+        return self._web
+
+    def _report(self) -> Report:
+        return self.renderer.graph.report
+
+    def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
+        started = time.perf_counter()
+        try:
+            self.renderer.update(report, version, changed)
+            self.hub.changed()
+        except Exception:
+            # Called from the bus receiver's or the expiry's merge: a failure here is theirs to count,
+            # but must not stop them applying what comes next.
+            self._app.supervisor.failed("merge")
+        self._app.metrics.merge_seconds.observe(time.perf_counter() - started)
+
+
 class ScopeApp:
-    """Wires the parts together; `start()` binds the sockets, `stop()` closes them."""
+    """Wires the parts together; `start()` binds the sockets, `stop()` closes them.
+
+    `service`: run as the multi-tenant service (--multitenant): CURVE and ZAP on the bus and the
+    control channel, tenants' tokens on HTTP, a `TenantView` a tenant."""
 
     def __init__(
         self,
@@ -98,78 +165,105 @@ class ScopeApp:
         read_only: bool = False,
         auth_token: str | None = None,
         store: str | None = None,
+        service: Service | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
+        self.window = window
+        self.max_view_nodes = max_view_nodes
+        self.read_only = read_only
+        self.allowed_origins = allowed_origins
+        self.service = service
         self.metrics = AppMetrics()
         self.supervisor = Supervisor(log)
         # Failures of callbacks rather than tasks, counted from the start so that /metrics shows them.
         for name in ("merge", "feeds", "websocket_open"):
             self.supervisor.restarts[name] = 0
-        self.renderer = Renderer(max_view_nodes, on_render=self.metrics.observe_render)
-        self.hub = FeedHub(self.renderer, supervisor=self.supervisor)
-        self.collector = Collector(self._merged, window=window, limits=limits)
+        self.views: dict[str, TenantView] = {}
+        tenant_limits = service.limits.collector_limits() if service is not None else limits
+        self.store = InProcessReports(lambda tenant: self._new_view(tenant, tenant_limits).collector)
         self._zmq = zmq.asyncio.Context()
-        self.receiver = BusReceiver(self.collector, self._zmq, bus, self.metrics)
-        self.router = ControlRouter(self._zmq, rpc.control_address(self.receiver.address))
+        keys = service.keys if service is not None else None
+        self.directory: TenantDirectory | None = None
+        self.gate: TenantGate | None = None
+        self.zap: ZapHandler | None = None
+        if service is not None:
+            self.directory = TenantDirectory(service.registry, self._revoked)
+            self.gate = TenantGate(self.directory.tenant_of_key, service.limits)
+            # Bound before the sockets it guards; they would refuse every probe without it anyway.
+            self.zap = ZapHandler(self._zmq, self.directory.admits_key)
+        self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
+        self.router = ControlRouter(
+            self._zmq,
+            rpc.control_address(self.receiver.address),
+            keys=keys,
+            tenant_of_key=self.directory.tenant_of_key if self.directory is not None else None,
+        )
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
-        # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas).
+        # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas);
+        # single-tenant only for now (serve refuses --store with --multitenant).
         self.replicas = ReplicaLink(store, self.app_id, window) if store else None
         if self.replicas is not None:
-            self.replicas.attach("", self.receiver, self.router)
+            self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
-        self.metrics.registry.register(
-            StateMetrics(self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts)
-        )
-        self.context = AppContext(
-            self.app_id, self.collector, self.renderer, self.receiver, self.supervisor, self.metrics
-        )
-        self.context.read_only = read_only
-        self.auth = Auth(auth_token)
-        routes = [
-            *auth_rules(self.auth),
-            *api_routes(self.context),
-            (
-                r"/api/topology/([^/]+)/ws",
-                TopologyWebSocket,
-                {"hub": self.hub, "allowed_origins": allowed_origins},
-            ),
-            *control_routes(self.router, self.pipes, lambda: self.renderer.graph.report, read_only, allowed_origins),
-            not_found_route(self.context),
-            (
-                r"/(.*)",
-                tornado.web.StaticFileHandler,
-                {"path": static_dir(), "default_filename": "index.html"},
-            ),
-        ]
-        self.web = tornado.web.Application(
-            host_checked(self.allowed_hosts, routes),
-            websocket_ping_interval=WEBSOCKET_PING_INTERVAL,
-            websocket_ping_timeout=WEBSOCKET_PING_TIMEOUT,
-            log_function=request_logger(log_http),
-            websocket_max_message_size=WEBSOCKET_MAX_MESSAGE,
-            compress_response=True,
-        )
+        self.web_settings: dict[str, Any] = {
+            "websocket_ping_interval": WEBSOCKET_PING_INTERVAL,
+            "websocket_ping_timeout": WEBSOCKET_PING_TIMEOUT,
+            "log_function": request_logger(log_http),
+            "websocket_max_message_size": WEBSOCKET_MAX_MESSAGE,
+            "compress_response": True,
+        }
+        if service is None or self.directory is None:
+            view = self.view(SINGLE_TENANT)
+            self.collector, self.renderer, self.hub, self.context = (
+                view.collector,
+                view.renderer,
+                view.hub,
+                view.context,
+            )
+            self.metrics.registry.register(
+                StateMetrics(
+                    self.receiver, self.collector, self.renderer, self.hub, self.supervisor, self.allowed_hosts
+                )
+            )
+            gate: Gate = Auth(auth_token)
+            routes = [*auth_rules(gate), *view.routes]
+        else:
+            tenant_auth = TenantAuth(self.directory, service.keys.secret)
+            routes = [*auth_rules(tenant_auth), *tenant_rules(tenant_auth, lambda tenant: self.view(tenant).web)]
+        self.web = tornado.web.Application(host_checked(self.allowed_hosts, routes), **self.web_settings)
         self._server: tornado.httpserver.HTTPServer | None = None
 
-    def _report(self) -> Report:
-        return self.renderer.graph.report
+    def view(self, tenant: str) -> TenantView:
+        """The tenant's view, made (with its collector) on first use."""
+        self.store.collector(tenant)
+        return self.views[tenant]
 
-    def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
-        started = time.perf_counter()
-        try:
-            self.renderer.update(report, version, changed)
-            self.hub.changed()
-        except Exception:
-            # Called from the bus receiver's or the expiry's merge: a failure here is theirs to count,
-            # but must not stop them applying what comes next.
-            self.supervisor.failed("merge")
-        self.metrics.merge_seconds.observe(time.perf_counter() - started)
+    def _new_view(self, tenant: str, limits: Limits | None) -> TenantView:
+        view = self.views[tenant] = TenantView(self, tenant, limits)
+        return view
+
+    def _revoked(self, tenant: str) -> None:
+        """A tenant was revoked: its probes vanish, its controls and pipes end, its views go."""
+        self.store.forget(tenant)
+        self.router.forget_tenant(tenant)
+        if self.gate is not None:
+            self.gate.forget(tenant)
+        self.views.pop(tenant, None)
+
+    async def _expire_forever(self, interval: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.store.expire()
+            self.store.flush()
 
     def start(self, listen_host: str, listen_port: int) -> None:
         self._server = self.web.listen(listen_port, listen_host, xheaders=False)
+        if self.zap is not None and self.directory is not None:
+            self.supervisor.start("zap", self.zap.run)
+            self.supervisor.start("tenants", self.directory.refresh_forever)
         self.supervisor.start("bus", self.receiver.run)
-        self.supervisor.start("expiry", self.collector.expire_forever)
+        self.supervisor.start("expiry", self._expire_forever)
         self.supervisor.start("controls", self.router.run)
         self.supervisor.start("control-heartbeats", self.router.heartbeat_forever)
         self.supervisor.start("pipe-collector", self.pipes.collect_forever)
@@ -185,6 +279,8 @@ class ScopeApp:
         self.pipes.close_all()
         self.router.close()
         self.receiver.close()
+        if self.zap is not None:
+            self.zap.close()
         self._zmq.term()
 
 
@@ -278,9 +374,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of the app run alone as the multi-tenant service (not of `scope`, which runs a local probe too)."""
+    group = parser.add_argument_group("service (--multitenant)")
+    switch_flag(
+        group,
+        "--multitenant",
+        help="serve many tenants (`scope tenants` adds them): CURVE-encrypted bus, probes admitted by their "
+        "service token, each user token sees its tenant alone; --auth-token and --no-auth do not apply",
+    )
+    add_state_dir_flag(group)
+    defaults = TenantLimits()
+    env_flag(
+        group,
+        "--tenant-max-probes",
+        default=str(defaults.max_probes),
+        type=_positive_int,
+        help="probes one tenant may have reporting",
+    )
+    env_flag(
+        group,
+        "--tenant-max-nodes",
+        default=str(defaults.max_nodes),
+        type=_positive_int,
+        help="nodes one tenant's probes may hold together",
+    )
+    env_flag(
+        group,
+        "--tenant-max-bytes-per-second",
+        default=str(defaults.max_bytes_per_second),
+        type=_positive_int,
+        help="report bytes one tenant's probes may send a second, on average",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scope app", description="Merge probes' reports and serve the map.")
     add_app_flags(parser)
+    add_service_flags(parser)
     env_flag(parser, "--log-level", default="info", help="debug, info, warning or error")
     return parser
 
@@ -293,7 +424,19 @@ async def serve(args: argparse.Namespace) -> None:
         max_nodes_per_source=args.max_nodes_per_source,
         max_probes_per_source=args.max_probes_per_source,
     )
-    token, generated = choose_token(listen_host, args.auth_token, args.no_auth)
+    service = None
+    if args.multitenant and args.store:
+        # The replicas' stream carries messages by tenant, but the service's per-tenant state is not yet
+        # followed across replicas: refuse rather than serve tenants half a picture.
+        raise SystemExit("scope app: --store cannot be combined with --multitenant yet")
+    if args.multitenant:
+        service = open_service(
+            args.state_dir,
+            TenantLimits(args.tenant_max_probes, args.tenant_max_nodes, args.tenant_max_bytes_per_second),
+        )
+        token, generated = None, False
+    else:
+        token, generated = choose_token(listen_host, args.auth_token, args.no_auth)
     app = ScopeApp(
         bus_endpoint(args.bus),
         args.window,
@@ -305,6 +448,7 @@ async def serve(args: argparse.Namespace) -> None:
         auth_token=token,
         max_view_nodes=args.max_view_nodes,
         store=args.store or None,
+        service=service,
     )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
@@ -317,7 +461,14 @@ async def serve(args: argparse.Namespace) -> None:
         " (read-only: refused)" if args.read_only else "",
     )
     page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
-    if args.no_auth and not is_loopback(listen_host):
+    if service is not None:
+        log.info(
+            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key)",
+            args.state_dir,
+            len(service.registry.list()),
+            service.keys.public,
+        )
+    elif args.no_auth and not is_loopback(listen_host):
         log.warning("access control is off (--no-auth): whoever reaches %s can use every control", page)
     elif generated:
         log.info("access needs a token; log in at %s?token=%s", page, token)
@@ -338,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(args))
-    except (OSError, zmq.ZMQError) as exc:
+    except (OSError, zmq.ZMQError, sqlite3.Error) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 import tornado.websocket
 
 from scope_app.controls import ControlRouter, same_origin
+from scope_app.tenancy import SINGLE_TENANT
 from scope_common import rpc
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,12 @@ CREDIT_BATCH = rpc.PIPE_WINDOW_BYTES // 4
 class AppPipe:
     """One pipe as the app sees it."""
 
-    def __init__(self, pipe_id: str, probe_id: str, client: str) -> None:
+    def __init__(self, pipe_id: str, probe_id: str, client: str, tenant: str = SINGLE_TENANT) -> None:
         self.id = pipe_id
         self.probe_id = probe_id
         self.client = client
+        #: The tenant whose user opened it: only that tenant's requests find it.
+        self.tenant = tenant
         self.created = time.monotonic()
         self.socket: PipeWebSocket | None = None
         #: Bytes sent to the probe that it has not acknowledged; the browser waits while it is a window.
@@ -62,14 +65,14 @@ class PipeHub:
         self.pipes: dict[str, AppPipe] = {}
         self.dropped: dict[str, int] = {}
 
-    def add(self, probe_id: str, pipe_id: str, client: str) -> bool:
+    def add(self, probe_id: str, pipe_id: str, client: str, tenant: str = SINGLE_TENANT) -> bool:
         """Record a pipe a probe opened for `client`; False (and the probe told to close it) past a limit."""
         per_probe = sum(1 for p in self.pipes.values() if p.probe_id == probe_id)
         per_client = sum(1 for p in self.pipes.values() if p.client == client)
         if per_probe >= MAX_PIPES_PER_PROBE or per_client >= MAX_PIPES_PER_CLIENT or pipe_id in self.pipes:
             self._router.send(probe_id, rpc.Message.make(rpc.PIPE_CLOSE, pipe=pipe_id, reason="too many pipes"))
             return False
-        self.pipes[pipe_id] = AppPipe(pipe_id, probe_id, client)
+        self.pipes[pipe_id] = AppPipe(pipe_id, probe_id, client, tenant)
         return True
 
     def attach(self, pipe: AppPipe, socket: PipeWebSocket) -> None:
@@ -171,10 +174,11 @@ class PipeWebSocket(tornado.websocket.WebSocketHandler):
     """`ws /api/pipe/{id}`: binary frames carry bytes both ways; a text frame is bytes too, unless it
     is a JSON object `{"resize": [cols, rows]}`."""
 
-    def initialize(self, hub: PipeHub, read_only: bool, allowed_origins: frozenset[str]) -> None:
+    def initialize(self, hub: PipeHub, read_only: bool, allowed_origins: frozenset[str], tenant: str) -> None:
         self.hub = hub
         self.read_only = read_only
         self.allowed_origins = allowed_origins
+        self.tenant = tenant
         self.pipe: AppPipe | None = None
 
     def check_origin(self, origin: str) -> bool:
@@ -182,6 +186,8 @@ class PipeWebSocket(tornado.websocket.WebSocketHandler):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         pipe = self.hub.pipes.get(args[0] if args else "")
+        if pipe is not None and pipe.tenant != self.tenant:
+            pipe = None  # another tenant's pipe is no pipe at all
         status, error = 0, ""
         if self.read_only:
             status, error = 403, "this app is read-only: pipes are off"

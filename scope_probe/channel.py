@@ -29,6 +29,7 @@ from scope_probe.docker_controls import DockerControls
 from scope_probe.host_controls import HostControls
 from scope_probe.pipes import Pipes
 from scope_probe.reporter import ProbeContext, Wake
+from scope_probe.service import HandshakeWatch, ServiceCredentials
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,12 @@ class ControlChannel:
         host_id: str,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         supervisor: Supervisor | None = None,
+        service: ServiceCredentials | None = None,
     ) -> None:
+        """`service`: the channel goes to the multi-tenant service, encrypted, with these credentials."""
         self.probe_id = probe_id
+        self._service = service
+        self._watches: dict[str, HandshakeWatch] = {}  # control address -> its handshakes (service only)
         self.host_id = host_id
         self.pipes = Pipes(self.send)
         #: Modules register their controls here before `start`.
@@ -127,6 +132,9 @@ class ControlChannel:
                         with contextlib.suppress(BlockingIOError):
                             self._wake_r.recv(4096)
         finally:
+            for watch in self._watches.values():
+                watch.close()
+            self._watches.clear()
             for dealer in self._dealers.values():
                 dealer.close(linger=0)
             # Should the thread be restarted after a failure, it connects to the same apps again.
@@ -144,10 +152,14 @@ class ControlChannel:
         for address in sorted(wanted - self._dealers.keys()):
             dealer = self._context.socket(zmq.DEALER)
             rpc.configure_dealer(dealer, self.probe_id)
+            if self._service is not None:
+                self._service.apply(dealer)
+                self._watches[address] = HandshakeWatch(dealer, "control channel")
             try:
                 dealer.connect(address)
             except zmq.ZMQError as exc:
                 log.warning("cannot connect to the control port %s: %s", address, exc)
+                self._close_watch(address)
                 dealer.close(linger=0)
                 continue
             log.info("control channel to %s", address)
@@ -156,15 +168,23 @@ class ControlChannel:
         for address in sorted(self._dealers.keys() - wanted):
             dealer = self._dealers.pop(address)
             poller.unregister(dealer)
+            self._close_watch(address)
             dealer.close(linger=0)
             self._heard.pop(address, None)
             self.pipes.app_gone(address)
             log.info("control channel to %s closed: the app is no longer found", address)
 
+    def _close_watch(self, address: str) -> None:
+        watch = self._watches.pop(address, None)
+        if watch is not None:
+            watch.close()
+
     def _hello(self) -> rpc.Message:
         return rpc.Message.make(rpc.HELLO, probe_id=self.probe_id, host_id=self.host_id, version=__version__)
 
     def _heartbeat(self, now: float) -> None:
+        for watch in self._watches.values():
+            watch.poll()
         hello = rpc.encode(self._hello())
         for address in self._dealers:
             # Unsent while the app is away (IMMEDIATE): that is what heartbeats are for, not a loss.
@@ -217,9 +237,9 @@ class ControlChannel:
                 self.pipes.receive(address, message)
 
 
-def control_channel(ctx: ProbeContext) -> ControlChannel:
+def control_channel(ctx: ProbeContext, service: ServiceCredentials | None = None) -> ControlChannel:
     """The channel with every control this probe offers: the Docker engine's and the host's."""
-    channel = ControlChannel(ctx.probe_id, ctx.host_id, supervisor=ctx.supervisor)
+    channel = ControlChannel(ctx.probe_id, ctx.host_id, supervisor=ctx.supervisor, service=service)
     DockerControls(ctx.docker_url).register(channel.controls)
     HostControls(ctx.host_id, ctx.proc_root).register(channel.controls)
     return channel

@@ -55,6 +55,7 @@ from scope_probe.process import ProcessReporter
 from scope_probe.publisher import Publisher
 from scope_probe.reporter import ProbeContext, Reporter
 from scope_probe.resolver import ReverseResolver
+from scope_probe.service import ServiceCredentials
 from scope_probe.tracer import ConnectionTracer, TracerUnavailable
 
 log = logging.getLogger("scope.probe")
@@ -262,7 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scope probe", description="Gather this host's processes, connections and containers."
     )
     add_probe_flags(parser)
+    add_service_flags(parser)
     return parser
+
+
+def add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of a probe run alone for the multi-tenant service (not of `scope`, which runs its own app)."""
+    group = parser.add_argument_group("service (a probe of `scope app --multitenant`)")
+    env_flag(
+        group,
+        "--service-token",
+        default="",
+        help="publish to the service only, as the tenant of this probe token (prefer the environment: "
+        "a command line is visible in ps)",
+    )
+    env_flag(group, "--service-host", default="", help="the service's bus address, host[:port]")
+    env_flag(group, "--service-key", default="", help="the service's public key to pin (service_key, 64 hex digits)")
 
 
 def add_probe_flags(parser: argparse.ArgumentParser) -> None:
@@ -340,6 +356,14 @@ def _metrics_address(text: str) -> str:
 def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = None) -> Probe:
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
     nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
+    service = None
+    if getattr(args, "service_token", ""):
+        # The service alone: a tenant's reports go nowhere else, not even to a local app or Weave DNS.
+        if not args.service_host:
+            raise ValueError("--service-host is needed with --service-token: the service's host[:port]")
+        service = ServiceCredentials.from_flags(args.service_token, args.service_key)
+        peers = [parse_peer(args.service_host)]
+        args.weave_dns_name = ""
     ctx = ProbeContext(
         host_id=args.hostname,
         probe_id=secrets.token_hex(8),
@@ -376,14 +400,14 @@ def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = Non
     return Probe(
         ctx,
         reporters,
-        Publisher(zmq.Context.instance()),
+        Publisher(zmq.Context.instance(), service),
         resolver,
         spy_interval=args.spy_interval,
         publish_interval=args.publish_interval,
         resolve_interval=args.resolve_interval,
         full_report_interval=args.full_report_interval,
         cleanups=[names.stop] if names is not None else [],
-        channel=None if args.no_controls else control_channel(ctx),
+        channel=None if args.no_controls else control_channel(ctx, service),
         metrics=metrics,
     )
 

@@ -16,6 +16,7 @@ import logging
 import zmq
 
 from scope_common.bus import configure_publisher
+from scope_probe.service import HandshakeWatch, ServiceCredentials
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,17 @@ class Publisher:
     """Sends reports to a changing set of apps. Used from one thread only (ZeroMQ sockets are not
     thread-safe): discovery runs elsewhere and hands the addresses over through `set_apps`."""
 
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+    def __init__(
+        self, context: zmq.Context[zmq.Socket[bytes]] | None = None, service: ServiceCredentials | None = None
+    ) -> None:
+        """`service`: publish to the multi-tenant service, encrypted, as the tenant of these credentials."""
         self._context = context or zmq.Context.instance()
         self._socket = self._context.socket(zmq.XPUB)
         configure_publisher(self._socket)
+        self._watch: HandshakeWatch | None = None
+        if service is not None:
+            service.apply(self._socket)
+            self._watch = HandshakeWatch(self._socket, "report publisher")
         # Every app subscribes to everything (b""): without VERBOSE only the first one's subscription
         # would be passed up, and an app that reconnects would go unnoticed.
         self._socket.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -57,6 +65,8 @@ class Publisher:
 
     def new_subscribers(self) -> int:
         """How many apps subscribed since the last call: each gets every message sent from now on."""
+        if self._watch is not None:  # called every publish: the socket's thread, often enough
+            self._watch.poll()
         count = 0
         while True:
             try:
@@ -79,4 +89,6 @@ class Publisher:
         return True
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
         self._socket.close(linger=0)

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.netns",
     "tests.fixtures.redis",
     "tests.fixtures.scope",
+    "tests.fixtures.service",
 ]

@@ -37,9 +37,16 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
             "peer.example:4031",
         ]
     )
-    for child in (app_main.build_parser(), probe_main.build_parser()):
+    alone = {
+        "app": {"multitenant", "state_dir", "tenant_max_probes", "tenant_max_nodes", "tenant_max_bytes_per_second"},
+        "probe": {"service_token", "service_host", "service_key"},
+    }
+    for name, child in (("app", app_main.build_parser()), ("probe", probe_main.build_parser())):
         flags = child_flags(child, args)
-        declared = {action.dest for action in child._actions if action.option_strings and action.dest != "help"}
+        options = {action.dest for action in child._actions if action.option_strings and action.dest != "help"}
+        # The service's flags belong to the child run alone: `scope` runs an app and its own probe.
+        assert options - vars(args).keys() == alone[name]
+        declared = options - alone[name]
         assert {flag.split("=", 1)[0].removeprefix("--").replace("-", "_") for flag in flags} == declared
         # The child reads back exactly what scope parsed: durations, switches, ports and empty values alike.
         reread = child.parse_args(flags)
@@ -87,12 +94,20 @@ def test_help_names_the_original_commands_and_every_child_flag() -> None:
     helped = subprocess.run(
         [sys.executable, "-m", "scope", "--help"], capture_output=True, text=True, timeout=30, check=True
     )
-    for words in ("scope launch [FLAGS] [PEER ...]", "scope launch --service-token=TOKEN", "scope stop", "scope app"):
+    for words in (
+        "scope launch [FLAGS] [PEER ...]",
+        "scope launch --service-token=TOKEN",
+        "scope stop",
+        "scope app",
+        "scope tenants --state-dir DIR add NAME",
+    ):
         assert words in helped.stdout
+    takes = {action.dest for action in build_parser()._actions}
     for child in (app_main.build_parser(), probe_main.build_parser()):
         for action in child._actions:
             for option in action.option_strings:
-                assert option in helped.stdout
+                # The service's flags are the child's alone (`scope app --help`, `scope probe --help`).
+                assert option in (helped.stdout if action.dest in takes else child.format_help())
     version = subprocess.run(
         [sys.executable, "-m", "scope", "--version"], capture_output=True, text=True, timeout=30, check=True
     )

@@ -1,5 +1,5 @@
 """./launch.sh: scope (probe and app) in one container named `weavescope`, from the image that
-scripts/build-image.sh builds; `--service-token` is refused until the hosted service exists. The installed
+scripts/build-image.sh builds; `--service-token` needs the service's host and key. The installed
 `scope` command does the same as `scope launch` and `scope stop`, the original's commands.
 
 Real engine, real image. The first run on a machine builds the Debian base image with debootstrap (about two
@@ -33,6 +33,7 @@ from scope_common import __version__, ids
 from tests.fixtures.docker import PID_LABEL, REPO_ROOT, TEST_LABEL, Containers
 from tests.fixtures.ports import free_port
 from tests.fixtures.scope import Scope, wait_for
+from tests.fixtures.service import Service
 
 LAUNCH = REPO_ROOT / "launch.sh"
 #: The two ways to run the launch commands: the script, and the console script installed beside this Python.
@@ -166,9 +167,11 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
     remove_test_weavescope(docker_client)
     started: list[Launched] = []
 
-    def start(*args: str, command: Sequence[str] = LAUNCH_SH) -> Launched:
+    def start(*args: str, command: Sequence[str] = LAUNCH_SH, token: str = "") -> Launched:
+        """`token`: a probe token for the service, given as SCOPE_SERVICE_TOKEN (a probe alone)."""
         http_port, bus_port = free_port(), free_port()
         env = clean_env(
+            **({"SCOPE_SERVICE_TOKEN": token} if token else {}),
             SCOPE_LISTEN=f"127.0.0.1:{http_port}",
             SCOPE_BUS=f"127.0.0.1:{bus_port}",
             # No DNS through the host's resolver: no WeaveDNS look-ups of apps, no reverse look-ups of addresses.
@@ -303,14 +306,53 @@ def test_scope_launch_and_scope_stop_as_the_original_has_them(launch: Any, docke
     assert "not running" in idle.stderr
 
 
+KEY = "ab" * 32
+
+
+@pytest.mark.docker
+@pytest.mark.root
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_launch_with_a_service_token_runs_a_probe_alone_for_the_service(
+    launch: Any, docker_client: Any, service: Service
+) -> None:
+    alpha = service.add_tenant("alpha")
+    hostname = "launched-for-the-service"
+    launched = launch(
+        f"--service-host={service.app.bus}",
+        f"--service-key={alpha.service_key}",
+        f"--hostname={hostname}",
+        token=alpha.probe_token,
+    )
+    assert launched.result.returncode == 0, launched.result.stdout + launched.result.stderr
+    assert "feeding the service at" in launched.result.stderr
+    wait_for(lambda: service.hostnames(alpha.user_token) == {hostname}, timeout=60, what="the launched probe")
+    container = docker_client.containers.get(CONTAINER_NAME)
+    command = json.dumps([container.attrs["Path"], container.attrs["Args"], container.attrs["Config"]["Cmd"]])
+    assert "probe" in command and alpha.probe_token not in command
+    assert f"SCOPE_SERVICE_TOKEN={alpha.probe_token}" in container.attrs["Config"]["Env"]
+    with pytest.raises(urllib.error.URLError):  # no app, no UI on this host
+        launched.api("/api")
+
+
 @pytest.mark.parametrize("command", [LAUNCH_SH, SCOPE_COMMAND], ids=["launch.sh", "scope"])
 @pytest.mark.parametrize(
-    "args", [["--service-token=x"], ["--service-token", "x"], ["--service-token=x", "127.0.0.1:4030"]]
+    ("args", "problem"),
+    [
+        (["--service-token=x", f"--service-key={KEY}"], "--service-token needs --service-host=HOST[:PORT]"),
+        (["--service-token", "x", "--service-host=svc.example"], "--service-token needs --service-key=KEY"),
+        (["--service-token=x", "--service-host=svc.example", "--service-key=abc"], "64 hex digits"),
+        (
+            ["--service-token=x", "--service-host=svc.example", f"--service-key={KEY}", "127.0.0.1:4030"],
+            "publishes to the service alone",
+        ),
+    ],
 )
-def test_service_token_is_refused_until_the_service_exists(args: list[str], command: Sequence[str]) -> None:
+def test_a_probe_for_the_service_needs_its_host_and_key(args: list[str], problem: str, command: Sequence[str]) -> None:
+    """Said before anything starts (the real container runs `scope probe`: tests/app/test_multitenant.py
+    runs the same probe as a process)."""
     result = run_launch("launch", *args, timeout=30, command=command)
     assert result.returncode != 0
-    assert "the hosted service is not available yet" in result.stderr
+    assert problem in result.stderr
 
 
 def test_help_and_bad_commands() -> None:

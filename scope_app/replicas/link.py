@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import re
 import time
@@ -32,7 +31,7 @@ from prometheus_client.registry import Collector as PrometheusCollector
 from redis.exceptions import RedisError
 
 from scope_app.controls import ControlRouter
-from scope_app.ingest import BusReceiver
+from scope_app.ingest import Arrival, BusReceiver
 from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
 from scope_common.supervise import RateLimitedLog, Supervisor
 from scope_common.wire import Envelope
@@ -121,11 +120,16 @@ class ReplicaLink:
         self.controls = ReplicaControls(self._redis, replica_id, self._trouble)
 
     def attach(self, tenant: str, receiver: BusReceiver, router: ControlRouter | None = None) -> None:
-        """Share `receiver`'s messages as `tenant`'s, and feed it the tenant's messages from other replicas;
+        """Share the messages `receiver` accepts (under their own tenants), and feed it `tenant`'s messages
+        from other replicas;
         with `router`, reach the tenant's probes whose control channels other replicas hold, and let them
         reach those of `router`."""
-        receiver.relay = functools.partial(self.publish, tenant)
-        self.follow(tenant, functools.partial(receiver.handle, relay=False))
+        receiver.relay = self.publish
+
+        async def apply(messages: Messages) -> None:
+            await receiver.handle([Arrival("", source, data) for source, data in messages], relay=False, tenant=tenant)
+
+        self.follow(tenant, apply)
         if router is not None:
             self.controls.attach(tenant, router)
 

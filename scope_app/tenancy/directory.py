@@ -1,0 +1,69 @@
+"""The service's copy of the registry, refreshed every second: HTTP requests look tokens up here
+rather than in the registry's storage, and revocations made by `scope tenants revoke` (another
+process) reach the service through it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from scope_app.tenancy.registry import Tenant, TenantRegistry
+
+log = logging.getLogger(__name__)
+
+#: How often the registry is read again: the longest a revoked token keeps working.
+REFRESH_INTERVAL = 1.0
+
+
+class TenantDirectory:
+    def __init__(self, registry: TenantRegistry, on_revoked: Callable[[str], None]) -> None:
+        self.registry = registry
+        self._on_revoked = on_revoked
+        self.tenants: dict[str, Tenant] = {}
+        self._by_user_token_hash: dict[str, Tenant] = {}
+        self._by_probe_key: dict[str, Tenant] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._apply(self.registry.list())
+
+    def _apply(self, listed: list[Tenant]) -> None:
+        tenants = {tenant.name: tenant for tenant in listed}
+        gone = [name for name in self.tenants if name not in tenants]
+        added = [name for name in tenants if name not in self.tenants]
+        self.tenants = tenants
+        self._by_user_token_hash = {tenant.user_token_hash: tenant for tenant in tenants.values()}
+        self._by_probe_key = {tenant.probe_key: tenant for tenant in tenants.values()}
+        for name in added:
+            log.info("tenant %s added", name)
+        for name in gone:
+            log.info("tenant %s revoked: its tokens no longer work, its probes are cut off", name)
+            self._on_revoked(name)
+
+    async def refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            # SQLite reads block: off the loop, so that a slow disk never stalls requests.
+            self._apply(await asyncio.to_thread(self.registry.list))
+
+    def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
+        """From the copy; a token the copy does not know yet is looked up in the registry itself, so that
+        a tenant just added can log in at once (one indexed read, only for tokens the copy lacks)."""
+        found = self._by_user_token_hash.get(user_token_hash)
+        return found if found is not None else self.registry.by_user_token_hash(user_token_hash)
+
+    def by_name(self, name: str) -> Tenant | None:
+        """As `by_user_token_hash`, for a session cookie, which names its tenant."""
+        found = self.tenants.get(name)
+        return found if found is not None else self.registry.by_name(name)
+
+    def admits_key(self, probe_key: str) -> bool:
+        """For ZAP: read from the registry itself, so that a tenant just added gets in at once."""
+        return self.registry.by_probe_key(probe_key) is not None
+
+    def tenant_of_key(self, probe_key: str) -> str | None:
+        """The tenant whose probes hold `probe_key` (a connection's User-Id), now. A tenant revoked
+        and added again under its name has new tokens: the old key is no tenant's."""
+        tenant = self._by_probe_key.get(probe_key)
+        return tenant.name if tenant is not None else None

@@ -1,0 +1,89 @@
+"""HTTP for the service: each request is its tenant's, by the user token it shows.
+
+A request shows `Authorization: Bearer USER_TOKEN`, or the session cookie the login page
+(scope_app.auth) set for that token. The cookie is `TENANT.MAC`, the MAC keyed by the service's
+secret over the tenant and its user token's hash: it names the tenant without a lookup, gives the
+token away to nobody, and stops working when the tenant is revoked. A probe token is no user token:
+it is not even stored, only the public key derived from it.
+
+Routing: the application's first rules are the login page and the 401 of scope_app.auth; whatever
+passes them is handed to `TenantDispatch`, which hands the request to its tenant's own application
+(routes made for that tenant's collector, renderer, feeds, controls and pipes). No handler sees
+another tenant's state, so another tenant's ids answer exactly as ids that do not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import tornado.httputil
+import tornado.routing
+import tornado.web
+
+from scope_app.auth import bearer_token, session_cookie
+from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.registry import token_hash
+
+
+class TenantAuth:
+    """The `Gate` (scope_app.auth) of the service."""
+
+    enforced = True
+
+    def __init__(self, directory: TenantDirectory, secret: str) -> None:
+        self._directory = directory
+        self._key = hmac.new(secret.encode(), b"scope tenant sessions", hashlib.sha256).digest()
+
+    def tenant_of(self, request: tornado.httputil.HTTPServerRequest) -> str | None:
+        """The tenant whose user token or session the request shows; None for none."""
+        given = bearer_token(request)
+        if given is not None:
+            found = self._directory.by_user_token_hash(token_hash(given))
+            return found.name if found is not None else None
+        cookie = session_cookie(request)
+        if cookie is None:
+            return None
+        name, _, mac = cookie.rpartition(".")
+        tenant = self._directory.by_name(name)
+        if tenant is None or not hmac.compare_digest(mac.encode(), self._mac(name, tenant.user_token_hash).encode()):
+            return None
+        return name
+
+    def allows(self, request: tornado.httputil.HTTPServerRequest) -> bool:
+        return self.tenant_of(request) is not None
+
+    def login(self, token: str) -> str | None:
+        tenant = self._directory.by_user_token_hash(token_hash(token))
+        return f"{tenant.name}.{self._mac(tenant.name, tenant.user_token_hash)}" if tenant is not None else None
+
+    def _mac(self, name: str, user_token_hash: str) -> str:
+        return hmac.new(self._key, f"{name}\0{user_token_hash}".encode(), hashlib.sha256).hexdigest()
+
+
+class AnyRequest(tornado.routing.Matcher):
+    def match(self, request: tornado.httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        return {}
+
+
+class TenantDispatch(tornado.routing.Router):
+    """Hands each request (already allowed by the auth rules) to its tenant's application."""
+
+    def __init__(self, auth: TenantAuth, application_of: Callable[[str], tornado.web.Application]) -> None:
+        self._auth = auth
+        self._application_of = application_of
+
+    def find_handler(
+        self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any
+    ) -> tornado.httputil.HTTPMessageDelegate | None:
+        tenant = self._auth.tenant_of(request)
+        if tenant is None:  # revoked between the auth rule and here: refused on the next request
+            return None
+        return self._application_of(tenant).find_handler(request, **kwargs)
+
+
+def tenant_rules(auth: TenantAuth, application_of: Callable[[str], tornado.web.Application]) -> list[Any]:
+    """What follows the auth rules in the service's application."""
+    return [tornado.routing.Rule(AnyRequest(), TenantDispatch(auth, application_of))]
