@@ -268,7 +268,8 @@ def test_the_bytes_on_the_wire_are_not_readable(service: Service) -> None:
         time.sleep(2)
         with proxy._lock:
             captured = bytes(proxy.captured)
-        assert len(captured) > 10_000, "the reports went through the proxy"
+        # At least one full report (a few KB compressed; the hostname in the API shows it came this way).
+        assert len(captured) > 4_000, "the reports went through the proxy"
         for secret in (hostname, "python", "scope_probe", "pytest"):
             assert secret.encode() not in captured, secret
     finally:
