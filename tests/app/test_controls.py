@@ -54,6 +54,15 @@ def _state(app: App, container: Any) -> str:
     return {row["id"]: row["value"] for row in node["metadata"]}.get("state", "") if node else ""
 
 
+def test_the_app_says_which_probes_it_can_reach(app: App) -> None:
+    probe = _controls(app, "hosts", HOST_NODE)["host_exec"]["probeId"]
+    channel = wait_for(lambda: app.get(f"/api/control/{probe}")["connected"], timeout=10, what="the channel")
+    assert channel is True
+    assert app.get(f"/api/control/{probe}") == {"probeId": probe, "connected": True, "hostId": HOST, "reason": None}
+    unknown = app.get("/api/control/no-such-probe")
+    assert unknown["connected"] is False and unknown["hostId"] is None and "cannot be reached" in unknown["reason"]
+
+
 def _probe_of(app: App, container: Any) -> str:
     """The probe offering the container's controls, once the app can reach it (it says 400 to a control
     that does not exist, 404 while the probe is not connected)."""
@@ -242,3 +251,5 @@ def test_a_probe_killed_mid_control_is_a_504_and_the_app_serves_on(scope: Scope,
     assert app.get("/api")["version"]
     status, body = app.control(probe, node, "docker_stop_container")
     assert status == 404, "the dead probe is no longer connected"
+    channel = app.get(f"/api/control/{probe}")
+    assert channel["connected"] is False and "cannot be reached" in channel["reason"]
