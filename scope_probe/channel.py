@@ -60,8 +60,8 @@ class ControlChannel:
 
     # ------------------------------------------------------------------ any thread
 
-    def start(self, wake: Wake) -> None:
-        self.controls.start(wake)
+    def start(self, expedite: Wake) -> None:
+        self.controls.start(expedite)
         self._thread = threading.Thread(target=self._run, name="control-channel", daemon=True)
         self._thread.start()
 
