@@ -24,7 +24,7 @@ QUICK_TO_STOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 def app(scope: Scope) -> Iterator[App]:
     app = scope.app()
     scope.probe([app.bus], hostname=HOST)
-    wait_for(lambda: _controls(app, "hosts", HOST_NODE), timeout=15, what="the probe's host with its controls")
+    wait_for(lambda: _controls(app, "hosts", HOST_NODE), timeout=30, what="the probe's host with its controls")
     yield app
 
 
@@ -174,6 +174,20 @@ def test_what_cannot_be_done_is_refused_with_the_reason(app: App, containers: Co
     assert status == 400 and "not a container" in body["error"]
     container.reload()
     assert container.status == "running"
+
+    # One log line per control, refused or not: who asked, which probe, node and control, and the outcome.
+    lines = [line for line in app.log().splitlines() if "scope.app.controls: control " in line]
+    asked = [
+        ("docker_stop_container", node, "no-such-probe", "404 probe 'no-such-probe' is not connected"),
+        ("docker_explode_container", node, probe, "400 there is no control"),
+        ("docker_stop_container", "f" * 64 + ";<container>", probe, "400 probe"),
+        ("docker_start_container", node, probe, "409 container"),
+        ("docker_unpause_container", node, probe, "409 "),
+        ("docker_stop_container", HOST_NODE, probe, "400 "),
+    ]
+    # (Before them, the "none" controls that waited for the probe's channel.)
+    for line, (control, on, via, outcome) in zip(lines[-len(asked) :], asked, strict=True):
+        assert f"control {control} on {on} by 127.0.0.1 via probe {via}: {outcome}" in line, line
 
 
 def test_cross_site_and_non_json_requests_are_refused(app: App, containers: Containers) -> None:
