@@ -29,6 +29,10 @@ log = logging.getLogger("scope")
 
 #: Sub-commands that launch.sh carries out: the container is one script's business, with or without Python.
 LAUNCH_COMMANDS = ("launch", "stop")
+#: Flags whose values are secrets. They reach a child in its environment (SCOPE_AUTH_TOKEN), never on its
+#: command line, which `ps` shows to every user of the host (a launched container's processes are the
+#: host's too); a child that does not declare one does not get it at all (the probe's host shells).
+SECRET_FLAGS = frozenset({"auth_token"})
 
 
 def flag_value(value: object) -> str:
@@ -48,7 +52,12 @@ def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> lis
     """
     flags = []
     for action in child._actions:
-        if not action.option_strings or action.default == argparse.SUPPRESS or not hasattr(args, action.dest):
+        if (
+            not action.option_strings
+            or action.default == argparse.SUPPRESS
+            or not hasattr(args, action.dest)
+            or action.dest in SECRET_FLAGS
+        ):
             continue
         name, value = max(action.option_strings, key=len), getattr(args, action.dest)
         if action.nargs == 0:  # a switch (store_true) takes no value: given when on
@@ -56,6 +65,21 @@ def child_flags(child: argparse.ArgumentParser, args: argparse.Namespace) -> lis
         else:
             flags.append(f"{name}={flag_value(value)}")
     return flags
+
+
+def child_env(child: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """This process's environment for `child`, carrying the secret flags it declares (see SECRET_FLAGS)
+    and none of those it does not."""
+    env = {k: v for k, v in os.environ.items() if k not in {_env_name(dest) for dest in SECRET_FLAGS}}
+    for action in child._actions:
+        if action.dest in SECRET_FLAGS and getattr(args, action.dest):
+            env[_env_name(action.dest)] = flag_value(getattr(args, action.dest))
+    return env
+
+
+def _env_name(dest: str) -> str:
+    """The variable env_flag reads for a flag (scope_common.config)."""
+    return f"SCOPE_{dest.upper()}"
 
 
 def local_app_peer(bus: str) -> str:
@@ -69,16 +93,20 @@ def local_app_peer(bus: str) -> str:
 
 
 def run_both(args: argparse.Namespace) -> int:
-    app_cmd = [sys.executable, "-m", "scope_app", *child_flags(app_main.build_parser(), args)]
+    app_parser, probe_parser = app_main.build_parser(), probe_main.build_parser()
+    app_cmd = [sys.executable, "-m", "scope_app", *child_flags(app_parser, args)]
     probe_cmd = [
         sys.executable,
         "-m",
         "scope_probe",
-        *child_flags(probe_main.build_parser(), args),
+        *child_flags(probe_parser, args),
         local_app_peer(args.bus),
         *args.peers,
     ]
-    children = [subprocess.Popen(app_cmd), subprocess.Popen(probe_cmd)]
+    children = [
+        subprocess.Popen(app_cmd, env=child_env(app_parser, args)),
+        subprocess.Popen(probe_cmd, env=child_env(probe_parser, args)),
+    ]
     stopping = False
 
     def stop(*_: object) -> None:

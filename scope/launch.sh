@@ -28,7 +28,8 @@
 #                      from them: SCOPE_LISTEN=127.0.0.1:4040, SCOPE_BUS, SCOPE_LOG_LEVEL, SCOPE_PEERS, ...
 #                      (SCOPE_HOSTNAME defaults to this host's name). SCOPE_AUTH_TOKEN: the token the UI
 #                      and API ask for; made up here (and printed) when the UI listens beyond loopback and
-#                      neither it, --auth-token nor --no-auth is given.
+#                      neither it, --auth-token nor --no-auth is given. Every value, the token above all,
+#                      goes into the container by the environment, never on a command line `ps` shows.
 #   SCOPE_IMAGE        image to run (default scope-local/scope:latest)
 #   SCOPE_DOCKER_ARGS  extra `docker run` arguments, split on spaces (e.g. "--label team=ops")
 #   SCOPE_LAUNCH_AS    the command to name in messages (default: this script's path; `scope` sets `scope`)
@@ -135,12 +136,13 @@ listen_host() {
 # The token the UI will ask for: given (SCOPE_AUTH_TOKEN, --auth-token), none (--no-auth, or the UI on
 # loopback alone), or made up here, so that it stays the same when the container restarts.
 ui_token() {
-    local arg
-    for arg in "$@"; do
-        case "$arg" in
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
         --no-auth | --no-auth=on) return 0 ;;
-        --auth-token=*) printf '%s\n' "${arg#--auth-token=}"; return 0 ;;
+        --auth-token=*) printf '%s\n' "${1#--auth-token=}"; return 0 ;;
+        --auth-token) printf '%s\n' "${2:-}"; return 0 ;;
         esac
+        shift
     done
     if [[ -n "${SCOPE_AUTH_TOKEN:-}" ]]; then
         printf '%s\n' "$SCOPE_AUTH_TOKEN"
@@ -239,10 +241,24 @@ launch_local() { # launch_local ARGS...: probe and app in one container; ARGS go
     done
     prepare_container
     local run_args=("${RUN_ARGS[@]}")
+    # The token goes into the container by the environment, never as a flag: scope's arguments and
+    # `docker run`'s are command lines, which `ps` shows to every user of the host.
     local token
     token="$(ui_token "$@")"
+    local scope_args=()
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+        --auth-token=*) ;;
+        --auth-token) shift ;;
+        *) scope_args+=("$1") ;;
+        esac
+        shift
+    done
+    set -- ${scope_args[@]+"${scope_args[@]}"}
     if [[ -n "$token" && -z "${SCOPE_AUTH_TOKEN:-}" ]]; then
-        run_args+=(-e "SCOPE_AUTH_TOKEN=$token")
+        # By name alone, like the other SCOPE_ variables: docker takes the value from this environment.
+        export SCOPE_AUTH_TOKEN="$token"
+        run_args+=(-e SCOPE_AUTH_TOKEN)
     fi
 
     local host port state restarts deadline=$((SECONDS + 20))

@@ -134,6 +134,42 @@ class ControlHandler(tornado.web.RequestHandler):
         return text if len(text.encode()) <= rpc.MAX_TEXT else None
 
 
+class ChannelHandler(tornado.web.RequestHandler):
+    """`GET /api/control/{probeId}` -> `{probeId, connected, hostId, reason}`: whether the app can reach
+    the probe's control channel right now (it heard the probe within rpc.PEER_TIMEOUT).
+
+    The map outlives a probe by the app's window: a node whose probe is gone, stopped or cut off still
+    shows with its buttons for a while. The details panel asks this to disable them and say why, rather
+    than let a click end in a 404 or a 10 s wait.
+    """
+
+    def initialize(self, router: ControlRouter, read_only: bool) -> None:
+        self.router = router
+        self.read_only = read_only
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+
+    def get(self, probe_id: str) -> None:
+        link = self.router.probes.get(probe_id)
+        reason = None
+        if self.read_only:
+            reason = "This app is read-only: controls are off."
+        elif link is None:
+            reason = (
+                "The probe that offers these controls cannot be reached right now: "
+                f"it has not been heard on its control channel for {rpc.PEER_TIMEOUT:g} s."
+            )
+        body = {
+            "probeId": probe_id,
+            "connected": link is not None and not self.read_only,
+            "hostId": link.host_id if link is not None else None,
+            "reason": reason,
+        }
+        self.finish(json.dumps(body))
+
+
 def control_routes(
     router: ControlRouter,
     pipes: PipeHub,
@@ -150,5 +186,6 @@ def control_routes(
             ControlHandler,
             {"router": router, "report": report, "pipes": pipes, **checks},
         ),
+        (r"/api/control/([^/]+)", ChannelHandler, {"router": router, "read_only": read_only}),
         (r"/api/pipe/([0-9a-f]{32})", PipeWebSocket, {"hub": pipes, **checks}),
     ]

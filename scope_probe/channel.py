@@ -73,8 +73,8 @@ class ControlChannel:
 
     # ------------------------------------------------------------------ any thread
 
-    def start(self, wake: Wake) -> None:
-        self.controls.start(wake)
+    def start(self, expedite: Wake) -> None:
+        self.controls.start(expedite)
         self._thread = self._supervisor.start_thread("control-channel", self._run, self._stopping)
 
     def stop(self) -> None:

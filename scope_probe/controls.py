@@ -58,7 +58,7 @@ Offer = Callable[[Report], Iterable[tuple[str, str, tuple[str, ...]]]]
 @dataclass(frozen=True, slots=True)
 class _Registered:
     handler: Handler
-    #: The reporter whose report the control changes: refreshed and published at once afterwards.
+    #: The reporter whose report the control changes (see `register`); "" for none.
     wakes: str
     template: ControlTemplate
 
@@ -74,7 +74,7 @@ class Controls:
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="control")
         self._pending = 0
         self._lock = threading.Lock()
-        self._wake: Wake | None = None
+        self._expedite: Wake | None = None
         # Requests by (control, status), for /metrics; controls this probe lacks are counted as "other",
         # so that made-up names cannot grow the table.
         self._calls: dict[tuple[str, str], int] = {}
@@ -87,14 +87,20 @@ class Controls:
         self, control_id: str, handler: Handler, *, wakes: str, template: ControlTemplate | None = None
     ) -> None:
         """Perform `control_id` with `handler`; its button is `template` (this project's controls have
-        theirs in scope_common/controls.py)."""
+        theirs in scope_common/controls.py). `wakes` is the reporter whose report it changes ("" for
+        none: a shell), whose changes are then published as soon as it sees them (see Probe.expedite).
+
+        Not a refresh of our own right after the answer: the Docker mirror has the change only once the
+        engine's event is in, so that report would show the state from before, and its publish would hold
+        the mirror's own wake back by the probe's wake gap: the map would follow a second late."""
         self._handlers[control_id] = _Registered(handler, wakes, template or CONTROL_TEMPLATES[control_id])
 
     def add_offer(self, offer: Offer) -> None:
         self._offers.append(offer)
 
-    def start(self, wake: Wake) -> None:
-        self._wake = wake
+    def start(self, expedite: Wake) -> None:
+        """`expedite`: publish a reporter's changes as soon as it sees them, for a while."""
+        self._expedite = expedite
 
     def stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -144,6 +150,9 @@ class Controls:
                 self._pending -= 1
 
     def _run(self, app: str, request: rpc.Message, reply: Callable[[rpc.Message], None]) -> None:
+        # Before (events may come while the engine works: a stop's kill and die) and after (the engine's
+        # event follows its answer): a slow control outlasts one expedite.
+        self._expedite_for(request)
         try:
             response = self._perform(app, request)
             self._count(request, response.text("status"))
@@ -151,10 +160,12 @@ class Controls:
         finally:
             with self._lock:
                 self._pending -= 1
-        # After the reply: the report the wake makes must not hold the answer up.
+        self._expedite_for(request)
+
+    def _expedite_for(self, request: rpc.Message) -> None:
         registered = self._handlers.get(request.text("control"))
-        if registered is not None and self._wake is not None:
-            self._wake(registered.wakes)
+        if registered is not None and registered.wakes and self._expedite is not None:
+            self._expedite(registered.wakes)
 
     def calls(self) -> dict[tuple[str, str], int]:
         """Requests handled so far by (control, status)."""

@@ -31,7 +31,7 @@ class HostControls:
 
     def register(self, controls: Controls) -> None:
         controls.add_offer(self.offer)
-        controls.register(ids_of.HOST_EXEC, self.exec, wakes="host")
+        controls.register(ids_of.HOST_EXEC, self.exec, wakes="")  # a shell changes nothing on the map
 
     def offer(self, report: Report) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         if self._node_id in report.nodes(HOST):

@@ -64,6 +64,9 @@ log = logging.getLogger("scope.probe")
 #: a busy engine (other people's test containers here: 4 events a second) is sent at most this often,
 #: all its events together, rather than a whole report merged and encoded for each.
 WAKE_GAP = 1.0
+#: After a control, changes of the reporter it affects are published as they come, gap or not, for this
+#: long: someone is looking at the map for the effect, and a busy engine's other events must not hold it up.
+EXPEDITE_SECONDS = 2.0
 #: Latest values that move with the clock rather than with any event: "Up 3 minutes" and uptimes.
 CLOCK_KEYS = frozenset({UPTIME, CONTAINER_STATE_HUMAN})
 
@@ -101,6 +104,8 @@ class Probe:
         #: The reports the last message was made of, by reporter.
         self._sent: dict[str, Report] = {}
         self._woken: set[str] = set()
+        #: Reporters whose wakes skip the wake gap, until when (see `expedite`).
+        self._expedited: dict[str, float] = {}
         self._wake_lock = threading.Lock()
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
@@ -120,6 +125,27 @@ class Probe:
             self._woken.add(reporter)
         self._wake_event.set()
 
+    def expedite(self, reporter: str) -> None:
+        """For EXPEDITE_SECONDS, publish `reporter`'s wakes at once, within the wake gap or not: a control
+        changed what it reports, and the reporter wakes the probe when it sees the change (the Docker
+        mirror, once it has the engine's event). Any thread."""
+        with self._wake_lock:
+            self._expedited[reporter] = time.monotonic() + EXPEDITE_SECONDS
+        self._wake_event.set()  # it may have woken already, and be waiting for the gap
+
+    def _wake_due(self, next_wake: float) -> float:
+        """When the woken reporters are to be published: at `next_wake`, or now when one of them is
+        expedited; never when none is woken. Holds `_wake_lock`."""
+        if not self._woken:
+            return math.inf
+        now = time.monotonic()
+        for name, until in list(self._expedited.items()):
+            if until <= now:
+                del self._expedited[name]
+            elif name in self._woken:
+                return now
+        return next_wake
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake_event.set()
@@ -129,7 +155,7 @@ class Probe:
             reporter.start(self.wake)
         self.ctx.supervisor.start_thread("discovery", self._discover, self._stopping)
         if self.channel is not None:
-            self.channel.start(self.wake)
+            self.channel.start(self.expedite)
         try:
             # The publisher: gathering, encoding and sending, on the main thread.
             self.ctx.supervisor.keep("publisher", self._loop, self._stopping)
@@ -155,10 +181,12 @@ class Probe:
                 self._publish(dict(self._latest))
                 next_publish = _next_tick(next_publish, self._publish_interval, now)
             with self._wake_lock:
-                due = min(next_spy, next_publish, next_wake if self._woken else math.inf)
+                due = min(next_spy, next_publish, self._wake_due(next_wake))
             if self._wake_event.wait(max(0.0, due - time.monotonic())):
                 self._wake_event.clear()
-            if time.monotonic() < next_wake or self._stopping.is_set():
+            with self._wake_lock:
+                wake_due = self._wake_due(next_wake)
+            if time.monotonic() < wake_due or self._stopping.is_set():
                 continue
             with self._wake_lock:
                 woken, self._woken = self._woken, set()

@@ -5,12 +5,16 @@ children's own parsers), and its help names every command the original's users t
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
-from scope.cli import build_parser, child_flags
+import pytest
+
+from scope.cli import SECRET_FLAGS, build_parser, child_flags
 from scope_app import main as app_main
 from scope_common import __version__
 from scope_probe import main as probe_main
@@ -46,7 +50,7 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
         options = {action.dest for action in child._actions if action.option_strings and action.dest != "help"}
         # The service's flags belong to the child run alone: `scope` runs an app and its own probe.
         assert options - vars(args).keys() == alone[name]
-        declared = options - alone[name]
+        declared = options - alone[name] - SECRET_FLAGS  # secrets go by the environment: see the next test
         assert {flag.split("=", 1)[0].removeprefix("--").replace("-", "_") for flag in flags} == declared
         # The child reads back exactly what scope parsed: durations, switches, ports and empty values alike.
         reread = child.parse_args(flags)
@@ -86,6 +90,50 @@ def test_scope_runs_an_app_and_a_probe_that_publishes_to_it_and_to_peers(scope: 
         wait_for(lambda: "cli-test-host" in probes_at(peer.url), timeout=15, what="scope's probe in the peer app")
         # Ctrl-C or SIGTERM stops both children, and that is a clean exit.
         assert both.terminate(signal.SIGINT) == 0, both.log()
+    finally:
+        both.terminate()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return [int(child) for child in listing.read().split()]
+
+
+def test_the_token_reaches_the_app_by_its_environment_never_on_a_command_line() -> None:
+    http_port, bus_port = free_port(), free_port()
+    token = "s3cret-token-on-no-command-line"
+    both = ScopeProcess(
+        "scope-token",
+        [
+            sys.executable,
+            "-m",
+            "scope",
+            f"--listen=127.0.0.1:{http_port}",
+            f"--bus=127.0.0.1:{bus_port}",
+            "--weave-dns-name=",
+            "--reverse-dns=off",
+            "--conntrack=off",
+        ],
+        env={**os.environ, "SCOPE_AUTH_TOKEN": token},
+    )
+    try:
+        wait_for_port("127.0.0.1", http_port, timeout=20)
+        children = wait_for(lambda: _children(both.pid) if len(_children(both.pid)) == 2 else None, timeout=10)
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                assert token.encode() not in cmdline.read(), "ps shows every command line to every user"
+        environments = []
+        for pid in children:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                environments.append(token.encode() in environ.read())
+        assert sorted(environments) == [False, True], "the app has it; the probe (and its host shells) do not"
+        url = f"http://127.0.0.1:{http_port}/api"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.load(response)["version"] == __version__
     finally:
         both.terminate()
 

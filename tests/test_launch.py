@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -167,8 +168,9 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
     remove_test_weavescope(docker_client)
     started: list[Launched] = []
 
-    def start(*args: str, command: Sequence[str] = LAUNCH_SH, token: str = "") -> Launched:
-        """`token`: a probe token for the service, given as SCOPE_SERVICE_TOKEN (a probe alone)."""
+    def start(*args: str, command: Sequence[str] = LAUNCH_SH, token: str = "", path: str = "") -> Launched:
+        """`token`: a probe token for the service, given as SCOPE_SERVICE_TOKEN (a probe alone); `path`:
+        directories to put first on PATH."""
         http_port, bus_port = free_port(), free_port()
         env = clean_env(
             **({"SCOPE_SERVICE_TOKEN": token} if token else {}),
@@ -182,6 +184,8 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
             # Labelled like the fixtures' containers, so a dead session's leftover is removed on the next run.
             SCOPE_DOCKER_ARGS=f"--label {TEST_LABEL}=1 --label {PID_LABEL}={os.getpid()}",
         )
+        if path:
+            env["PATH"] = f"{path}:{env['PATH']}"
         result = run_launch("launch", *args, env=env, command=command)
         launched = Launched(http_port, bus_port, env, result)
         started.append(launched)
@@ -332,6 +336,49 @@ def test_launch_with_a_service_token_runs_a_probe_alone_for_the_service(
     assert f"SCOPE_SERVICE_TOKEN={alpha.probe_token}" in container.attrs["Config"]["Env"]
     with pytest.raises(urllib.error.URLError):  # no app, no UI on this host
         launched.api("/api")
+
+
+@pytest.mark.docker
+@pytest.mark.root
+@pytest.mark.timeout(BUILD_TIMEOUT + 300)
+def test_the_token_is_on_no_command_line_of_the_host(launch: Any, docker_client: Any, tmp_path: Path) -> None:
+    token = "launch-s3cret-" + os.urandom(6).hex()
+    # Every docker command launch.sh runs, recorded on its way to the real one.
+    calls = tmp_path / "docker-calls"
+    shim = tmp_path / "bin" / "docker"
+    shim.parent.mkdir()
+    real = shutil.which("docker")
+    assert real
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    launched: Launched = launch(f"--auth-token={token}", path=str(shim.parent))
+    assert launched.result.returncode == 0, launched.result.stdout + launched.result.stderr
+    assert f"?token={token}" in launched.result.stderr, "launch.sh prints the login URL"
+
+    recorded = calls.read_text()
+    assert "run" in recorded and token not in recorded, "nothing on docker's command line"
+    container = docker_client.containers.get(CONTAINER_NAME)
+    assert token not in json.dumps([container.attrs["Path"], container.attrs["Args"]])
+    assert f"SCOPE_AUTH_TOKEN={token}" in container.attrs["Config"]["Env"]
+    # The container's processes are the host's: none shows the token in `ps`.
+    for pid in _pids_of(container):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            assert token.encode() not in cmdline.read()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        launched.api("/api")
+    assert refused.value.code == 401
+    request = urllib.request.Request(launched.url + "/api", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert json.load(response)["version"] == __version__
+
+
+def _pids_of(container: Any) -> list[int]:
+    """The host pids of the container's processes (scope, its app and its probe)."""
+    top = container.top()
+    column = top["Titles"].index("PID")
+    pids = [int(row[column]) for row in top["Processes"]]
+    assert len(pids) >= 3, top
+    return pids
 
 
 @pytest.mark.parametrize("command", [LAUNCH_SH, SCOPE_COMMAND], ids=["launch.sh", "scope"])

@@ -139,6 +139,11 @@ export async function postControl(probeId, nodeId, controlId) {
   return body;
 }
 
+// Whether the app can reach a probe's control channel now: {probeId, connected, hostId, reason}.
+export function fetchControlChannel(probeId) {
+  return getJson(`api/control/${encodeURIComponent(probeId)}`);
+}
+
 // The websocket URL of a pipe a control opened.
 export function pipeUrl(pipeId) {
   return apiUrl(`api/pipe/${encodeURIComponent(pipeId)}`).replace(/^http/, "ws");

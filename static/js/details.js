@@ -1,12 +1,15 @@
 // Details panel: shows the NodeSummary at once (from the websocket store), then the full
 // NodeDetails from REST (connections, children, controls), and refetches when the node updates.
 import { uPlot } from "../vendor/uplot.js";
-import { fetchNodeDetails, postControl } from "./api.js";
+import { fetchControlChannel, fetchNodeDetails, postControl } from "./api.js";
 import { escapeHtml, formatBytes, formatMetric, formatRate } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
 const TRAFFIC_REFRESH_MS = 2000; // the connections' rates move with time, updates or not
+// How often an open panel with controls asks whether their probe can be reached: heartbeats come and go
+// without the node changing, so the node's updates alone would not tell.
+const CHANNEL_CHECK_MS = 2000;
 
 // Icons of the controls (the `icon` of each), 16 px line drawings in the UI's own style.
 const CONTROL_ICONS = {
@@ -61,6 +64,8 @@ export class DetailsPanel {
     this.onPipe = onPipe; // (pipeId, kind "tty" | "log", title) when a control opened a pipe
     this.pending = new Set(); // ids of the controls in flight: their buttons are disabled
     this.controlError = "";
+    this.channel = null; // {connected, reason} of the controls' probe, once asked
+    this.channelTimer = 0;
     this.topology = "";
     this.nodeId = "";
     this.summary = null;
@@ -101,6 +106,9 @@ export class DetailsPanel {
       this.error = "";
       this.controlError = "";
       this.pending.clear();
+      this.channel = null;
+      clearTimeout(this.channelTimer);
+      this.channelTimer = 0;
     }
     this.gone = false;
     this.root.hidden = false;
@@ -114,7 +122,10 @@ export class DetailsPanel {
     this.nodeId = "";
     this.summary = null;
     this.details = null;
+    this.channel = null;
     clearTimeout(this.refetchTimer);
+    clearTimeout(this.channelTimer);
+    this.channelTimer = 0;
     this._destroyPlots();
     this.root.hidden = true;
     delete this.root.dataset.nodeId;
@@ -156,11 +167,33 @@ export class DetailsPanel {
       if (seq !== this.fetchSeq || nodeId !== this.nodeId) return;
       this.details = body.node;
       this.error = "";
+      if (!this.channelTimer) this._checkChannel();
     } catch (err) {
       if (seq !== this.fetchSeq || nodeId !== this.nodeId) return;
       this.error = err.status === 404 ? "This node is not in the current report." : `Could not load details: ${err.message}`;
     }
     this._render();
+  }
+
+  // Asks whether the probe behind the controls can be reached, now and every CHANNEL_CHECK_MS while the
+  // panel shows controls; re-renders when the answer changes.
+  async _checkChannel() {
+    clearTimeout(this.channelTimer);
+    this.channelTimer = 0;
+    const { nodeId } = this;
+    const probeId = (this.details?.controls || [])[0]?.probeId;
+    if (!nodeId || !probeId) return;
+    this.channelTimer = setTimeout(() => this._checkChannel(), CHANNEL_CHECK_MS);
+    let channel;
+    try {
+      channel = await fetchControlChannel(probeId);
+    } catch {
+      return; // the app itself is away: the connection status says so
+    }
+    if (nodeId !== this.nodeId) return;
+    const changed = !this.channel || this.channel.connected !== channel.connected || this.channel.reason !== channel.reason;
+    this.channel = channel;
+    if (changed) this._render();
   }
 
   _click(event) {
@@ -239,13 +272,16 @@ export class DetailsPanel {
     if (this.error) parts.push(`<div class="notice error" data-testid="details-error">${escapeHtml(this.error)}</div>`);
 
     const controls = this.details?.controls || [];
+    const unreachable = this.channel && !this.channel.connected ? this.channel.reason || "The probe cannot be reached right now." : "";
     if (controls.length) {
-      parts.push(`<div class="controls" data-testid="details-controls">${controls
+      parts.push(`<div class="controls${unreachable ? " unreachable" : ""}" data-testid="details-controls">${controls
         .map((c) => {
           const busy = this.pending.has(c.id);
-          return `<button type="button" class="control${busy ? " pending" : ""}" data-action="control" data-testid="details-control-${escapeHtml(c.id)}" data-control-id="${escapeHtml(c.id)}" data-probe-id="${escapeHtml(c.probeId)}" data-node-id="${escapeHtml(c.nodeId)}" title="${escapeHtml(c.human)}${busy ? " (in progress)" : ""}" aria-label="${escapeHtml(c.human)}"${busy ? " disabled" : ""}>${controlIcon(c.icon)}<span>${escapeHtml(c.human)}</span></button>`;
+          const title = unreachable ? `${c.human}: unavailable. ${unreachable}` : `${c.human}${busy ? " (in progress)" : ""}`;
+          return `<button type="button" class="control${busy ? " pending" : ""}" data-action="control" data-testid="details-control-${escapeHtml(c.id)}" data-control-id="${escapeHtml(c.id)}" data-probe-id="${escapeHtml(c.probeId)}" data-node-id="${escapeHtml(c.nodeId)}" title="${escapeHtml(title)}" aria-label="${escapeHtml(c.human)}"${busy || unreachable ? " disabled" : ""}>${controlIcon(c.icon)}<span>${escapeHtml(c.human)}</span></button>`;
         })
         .join("")}</div>`);
+      if (unreachable) parts.push(`<div class="notice" data-testid="details-controls-unreachable">${escapeHtml(unreachable)}</div>`);
     }
     if (this.controlError) parts.push(`<div class="notice error" data-testid="details-control-error">${escapeHtml(this.controlError)}</div>`);
 

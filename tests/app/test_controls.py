@@ -24,7 +24,7 @@ QUICK_TO_STOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
 def app(scope: Scope) -> Iterator[App]:
     app = scope.app()
     scope.probe([app.bus], hostname=HOST)
-    wait_for(lambda: _controls(app, "hosts", HOST_NODE), timeout=15, what="the probe's host with its controls")
+    wait_for(lambda: _controls(app, "hosts", HOST_NODE), timeout=30, what="the probe's host with its controls")
     yield app
 
 
@@ -52,6 +52,15 @@ def _state(app: App, container: Any) -> str:
     """The container's state as the containers view shows it ("" while it is not there)."""
     node = app.nodes("containers", stopped="show").get(_node_id(container))
     return {row["id"]: row["value"] for row in node["metadata"]}.get("state", "") if node else ""
+
+
+def test_the_app_says_which_probes_it_can_reach(app: App) -> None:
+    probe = _controls(app, "hosts", HOST_NODE)["host_exec"]["probeId"]
+    channel = wait_for(lambda: app.get(f"/api/control/{probe}")["connected"], timeout=10, what="the channel")
+    assert channel is True
+    assert app.get(f"/api/control/{probe}") == {"probeId": probe, "connected": True, "hostId": HOST, "reason": None}
+    unknown = app.get("/api/control/no-such-probe")
+    assert unknown["connected"] is False and unknown["hostId"] is None and "cannot be reached" in unknown["reason"]
 
 
 def _probe_of(app: App, container: Any) -> str:
@@ -166,6 +175,20 @@ def test_what_cannot_be_done_is_refused_with_the_reason(app: App, containers: Co
     container.reload()
     assert container.status == "running"
 
+    # One log line per control, refused or not: who asked, which probe, node and control, and the outcome.
+    lines = [line for line in app.log().splitlines() if "scope.app.controls: control " in line]
+    asked = [
+        ("docker_stop_container", node, "no-such-probe", "404 probe 'no-such-probe' is not connected"),
+        ("docker_explode_container", node, probe, "400 there is no control"),
+        ("docker_stop_container", "f" * 64 + ";<container>", probe, "400 probe"),
+        ("docker_start_container", node, probe, "409 container"),
+        ("docker_unpause_container", node, probe, "409 "),
+        ("docker_stop_container", HOST_NODE, probe, "400 "),
+    ]
+    # (Before them, the "none" controls that waited for the probe's channel.)
+    for line, (control, on, via, outcome) in zip(lines[-len(asked) :], asked, strict=True):
+        assert f"control {control} on {on} by 127.0.0.1 via probe {via}: {outcome}" in line, line
+
 
 def test_cross_site_and_non_json_requests_are_refused(app: App, containers: Containers) -> None:
     container = containers.run(QUICK_TO_STOP, name="csrf")
@@ -242,3 +265,5 @@ def test_a_probe_killed_mid_control_is_a_504_and_the_app_serves_on(scope: Scope,
     assert app.get("/api")["version"]
     status, body = app.control(probe, node, "docker_stop_container")
     assert status == 404, "the dead probe is no longer connected"
+    channel = app.get(f"/api/control/{probe}")
+    assert channel["connected"] is False and "cannot be reached" in channel["reason"]

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,7 +40,7 @@ def _open_pipe(app: App, topology: str, node_id: str, control: str) -> str:
         rows = [row for row in body["node"]["controls"] if row["id"] == control] if status == 200 else []
         return rows[0]["probeId"] if rows else None
 
-    probe_id = wait_for(probe, timeout=15, what=f"{control} on {node_id[:20]}")
+    probe_id = wait_for(probe, timeout=30, what=f"{control} on {node_id[:20]}")
     result: dict[str, Any] = {}
 
     def asked() -> bool:
@@ -154,6 +154,98 @@ def test_a_logs_pipe_shows_the_last_lines_then_follows(app: App, containers: Con
         client.ws.close()
 
     asyncio.run(session())
+
+
+def test_attach_reaches_the_main_process_with_and_without_a_terminal(app: App, containers: Containers) -> None:
+    # With a terminal (docker run -it): the container's own shell, resizable.
+    tty = containers.run(["sh"], name="attach-tty", tty=True, stdin_open=True)
+    pipe = _open_pipe(app, "containers", _node_id(tty), "docker_attach_container")
+
+    async def with_terminal() -> None:
+        client = await PipeClient.connect(app, pipe)
+        await client.send(json.dumps({"resize": [101, 33]}))
+        await client.send("echo attached-$((6 * 7)); stty size\n")
+        await client.read_until(b"attached-42\r\n33 101")
+        client.ws.close()
+
+    asyncio.run(with_terminal())
+    # Detaching is not ending: the container's shell runs on.
+    time.sleep(0.5)
+    tty.reload()
+    assert tty.status == "running"
+
+    # Without one (docker run -i): stdin in, stdout and stderr out, unwrapped from the engine's frames.
+    plain = containers.run(
+        ["sh", "-c", "while read line; do echo out-$line; echo err-$line >&2; done"],
+        name="attach-plain",
+        stdin_open=True,
+    )
+    pipe = _open_pipe(app, "containers", _node_id(plain), "docker_attach_container")
+
+    async def without_terminal() -> None:
+        client = await PipeClient.connect(app, pipe)
+        await client.send(b"hello\n")
+        output = await client.read_until(b"err-hello\n")
+        assert b"out-hello\n" in output and b"\x00" not in output, output
+        client.ws.close()
+
+    asyncio.run(without_terminal())
+
+
+def test_a_browser_that_does_not_read_holds_the_shell_back(scope: Scope, containers: Containers) -> None:
+    """A slow browser cannot make the probe (or the app) buffer without limit: the bytes in flight stop at
+    the credit window and the sockets' buffers, and the shell writing them waits."""
+    app = scope.app()
+    probe = scope.probe([app.bus], hostname=HOST)
+    container = containers.run(["sleep", "600"], name="slow")
+    pipe = _open_pipe(app, "containers", _node_id(container), "docker_exec_container")
+    block = 64 * 1024
+
+    def blocks_written() -> int:
+        code, out = container.exec_run(["cat", "/tmp/count"])
+        return int(out.strip() or 0) if code == 0 else 0
+
+    async def session() -> tuple[int, int, int]:
+        client = await PipeClient.connect(app, pipe)
+        # Raw mode: the terminal passes bytes as they are; then blocks of zeros, counted as they are written.
+        await client.send(
+            "stty raw -echo; i=0; while :; do head -c 65536 /dev/zero; i=$((i+1)); echo $i >/tmp/count; done\n"
+        )
+        # The browser reads nothing now: what the shell can write is bounded, and it then waits.
+        await asyncio.sleep(3)
+        stalled = wait_for(lambda: _unchanged(blocks_written), timeout=30, what="the shell to stop writing")
+        rss = [_rss(pid) for pid in (app.pid, probe.pid)]
+        # And it goes on once the browser reads again.
+        await client.read_until(b"\x00" * 1000, timeout=10)
+        moved = 0
+        deadline = time.monotonic() + 10
+        while moved <= stalled and time.monotonic() < deadline:
+            message = await asyncio.wait_for(client.ws.read_message(), 10)
+            assert message is not None
+            moved = blocks_written()
+        client.ws.close()
+        return stalled, rss[0], rss[1]
+
+    stalled, app_rss, probe_rss = asyncio.run(session())
+    print(f"stalled after {stalled} blocks ({stalled * block / 1e6:.1f} MB); app {app_rss} MB, probe {probe_rss} MB")
+    # The credit window (2 MiB) and the kernel's buffers on the way, far below what a free-running shell
+    # writes in seconds (hundreds of MB).
+    assert stalled * block < 64 * 1024 * 1024
+    assert app_rss < 300 and probe_rss < 300
+
+
+def _unchanged(count: Callable[[], int]) -> int:
+    """`count()` if it is the same (and not 0) a second later, else 0 (for wait_for)."""
+    first = count()
+    time.sleep(1)
+    return first if first and count() == first else 0
+
+
+def _rss(pid: int) -> int:
+    """Resident memory of a process, in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) // 1024
 
 
 def test_host_exec_is_a_shell_on_the_host(app: App) -> None:

@@ -7,6 +7,7 @@ read-only app draws no buttons. No asyncio here (the Playwright sync API owns th
 from __future__ import annotations
 
 import re
+import signal
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,8 @@ def _open_details(page: Page, app: App, container: Any) -> None:
     query = urllib.parse.urlencode({"q": container.name, "node": _node_id(container)})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(f"{app.url}/#/containers?{query}")
-    expect(page.get_by_test_id("details-title")).to_have_text(container.name)
+    # The first page of a session waits for a cold browser as well: more than expect's own 5 s default.
+    expect(page.get_by_test_id("details-title")).to_have_text(container.name, timeout=TIMEOUT_MS)
 
 
 def _wait_reachable(app: App, container: Any) -> None:
@@ -130,3 +132,31 @@ def test_the_logs_pane_follows_pauses_and_filters(app: App, containers: Containe
     assert logs.inner_text() == shown
     page.get_by_test_id("logs-pause").click()
     expect(logs).not_to_have_text(shown)
+
+
+def test_controls_are_disabled_with_the_reason_while_their_probe_cannot_be_reached(
+    scope: Scope, containers: Containers, page: Page
+) -> None:
+    app = scope.app()
+    probe = scope.probe([app.bus], hostname=HOST)
+    container = containers.run(["sleep", "600"], name="cutoff")
+    _wait_reachable(app, container)
+    _open_details(page, app, container)
+    stop = page.get_by_test_id("details-control-docker_stop_container")
+    expect(stop).to_be_enabled()
+    expect(page.get_by_test_id("details-controls-unreachable")).to_have_count(0)
+    # A probe that stops answering (frozen here; a host cut off or gone looks the same) leaves its nodes on
+    # the map for the app's window, and their buttons with them: they are disabled, with the reason.
+    probe.process.send_signal(signal.SIGSTOP)
+    try:
+        # Noticed within the heartbeat timeout, shown at the panel's next check.
+        expect(page.get_by_test_id("details-controls-unreachable")).to_contain_text(
+            "cannot be reached", timeout=TIMEOUT_MS
+        )
+        expect(stop).to_be_disabled()
+        expect(stop).to_have_attribute("title", re.compile("unavailable"))
+        assert _node_id(container) in app.nodes("containers"), "the node is still on the map"
+    finally:
+        probe.process.send_signal(signal.SIGCONT)
+    expect(page.get_by_test_id("details-controls-unreachable")).to_have_count(0, timeout=TIMEOUT_MS)
+    expect(stop).to_be_enabled()
