@@ -18,6 +18,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from scope_common import ids, wire
 from scope_common.bus import configure_subscriber
+from scope_common.delta import ProbeNodes
 from scope_common.report import HOST, Node, Report
 from scope_probe.main import Probe
 from scope_probe.peers import PeerResolver, parse_peer
@@ -82,6 +83,7 @@ def running() -> Iterator[tuple[Probe, Mirror, zmq.Socket[bytes]]]:
         subscriber.disable_monitor()
         subscriber.poll(100)
         time.sleep(0.5)
+        _received.clear()
         yield probe, mirror, subscriber
     finally:
         probe.stop()
@@ -90,14 +92,23 @@ def running() -> Iterator[tuple[Probe, Mirror, zmq.Socket[bytes]]]:
         context.destroy(linger=0)
 
 
+#: What each subscriber has been sent, rebuilt as an app does (a changed node may come as a patch).
+_received: dict[int, ProbeNodes] = {}
+
+
 def _states(subscriber: zmq.Socket[bytes], timeout: float) -> list[str]:
-    """The host's state in each message that arrives within `timeout` s of the first wait (then none)."""
+    """The host's state after each message that carries the host node (whole or patched) and arrives
+    within `timeout` s of the first wait (then none)."""
+    nodes = _received.setdefault(id(subscriber), ProbeNodes())
+    key = (HOST, ids.host_id(HOST_ID))
     states = []
     while subscriber.poll(int(timeout * 1000)):
-        report = wire.decode(subscriber.recv()).report
-        node = report.nodes(HOST).get(ids.host_id(HOST_ID))
-        if node is not None:
-            states.append(node.get("state") or "")
+        envelope = wire.decode(subscriber.recv())
+        assert not nodes.apply(envelope).refused
+        if key in nodes.nodes and (
+            key[1] in envelope.report.nodes(HOST) or any((p.topology, p.id) == key for p in envelope.patches)
+        ):
+            states.append(nodes.nodes[key].get("state") or "")
         timeout = 0.2
     return states
 
