@@ -20,7 +20,8 @@ carrying it leaving the probe to the name being in a websocket message (second p
 `--checkout DIR` runs the app and the fake probes' encoding from DIR (PYTHONPATH=DIR), so the same bench
 measures another design; the fake probes send wire v2 deltas (scope_common.delta.DeltaEncoder) when DIR
 has them, full reports otherwise. A saturated app shows as timeouts and missing figures, never a hang:
-every wait is bounded. Everything started is stopped at the end, also on Ctrl-C.
+every wait is bounded. The app's per-source limits are raised where it has them (`LIMITS`): the fake
+probes all connect from 127.0.0.1. Everything started is stopped at the end, also on Ctrl-C.
 
 The machine matters: the fake probes (encoding N reports every 3 s) share it with the app. The table says
 what they achieved against what was intended, and their CPU; `--senders K` spreads them over K processes.
@@ -297,9 +298,27 @@ class Row:
     note: str = ""
 
 
+#: The app's limits on what one source address may hold, raised where the checkout has them: every fake
+#: probe connects from 127.0.0.1, which a real fleet's probes never share, and a fleet of 1,000 hosts is
+#: past the default total.
+LIMITS = {
+    "--max-probes-per-source": "100000",
+    "--max-nodes-per-source": "100000000",
+    "--max-nodes": "100000000",
+}
+
+
+def app_limits(checkout: str) -> list[str]:
+    """The LIMITS options the checkout's app knows (its `--help`): the design before them had no limits."""
+    usage = subprocess.run(
+        [sys.executable, "-m", "scope_app", "--help"], capture_output=True, text=True, cwd=checkout, check=True
+    ).stdout
+    return [f"{name}={value}" for name, value in LIMITS.items() if name in usage]
+
+
 def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
     row = Row(probes, intended_rate=probes / args.interval)
-    app = App(window=args.window)
+    app = App(window=args.window, extra=args.app_options)
     senders: Senders | None = None
     sampler = Sampler(app.pid)
     sampler.start()
@@ -490,7 +509,11 @@ def main() -> None:
     os.environ["PYTHONPATH"] = checkout
     os.chdir(checkout)
     rev = subprocess.run(["git", "-C", checkout, "log", "--oneline", "-1"], capture_output=True, text=True).stdout
-    print(f"checkout {checkout}: {rev.strip()}; profile {args.profile}, {args.containers} containers per probe")
+    args.app_options = app_limits(checkout)
+    print(
+        f"checkout {checkout}: {rev.strip()}; profile {args.profile}, {args.containers} containers per probe; "
+        f"app options {' '.join(args.app_options) or '(none)'}"
+    )
     rows = []
     try:
         for probes in (int(n) for n in args.probes.split(",")):

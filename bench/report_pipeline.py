@@ -82,7 +82,7 @@ def incremental(hosts: int, steps: int) -> None:
     collector = Collector(lambda report, version, changed: renderer.update(report, version, changed))
     encoders = [DeltaEncoder(f"probe-{i}", f"host-{i}") for i in range(hosts)]
     for i, encoder in enumerate(encoders):
-        collector.add(wire.decode(encoder.encode(host_report(i, hosts, now=1000.0))))
+        collector.add(wire.decode(encoder.encode(host_report(i, hosts, now=1000.0))), f"source-{i}")
     views = ("containers", "hosts", "processes")
     for topology in views:
         renderer.view(topology, view_options({})).json  # noqa: B018 - builds the indexes a watched view keeps
@@ -95,7 +95,7 @@ def incremental(hosts: int, steps: int) -> None:
         start = time.perf_counter()
         envelope = wire.decode(message)
         decoded = time.perf_counter()
-        collector.add(envelope)
+        collector.add(envelope, f"source-{i}")
         times["decode"].append(decoded - start)
         times["apply"].append(time.perf_counter() - decoded)
         for topology in views:
