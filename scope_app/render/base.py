@@ -295,8 +295,9 @@ class ContainerClaims:
         self._by_port: dict[tuple[str, int], set[str]] = {}
         self._held: dict[str, tuple[tuple[str, ...], tuple[tuple[str, int], ...]]] = {}
 
-    def follow(self, container_id: str, container: Node | None) -> bool:
-        """Take a container's current claims (None: it is gone). Returns whether they changed."""
+    def follow(self, container_id: str, container: Node | None) -> tuple[set[str], set[tuple[str, int]]]:
+        """Take a container's current claims (None: it is gone). Returns the addresses and ports whose
+        claims changed: only endpoints on those can change hands."""
         claims: tuple[tuple[str, ...], tuple[tuple[str, int], ...]] = ((), ())
         if container is not None and container.get(CONTAINER_STATE) in RUNNING_STATES:
             host = container.get(HOST_NODE_ID)
@@ -307,7 +308,7 @@ class ContainerClaims:
             )
         held = self._held.get(container_id, ((), ()))
         if claims == held:
-            return False
+            return set(), set()
         for ip in held[0]:
             _release(self._by_ip, ip, container_id)
         for port in held[1]:
@@ -320,7 +321,7 @@ class ContainerClaims:
             self._held.pop(container_id, None)
         else:
             self._held[container_id] = claims
-        return True
+        return set(held[0]) ^ set(claims[0]), set(held[1]) ^ set(claims[1])
 
     def by_ip(self, scoped_ip: str) -> str | None:
         return _only(self._by_ip.get(scoped_ip))
@@ -368,9 +369,18 @@ class ConnectionGraph:
         self._owners_of: dict[str, tuple[str, ...]] = {}
         self._processes_of: dict[str, set[str]] = {}
         self._container_of: dict[str, str] = {}
+        #: Process id -> what its endpoints' owners read of it: its container and its host. A process
+        #: whose metrics moved keeps them, so its endpoints keep their owners and no edge is recounted.
+        self._placement: dict[str, tuple[str | None, str | None]] = {}
+        #: The containers of the report as last followed: one that came or went moves its processes'
+        #: endpoints; one that only changed (its metrics, every report) does not.
+        self._container_ids: set[str] = set(self.containers)
         #: Endpoints no process of the report owns: they are placed by addresses (a container's IP, a
-        #: host's), so they move when those change.
+        #: host's), so they move when those change; by address and by port, to find those a change of
+        #: one container's claims can move.
         self.orphans: set[str] = set()
+        self._orphans_at: dict[str, set[str]] = {}
+        self._orphans_on_port: dict[int, set[str]] = {}
         #: View nodes by kind and id, with what they were built from (`cached_node`).
         self.rendered: dict[str, dict[str, tuple[tuple[object, ...], RenderedNode]]] = {}
         self.claims = ContainerClaims()
@@ -414,16 +424,25 @@ class ConnectionGraph:
                 self._own(node)
             elif node_id in touched:
                 self._parsed.pop(node_id, None)
+        moved: set[str] = set()
         for process_id in processes:
+            placed = self._placement.get(process_id)
             self._remove_process(process_id)
             process = self.processes.get(process_id)
             if process is not None:
                 self._add_process(process)
-        # A process that came or went (or moved to another container) changes its endpoints' owners; a
-        # container that came or went, its processes' endpoints'.
-        moved = set(processes)
+            if self._placement.get(process_id) != placed:
+                moved.add(process_id)
+        # A process that came or went (or moved to another container or host) changes its endpoints'
+        # owners; a container that came or went, its processes' endpoints'.
         for container_id in containers:
-            moved.update(self._processes_of.get(container_id, ()))
+            present = container_id in self.containers
+            if present != (container_id in self._container_ids):
+                moved.update(self._processes_of.get(container_id, ()))
+                if present:
+                    self._container_ids.add(container_id)
+                else:
+                    self._container_ids.discard(container_id)
         for process_id in moved:
             endpoints = tuple(self._endpoints_of.get(process_id, ()))
             dirty.update(endpoints)
@@ -436,10 +455,20 @@ class ConnectionGraph:
             if node_id not in self.report.nodes(topology):
                 for cache in self.rendered.values():
                     cache.pop(node_id, None)
-        claims_changed = False
+        claimed_ips: set[str] = set()
+        claimed_ports: set[tuple[str, int]] = set()
         for container_id in containers:
-            claims_changed |= self.claims.follow(container_id, self.containers.get(container_id))
-        addresses_changed = (hosts_changed and self._index_hosts()) or claims_changed
+            ips, ports = self.claims.follow(container_id, self.containers.get(container_id))
+            claimed_ips |= ips
+            claimed_ports |= ports
+        # Orphans are placed by the hosts' addresses (all of them may move) and by the containers'
+        # claims (only those on an address or port whose claims changed).
+        addresses_changed = hosts_changed and self._index_hosts()
+        if not addresses_changed:
+            for ip in claimed_ips:
+                dirty.update(self._orphans_at.get(ip, ()))
+            for port in {port for _, port in claimed_ports}:
+                dirty.update(self._orphans_on_port.get(port, ()))
         for index in self._edge_indexes.values():
             index.dirty.update(dirty)
             index.addresses_changed |= addresses_changed
@@ -497,9 +526,18 @@ class ConnectionGraph:
                 self._endpoints_of.setdefault(process_id, set()).add(node.id)
         if self.process_of(node) is None:
             self.orphans.add(node.id)
+            parsed = self.parse(node.id)
+            if parsed is not None:
+                self._orphans_at.setdefault(ids.scoped_address(parsed.scope, parsed.addr), set()).add(node.id)
+                self._orphans_on_port.setdefault(parsed.port, set()).add(node.id)
 
     def _disown(self, node_id: str) -> None:
-        self.orphans.discard(node_id)
+        if node_id in self.orphans:
+            self.orphans.discard(node_id)
+            parsed = self.parse(node_id)
+            if parsed is not None:
+                _release(self._orphans_at, ids.scoped_address(parsed.scope, parsed.addr), node_id)
+                _release(self._orphans_on_port, parsed.port, node_id)
         for process_id in self._owners_of.pop(node_id, ()):
             endpoints = self._endpoints_of.get(process_id)
             if endpoints is not None:
@@ -509,11 +547,13 @@ class ConnectionGraph:
 
     def _add_process(self, process: Node) -> None:
         container_id = process_container(process)
+        self._placement[process.id] = (container_id, process.get(HOST_NODE_ID))
         if container_id is not None:
             self._container_of[process.id] = container_id
             self._processes_of.setdefault(container_id, set()).add(process.id)
 
     def _remove_process(self, process_id: str) -> None:
+        self._placement.pop(process_id, None)
         container_id = self._container_of.pop(process_id, None)
         if container_id is not None:
             processes = self._processes_of[container_id]
@@ -674,8 +714,8 @@ class EdgeIndex:
         self.tallies: dict[str, dict[str, EdgeInfo]] = {}
         #: Pseudo node id -> the endpoints it stands for, with how many connection ends each.
         self.pseudo: dict[str, dict[str, int]] = {}
-        #: Set by the graph: endpoints whose owner may have changed; whether the addresses that place
-        #: orphans (hosts' addresses, containers' claims) did.
+        #: Set by the graph: endpoints whose owner may have changed (orphans on an address or port whose
+        #: claims changed among them); whether the hosts' addresses, which place every orphan, did.
         self.dirty: set[str] = set()
         self.addresses_changed = False
 
