@@ -11,7 +11,6 @@ whatever went wrong, the API keeps answering. Failures are counted in `Renderer.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -112,8 +111,7 @@ class View:
     def json(self) -> str:
         """`{"nodes": {...}}`, serialised once however many clients ask, from each node's own JSON."""
         if self._json is None:
-            dumps = json.dumps
-            body = ",".join(f"{dumps(node_id)}:{node.summary_json()}" for node_id, node in self.nodes.items())
+            body = ",".join([node.view_entry() for node in self.nodes.values()])
             cut = f',"total":{self.total}' if self.total > len(self.nodes) else ""
             self._json = '{"nodes":{' + body + "}" + cut + "}"
         return self._json

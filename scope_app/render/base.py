@@ -204,8 +204,9 @@ class RenderedNode:
         an unchanged summary is the same object, which is how a feed's diff skips it."""
         return self._memoized()[0]
 
-    def summary_json(self) -> str:
-        """`summary()` as JSON, serialised once for as long as the summary stays the same."""
+    def view_entry(self) -> str:
+        """`"id":summary` as a view's JSON lists it, serialised once for as long as the summary stays
+        the same: a view of thousands of nodes is joined from these."""
         return self._memoized()[1]
 
     def _memoized(self) -> tuple[Json, str]:
@@ -216,7 +217,8 @@ class RenderedNode:
             if len(self._memo) >= 4:  # the views of a few option sets; older edges are not coming back
                 self._memo.clear()
             summary = self._build_summary([target for target, _ in key])
-            found = self._memo[key] = (summary, json.dumps(summary, separators=(",", ":")))
+            entry = f"{json.dumps(self.id)}:{json.dumps(summary, separators=(',', ':'))}"
+            found = self._memo[key] = (summary, entry)
         return found
 
     def _build_summary(self, adjacency: list[str]) -> Json:
