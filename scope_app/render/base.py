@@ -389,6 +389,8 @@ class ConnectionGraph:
         for container_id, container in self.containers.items():
             self.claims.follow(container_id, container)
         self.host_addresses: dict[str, str] = {}
+        #: Host id -> its local networks as last indexed.
+        self._host_networks: dict[str, tuple[str, ...]] = {}
         self._local_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self._local_cache: dict[str, bool] = {}
         self._edge_indexes: dict[EndpointMapper, EdgeIndex] = {}
@@ -404,7 +406,7 @@ class ConnectionGraph:
         touched: set[str] = set()
         processes: set[str] = set()
         containers: set[str] = set()
-        hosts_changed = False
+        hosts: set[str] = set()
         for topology, node_id in changed:
             if topology == "endpoint":
                 touched.add(node_id)
@@ -413,7 +415,7 @@ class ConnectionGraph:
             elif topology == "container":
                 containers.add(node_id)
             elif topology == "host":
-                hosts_changed = True
+                hosts.add(node_id)
         dirty = set(touched)
         for node_id in touched:
             dirty.update(self._clients_of.get(node_id, ()))  # a target that came or went
@@ -465,7 +467,10 @@ class ConnectionGraph:
             claimed_ports |= ports
         # Orphans are placed by the hosts' addresses (all of them may move) and by the containers'
         # claims (only those on an address or port whose claims changed).
-        addresses_changed = hosts_changed and self._index_hosts()
+        # Every report moves its host's metrics; only a host that came, went or changed its networks
+        # indexes the hosts' addresses again (all of them: it is rare, and a fleet's hosts are few).
+        networks_moved = any(self._networks_of(host_id) != self._host_networks.get(host_id) for host_id in hosts)
+        addresses_changed = networks_moved and self._index_hosts()
         if not addresses_changed:
             for ip in claimed_ips:
                 dirty.update(self._orphans_at.get(ip, ()))
@@ -571,10 +576,16 @@ class ConnectionGraph:
         """The processes that run in a container."""
         return self._processes_of.get(container_id, ())
 
+    def _networks_of(self, host_id: str) -> tuple[str, ...] | None:
+        """A host's local networks as reported (None: the host is not in the report)."""
+        host = self.hosts.get(host_id)
+        return None if host is None else host.sets.get(LOCAL_NETWORKS, ())
+
     def _index_hosts(self) -> bool:
         """Index the hosts' addresses and networks. Returns whether they changed."""
         networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
         addresses: dict[str, str] = {}
+        self._host_networks = {host_id: host.sets.get(LOCAL_NETWORKS, ()) for host_id, host in self.hosts.items()}
         for host in self.hosts.values():
             for text in host.sets.get(LOCAL_NETWORKS, ()):
                 try:
