@@ -107,6 +107,9 @@ class Collector:
         self._changed: set[NodeKey] = set()
         self._merge_scheduled: asyncio.Handle | None = None
         self._log = RateLimitedLog(log)
+        #: Told the id of a probe whose delta could not be applied (one before it was lost), so that the
+        #: probe can be asked for a full report at once (ControlRouter.ask_full_report).
+        self.on_missed_delta: Callable[[str], object] | None = None
 
     def add(self, envelope: Envelope, source: str = "") -> bool:
         """Apply `envelope`, which arrived from `source`, to its probe's report. Returns False when it
@@ -139,6 +142,8 @@ class Collector:
             known.received_at = self._clock()
         if applied.refused:
             self._reject(applied.refused)
+            if applied.refused == "missed_delta" and self.on_missed_delta is not None:
+                self.on_missed_delta(envelope.probe_id)
             return False
         self.applied += 1
         grown = len(known.nodes.nodes) - before

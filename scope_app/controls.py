@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 MAX_PROBES = 10_000
 #: Requests waiting for one probe's answer; more are refused as busy.
 MAX_PENDING_PER_PROBE = 16
+#: A probe is asked for a full report at most this often: the messages after a lost delta are all
+#: refused until the full report comes, and each would ask again.
+FULL_REPORT_ASK_EVERY = 5.0
 
 
 class ProbeNotConnected(Exception):
@@ -104,6 +107,9 @@ class ControlRouter:
         self.on_gone: GoneListener | None = None
         #: Where requests for probes not connected here go; None: this app only.
         self.remote: RemoteControls | None = None
+        #: When each probe was last asked for a full report (`ask_full_report`), and how many asks were sent.
+        self._asked_full: dict[str, float] = {}
+        self.full_reports_asked = 0
 
     def connected(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
         """Whether `probe_id` is connected now, as a probe of `tenant`: here, or (single-tenant replicas)
@@ -192,8 +198,23 @@ class ControlRouter:
         for link in [link for link in self.probes.values() if link.tenant == tenant]:
             self._forget(link.probe_id, "its tenant was revoked")
 
+    def ask_full_report(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
+        """Ask `probe_id` (of `tenant`, connected here) to make its next report a full one, because a delta
+        was lost: the probe's picture here is incomplete until then, and without asking it waits for the
+        probe's periodic full report. At most once per FULL_REPORT_ASK_EVERY; whether it was asked now."""
+        link = self.probes.get(probe_id)
+        now = time.monotonic()
+        if link is None or link.tenant != tenant or now - self._asked_full.get(probe_id, -1e9) < FULL_REPORT_ASK_EVERY:
+            return False
+        self._asked_full[probe_id] = now
+        if not self.send(probe_id, rpc.Message.make(rpc.FULL_REPORT)):
+            return False
+        self.full_reports_asked += 1
+        return True
+
     def _forget(self, probe_id: str, why: str) -> None:
         self.probes.pop(probe_id, None)
+        self._asked_full.pop(probe_id, None)
         log.info("probe %s control channel: %s", probe_id, why)
         for request_id, (owner, future) in list(self._pending.items()):
             if owner == probe_id:

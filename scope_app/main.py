@@ -101,6 +101,8 @@ class TenantView:
         self.renderer = Renderer(app.max_view_nodes, on_render=app.metrics.observe_render)
         self.hub = FeedHub(self.renderer, supervisor=app.supervisor)
         self.collector = Collector(self._merged, window=app.window, limits=limits)
+        # A lost delta: ask the probe for a full report rather than wait for its periodic one.
+        self.collector.on_missed_delta = lambda probe_id: app.router.ask_full_report(probe_id, tenant)
         # A tenant of the service reads its own counters, not the bus's, which are every tenant's together.
         receiver = app.receiver if app.gate is None else None
         self.context = AppContext(app.app_id, self.collector, self.renderer, receiver, app.supervisor, app.metrics)

@@ -52,6 +52,7 @@ PIPE_DATA = "pipe_data"  # both ways: bytes of a pipe
 PIPE_CREDIT = "pipe_credit"  # both ways: the receiver took this many bytes; send more
 PIPE_RESIZE = "pipe_resize"  # app -> probe: the terminal's new size
 PIPE_CLOSE = "pipe_close"  # both ways: this end is gone
+FULL_REPORT = "full_report"  # app -> probe: make the next report a full one (the app missed a delta)
 
 # Outcomes of a request (RESPONSE `status`).
 OK = "ok"
@@ -71,10 +72,11 @@ _SCHEMA: dict[str, dict[str, type]] = {
     PIPE_CREDIT: {"pipe": str, "bytes": int},
     PIPE_RESIZE: {"pipe": str, "cols": int, "rows": int},
     PIPE_CLOSE: {"pipe": str, "reason": str},
+    FULL_REPORT: {},
 }
 
 #: What each side accepts; anything else from the network is dropped.
-PROBE_RECEIVES = frozenset({HEARTBEAT, REQUEST, PIPE_DATA, PIPE_CREDIT, PIPE_RESIZE, PIPE_CLOSE})
+PROBE_RECEIVES = frozenset({HEARTBEAT, REQUEST, PIPE_DATA, PIPE_CREDIT, PIPE_RESIZE, PIPE_CLOSE, FULL_REPORT})
 APP_RECEIVES = frozenset({HELLO, RESPONSE, PIPE_DATA, PIPE_CREDIT, PIPE_CLOSE})
 
 _MAX_INT = 2**53

@@ -18,6 +18,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import zmq
 
@@ -67,13 +68,16 @@ class ControlChannel:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._supervisor = supervisor or Supervisor(log)
+        self._full_report: Callable[[], None] | None = None
         self._drops = Drops(log, "control channel dropped a message")
         #: Dropped messages by reason.
         self.dropped = self._drops.counts
 
     # ------------------------------------------------------------------ any thread
 
-    def start(self, expedite: Wake) -> None:
+    def start(self, expedite: Wake, full_report: Callable[[], None] | None = None) -> None:
+        """`full_report`: called when an app asks for a full report next (it missed a delta)."""
+        self._full_report = full_report
         self.controls.start(expedite)
         self._thread = self._supervisor.start_thread("control-channel", self._run, self._stopping)
 
@@ -233,6 +237,9 @@ class ControlChannel:
             self._heard[address] = time.monotonic()
             if message.kind == rpc.REQUEST:
                 self.controls.handle(address, message, functools.partial(self.send, address))
+            elif message.kind == rpc.FULL_REPORT:
+                if self._full_report is not None:
+                    self._full_report()
             elif message.kind != rpc.HEARTBEAT:
                 self.pipes.receive(address, message)
 

@@ -84,7 +84,7 @@ class Probe:
         spy_interval: float = 1.0,
         publish_interval: float = 3.0,
         resolve_interval: float = 10.0,
-        full_report_interval: float = 30.0,
+        full_report_interval: float = 60.0,
         wake_gap: float = WAKE_GAP,
         cleanups: Sequence[Callable[[], None]] = (),
         channel: ControlChannel | None = None,
@@ -133,6 +133,11 @@ class Probe:
             self._expedited[reporter] = time.monotonic() + EXPEDITE_SECONDS
         self._wake_event.set()  # it may have woken already, and be waiting for the gap
 
+    def ask_full_report(self) -> None:
+        """Make the next report a full one (at the next publish, within the publish interval): an app
+        missed a delta, and its picture of this host is incomplete until then. Any thread."""
+        self._next_full = 0.0
+
     def _wake_due(self, next_wake: float) -> float:
         """When the woken reporters are to be published: at `next_wake`, or now when one of them is
         expedited; never when none is woken. Holds `_wake_lock`."""
@@ -155,7 +160,7 @@ class Probe:
             reporter.start(self.wake)
         self.ctx.supervisor.start_thread("discovery", self._discover, self._stopping)
         if self.channel is not None:
-            self.channel.start(self.expedite)
+            self.channel.start(self.expedite, self.ask_full_report)
         try:
             # The publisher: gathering, encoding and sending, on the main thread.
             self.ctx.supervisor.keep("publisher", self._loop, self._stopping)
@@ -323,9 +328,10 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(
         group,
         "--full-report-interval",
-        default="30s",
+        default="60s",
         type=parse_duration,
-        help="how often to publish a full report rather than what changed (apps that missed one wait this long)",
+        help="how often to publish a full report rather than what changed (an app that missed a delta asks for "
+        "one over the control channel; without it, with --no-controls, it waits this long)",
     )
     env_flag(
         group,

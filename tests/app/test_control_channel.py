@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from scope_common import rpc
+from scope_common import rpc, wire
 from scope_common.controls import CONTROL_PROBE_ID, CONTROLS, STOP
 from scope_common.report import Node, Report
 from tests.fixtures.scope import App, ReportSender, Scope, wait_for
@@ -145,3 +145,21 @@ def test_an_oversized_message_costs_the_sender_its_connection(app: App, probe: H
     probe.hello()
     wait_for(lambda: _connected(app), timeout=10, what="the probe to be connected again")
     assert app.get("/api")["version"]
+
+
+def test_an_app_that_missed_a_delta_asks_the_probe_for_a_full_report(app: App) -> None:
+    asker = HandmadeProbe(app, identity="asker")
+    sender = ReportSender(app, probe_id="asker", host_id="asker-host")
+    try:
+        asker.hello()
+        wait_for(lambda: app.get("/api/control/asker")["connected"], timeout=10, what="the asker's hello")
+        report = Report()
+        report.add(Node.build("asker-host;<host>", "host", latest={"host_name": "asker-host"}))
+        sender.send_until(report, lambda: "asker" in {p["id"] for p in app.get("/api/probes")})
+        # A delta on a message the app never had: refused, and the probe is asked for a full report.
+        lost = wire.Envelope("asker", "asker-host", 1000, time.time(), Report(), "test", full=False, base_seq=999)
+        sender.send_raw(wire.encode(lost))
+        asker.receive(rpc.FULL_REPORT)
+    finally:
+        sender.close()
+        asker.close()

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 import zmq
 
-from scope_common import ids, wire
+from scope_common import ids, rpc, wire
 from scope_common.bus import configure_subscriber
 from scope_probe.publisher import Publisher
 from tests.fixtures.docker import Containers
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.scope import Scope, ScopeProcess, start_probe, wait_for
 
 
@@ -210,3 +210,27 @@ def test_events_in_a_burst_are_sent_together_at_most_once_a_second(
         seen.update(envelopes[-1].report.nodes("container"))
     elapsed = time.monotonic() - began
     assert len(envelopes) <= elapsed + 1, f"{len(envelopes)} messages in {elapsed:.1f}s"
+
+
+def test_an_app_that_missed_a_delta_gets_a_full_report_when_it_asks(
+    context: zmq.Context[zmq.Socket[bytes]], probe_on_port: tuple[int, list[ScopeProcess]]
+) -> None:
+    """The app's end of both the bus and the control channel: after the probe's first full report only
+    deltas come (the periodic full report is an hour away), until the control channel asks for one."""
+    _, probes = probe_on_port
+    port = free_port_pair()
+    subscriber = _subscriber(context, port)
+    router = context.socket(zmq.ROUTER)
+    rpc.configure_router(router)
+    router.bind(f"tcp://127.0.0.1:{port + rpc.CONTROL_PORT_OFFSET}")
+    try:
+        probes.append(start_probe([f"127.0.0.1:{port}"], hostname="asked-host", extra=["--full-report-interval=1h"]))
+        assert _receive(subscriber, 1)[0].full
+        assert not any(e.full for e in _receive_for(subscriber, 3)), "deltas only, before anyone asks"
+        assert router.poll(15_000), "no hello on the control channel"
+        identity = router.recv_multipart()[0]
+        router.send_multipart([identity, rpc.encode(rpc.Message.make(rpc.FULL_REPORT))])
+        envelopes = _receive_for(subscriber, 4)
+        assert any(e.full for e in envelopes), [e.full for e in envelopes]
+    finally:
+        router.close(0)
