@@ -221,21 +221,14 @@ export class GraphView {
   // Rates change with time: restyle the edges whose look changed, once a second, while shown.
   _refreshTraffic() {
     if (!this.visible || this.graph.size === 0) return;
-    let changed = false;
-    this.graph.updateEachEdgeAttributes(
-      (edge, attrs, source, target) => {
-        const look = edgeLook(this.traffic.traffic(source, target));
-        if (look.size !== attrs.size || look.color !== attrs.color) {
-          changed = true;
-          attrs.size = look.size;
-          attrs.color = look.color;
-        }
-        return attrs;
-      },
-      { attributes: ["size", "color"] },
-    );
+    // Edge by edge, only those whose look changed: each update schedules a refresh of that edge, indexed
+    // afresh. (updateEachEdgeAttributes with size/color hints makes sigma repaint every edge without
+    // indexing, which throws for an edge added since the last refresh.)
+    this.graph.forEachEdge((edge, attrs, source, target) => {
+      const look = edgeLook(this.traffic.traffic(source, target));
+      if (look.size !== attrs.size || look.color !== attrs.color) this.graph.mergeEdgeAttributes(edge, look);
+    });
     if (this.hoveredEdge) this._showEdgeTooltip(this.hoveredEdge, null);
-    if (changed) this.sigma.refresh({ skipIndexation: true });
   }
 
   _edgeAttrs(source, target) {
