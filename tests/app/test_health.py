@@ -17,7 +17,7 @@ import zmq
 from scope_app.main import ScopeApp
 from scope_common import wire
 from scope_common.report import Report
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, free_port_pair
 
 
 async def _health(port: int) -> tuple[int, dict[str, object]]:
@@ -53,7 +53,8 @@ async def _reaches(app: ScopeApp, bus_port: int) -> None:
 
 
 def test_health_fails_while_the_bus_is_down_and_the_receiver_restarts() -> None:
-    bus_port, http_port = free_port(), free_port()
+    # The control channel binds the port after the bus port: both must be free.
+    bus_port, http_port = free_port_pair(), free_port()
 
     async def scenario() -> None:
         app = ScopeApp(f"tcp://127.0.0.1:{bus_port}", 15.0)
