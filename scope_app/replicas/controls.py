@@ -26,7 +26,7 @@ import msgpack
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from scope_app.controls import ControlRouter, ProbeBusy, ProbeNotConnected
+from scope_app.controls import MAX_PROBES, ControlRouter, ProbeBusy, ProbeNotConnected
 from scope_common import rpc
 from scope_common.drops import Drops
 
@@ -240,7 +240,10 @@ def _shaped(fields: Any, kinds: list[type]) -> bool:
 def _strings(value: bytes) -> list[str]:
     """The probe ids in a holder's key; none when it is not a list of strings."""
     try:
-        found = msgpack.unpackb(value, raw=False)
+        # Bounded before unpacking: no more ids than a router holds, each no longer than an rpc text.
+        found = msgpack.unpackb(
+            value, raw=False, max_array_len=MAX_PROBES, max_str_len=rpc.MAX_TEXT, max_bin_len=0, max_map_len=0
+        )
     except (ValueError, TypeError, msgpack.UnpackException):
         return []
     return [s for s in found if type(s) is str] if type(found) is list else []

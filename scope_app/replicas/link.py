@@ -33,6 +33,8 @@ from redis.exceptions import RedisError
 from scope_app.controls import ControlRouter
 from scope_app.ingest import Arrival, BusReceiver
 from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
+from scope_common import wire
+from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog, Supervisor
 from scope_common.wire import Envelope
 
@@ -56,6 +58,8 @@ MAX_PENDING = 10_000
 WRITE_BATCH = 500
 #: Stream entries read in one go: bounds one step's decoding before the loop serves anyone else.
 READ_COUNT = 500
+#: Longest source address an entry may carry (an IPv6 address with a port is under 60 characters).
+MAX_SOURCE_BYTES = 256
 #: How long one blocking read waits for entries: bounds how late a newly followed tenant is joined.
 READ_BLOCK_SECONDS = 1.0
 #: Entries scanned or fetched per round trip while joining.
@@ -113,6 +117,10 @@ class ReplicaLink:
         #: Messages written to Redis, dropped before they could be, and read from other replicas.
         self.published = 0
         self.publish_dropped = 0
+        #: Stream entries of other replicas left out before decoding, by reason (the store is shared, so
+        #: what it holds is checked like anything else from the network).
+        self._entry_drops = Drops(log, "left out a stream entry")
+        self.entries_dropped = self._entry_drops.counts
         self.received = 0
         #: Commands that failed (Redis away, refused, too slow), and joins (a tenant loaded afresh).
         self.errors = 0
@@ -264,11 +272,18 @@ class ReplicaLink:
 
     async def _apply(self, apply: Apply, entries: list[Entry]) -> None:
         me = self.replica_id.encode()
-        messages = [
-            (fields[b"s"].decode(errors="replace"), fields[b"m"])
-            for _, fields in entries
-            if fields.get(b"r") != me and b"s" in fields and b"m" in fields
-        ]
+        messages: Messages = []
+        for entry_id, fields in entries:
+            if fields.get(b"r") == me:
+                continue
+            source, message = fields.get(b"s"), fields.get(b"m")
+            if type(source) is not bytes or type(message) is not bytes or len(source) > MAX_SOURCE_BYTES:
+                self._entry_drops.add("malformed", f"entry {entry_id[:40]!r}")
+            elif len(message) > wire.MAX_MESSAGE_BYTES:
+                # Checked before anything is made of it, as the bus does.
+                self._entry_drops.add("too_large", f"entry {entry_id[:40]!r}: {len(message)} bytes")
+            else:
+                messages.append((source.decode(errors="replace"), message))
         if messages:
             self.received += len(messages)
             await apply(messages)
@@ -340,3 +355,11 @@ class ReplicaMetrics(PrometheusCollector):
         for reason, count in sorted(link.controls.dropped.items()):
             dropped.add_metric([reason], count)
         yield dropped
+        entries = CounterMetricFamily(
+            "scope_app_replica_entries_dropped",
+            "Other replicas' stream entries left out before decoding",
+            labels=["reason"],
+        )
+        for reason, count in sorted(link.entries_dropped.items()):
+            entries.add_metric([reason], count)
+        yield entries

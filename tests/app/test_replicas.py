@@ -19,6 +19,7 @@ import tornado.websocket
 import zmq
 
 from scope_app.replicas import ReplicaLink
+from scope_app.replicas.link import stream_key
 from scope_common import ids, wire
 from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
 from tests.fixtures.docker import Containers
@@ -338,3 +339,29 @@ def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
     )
     assert result.returncode == 2
     assert "not a Redis URL" in result.stderr
+
+
+def test_a_bad_entry_in_the_store_is_left_out_and_the_others_stand(scope: Scope, redis_server: RedisServer) -> None:
+    """The store is shared: an entry that is not what a replica writes is counted, never decoded."""
+    apps = replicas(scope, redis_server, count=2)
+    feeder = Feeder("kept", apps[0])
+    try:
+        wait_for(lambda: shows(apps[1], ["kept"]), 20, what="the feeder's containers on the other replica")
+        client = redis_server.client()
+        key = stream_key("")
+        client.xadd(key, {"r": "someone", "s": "x" * 10_000, "m": b"\x00"})
+        client.xadd(key, {"r": "someone", "s": "127.0.0.9", "m": b"\x00" * (wire.MAX_MESSAGE_BYTES + 1)})
+        client.close()
+
+        def counted() -> bool:
+            metrics = apps[1].metrics()
+            return (
+                metrics.get('scope_app_replica_entries_dropped_total{reason="malformed"}', 0) >= 1
+                and metrics.get('scope_app_replica_entries_dropped_total{reason="too_large"}', 0) >= 1
+            )
+
+        wait_for(counted, 10, what="both bad entries counted")
+        assert shows(apps[1], ["kept"])
+        assert apps[1].get_status("/api/topology/containers")[0] == 200
+    finally:
+        feeder.close()
