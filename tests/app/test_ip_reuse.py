@@ -57,11 +57,8 @@ def network(containers: Containers) -> Iterator[Network]:
 
 
 @pytest.fixture
-def app(scope: Scope) -> Iterator[App]:
-    app = scope.app()
-    scope.probe([app.bus], hostname=HOST)
-    wait_for(lambda: f"{HOST};<host>" in app.nodes("hosts"), timeout=15, what="the probe's first report")
-    yield app
+def app(scope: Scope) -> App:
+    return scope.app_with_probe(HOST)
 
 
 def _node_id(container: Any) -> str:

@@ -4,7 +4,6 @@ read by a real probe, merged and rendered by a real app)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,11 +20,8 @@ TOLERANCE = 0.10
 
 
 @pytest.fixture
-def app(scope: Scope) -> Iterator[App]:
-    app = scope.app()
-    scope.probe([app.bus], hostname=HOST)
-    wait_for(lambda: f"{HOST};<host>" in app.nodes("hosts"), timeout=15, what="the probe's first report")
-    yield app
+def app(scope: Scope) -> App:
+    return scope.app_with_probe(HOST)
 
 
 def _node_id(container: Any) -> str:
