@@ -123,21 +123,28 @@ class Senders:
 
 
 def start_senders(
-    args: argparse.Namespace, probes: int, bus: str, pythonpath: str, extra: Sequence[str] = ()
+    args: argparse.Namespace,
+    probes: int,
+    buses: Sequence[str],
+    pythonpath: str,
+    extra: Sequence[str] = (),
+    count: int | None = None,
 ) -> Senders:
-    """`args.senders` fake-probe processes sharing `probes` probes; `extra`: more flags of bench/fleet_probes.py."""
+    """`count` (default `args.senders`) fake-probe processes sharing `probes` probes, process k publishing
+    to buses[k % len(buses)]; `extra`: more flags of bench/fleet_probes.py."""
+    count = args.senders if count is None else count
     log = (LOG_DIR / f"fleet-probes-{time.time_ns()}.log").open("w")
     processes = [
         subprocess.Popen(
             [
                 sys.executable,
                 str(PROBES_SCRIPT),
-                f"--bus={bus}",
+                f"--bus={buses[k % len(buses)]}",
                 f"--probes={probes}",
                 f"--profile={args.profile}",
                 f"--containers={args.containers}",
                 f"--interval={args.interval}",
-                f"--senders={args.senders}",
+                f"--senders={count}",
                 f"--sender={k}",
                 *extra,
             ],
@@ -146,7 +153,7 @@ def start_senders(
             text=True,
             env={**os.environ, "PYTHONPATH": pythonpath},
         )
-        for k in range(args.senders)
+        for k in range(count)
     ]
     senders = Senders(processes, stats=[[] for _ in processes])
     for k, process in enumerate(processes):
@@ -323,7 +330,7 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
     sampler = Sampler(app.pid)
     sampler.start()
     try:
-        senders = start_senders(args, probes, app.bus, pythonpath)
+        senders = start_senders(args, probes, [app.bus], pythonpath)
         deadline = time.monotonic() + 60 + probes * 0.2
         while len(senders.ready) < args.senders:
             if time.monotonic() > deadline or any(p.poll() is not None for p in senders.processes):

@@ -28,14 +28,13 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
 from bench.fleet import (
-    PROBES_SCRIPT,
+    REPO,
     Requests,
     Sampler,
     Senders,
@@ -44,10 +43,11 @@ from bench.fleet import (
     latency,
     phase,
     poll,
+    start_senders,
     watch,
 )
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.scope import LOG_DIR, App
+from tests.fixtures.scope import App
 
 #: Per-source limits off: every fake probe connects from 127.0.0.1.
 LIMITS = ["--max-probes-per-source=100000", "--max-nodes-per-source=100000000", "--max-nodes=100000000"]
@@ -70,35 +70,6 @@ class Row:
     marks_ws: int = 0
     sent_rate: float = 0.0
     note: str = ""
-
-
-def start_senders(args: argparse.Namespace, buses: list[str]) -> Senders:
-    """Process k publishes its share of the probes to buses[k % len(buses)]."""
-    log = (LOG_DIR / f"replica-probes-{time.time_ns()}.log").open("w")
-    processes = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(PROBES_SCRIPT),
-                f"--bus={buses[k % len(buses)]}",
-                f"--probes={args.probes}",
-                f"--profile={args.profile}",
-                f"--containers={args.containers}",
-                f"--interval={args.interval}",
-                f"--senders={args.replicas}",
-                f"--sender={k}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
-        for k in range(args.replicas)
-    ]
-    senders = Senders(processes, stats=[[] for _ in processes])
-    for k, process in enumerate(processes):
-        assert process.stdout is not None
-        threading.Thread(target=senders.read, args=(k, process.stdout), daemon=True).start()
-    return senders
 
 
 def counter(app: App, name: str) -> float:
@@ -126,7 +97,7 @@ def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
         sampler.start()
     senders: Senders | None = None
     try:
-        senders = start_senders(args, [app.bus for app in apps])
+        senders = start_senders(args, args.probes, [app.bus for app in apps], str(REPO), count=args.replicas)
         warmup = args.warmup + args.probes * 0.1
         deadline = time.monotonic() + warmup
         while time.monotonic() < deadline:
@@ -249,7 +220,7 @@ def main() -> None:
     parser.add_argument("--window", default="15s", help="the apps' --window")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-app run")
     args = parser.parse_args()
-    os.environ["PYTHONPATH"] = str(PROBES_SCRIPT.parents[1])
+    os.environ["PYTHONPATH"] = str(REPO)
     rows = []
     store = RedisServer()
     try:

@@ -92,7 +92,7 @@ def main() -> None:
     senders = start_senders(
         args,
         args.probes,
-        app.bus,
+        [app.bus],
         str(REPO),
         extra=[f"--service-tokens={tokens_file}", f"--service-key={service.keys.public}"],
     )
