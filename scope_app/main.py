@@ -188,18 +188,24 @@ class ScopeApp:
         self.directory: TenantDirectory | None = None
         self.gate: TenantGate | None = None
         self.zap: ZapHandler | None = None
-        if service is not None:
-            self.directory = TenantDirectory(service.registry, self._revoked)
-            self.gate = TenantGate(self.directory.tenant_of_key, service.limits)
-            # Bound before the sockets it guards; they would refuse every probe without it anyway.
-            self.zap = ZapHandler(self._zmq, self.directory.admits_key)
-        self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
-        self.router = ControlRouter(
-            self._zmq,
-            rpc.control_address(self.receiver.address),
-            keys=keys,
-            tenant_of_key=self.directory.tenant_of_key if self.directory is not None else None,
-        )
+        try:
+            if service is not None:
+                self.directory = TenantDirectory(service.registry, self._revoked)
+                self.gate = TenantGate(self.directory.tenant_of_key, service.limits)
+                # Bound before the sockets it guards; they would refuse every probe without it anyway.
+                self.zap = ZapHandler(self._zmq, self.directory.admits_key)
+            self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
+            self.router = ControlRouter(
+                self._zmq,
+                rpc.control_address(self.receiver.address),
+                keys=keys,
+                tenant_of_key=self.directory.tenant_of_key if self.directory is not None else None,
+            )
+        except BaseException:
+            # A port taken (the bus's, or the control channel's after it): close what was bound, or
+            # the context waits on those sockets for ever when it is collected.
+            self._zmq.destroy(linger=0)
+            raise
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
         # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas);

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import time
 
 import tornado.httpclient
@@ -84,3 +86,25 @@ def test_health_fails_while_the_bus_is_down_and_the_receiver_restarts() -> None:
             await app.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_app_whose_control_port_is_taken_fails_and_leaves_nothing_open() -> None:
+    """The bus binds, the control channel's port after it is taken: the error reaches the caller, and
+    the bus socket is closed with it (left open, collecting its context would wait on it for ever)."""
+    bus_port = free_port_pair()
+    script = f"""
+import gc
+from scope_app.main import ScopeApp
+try:
+    ScopeApp("tcp://127.0.0.1:{bus_port}", 15.0)
+except Exception as exc:
+    print("refused:", type(exc).__name__)
+gc.collect()
+print("done")
+"""
+    with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        blocker.bind(("127.0.0.1", bus_port + 1))
+        blocker.listen()
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["refused:", "ZMQError", "done"], result.stdout + result.stderr
