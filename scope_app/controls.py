@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlparse
 
 import tornado.web
@@ -229,10 +229,15 @@ class ControlRouter:
 
     def send_raw(self, probe_id: str, raw: bytes) -> bool:
         """Queue `raw` for the probe; False if it is not connected (or its queue is full)."""
+        # The asyncio socket reports a failed send in the future it returns, not by raising: with NOBLOCK
+        # that future is done at once (unread, its exception would be logged as never retrieved).
         try:
-            self._socket.send_multipart([probe_id.encode(), raw], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN
-            self._drops.add("unsent", f"to {probe_id[:40]!r}: {exc}")
+            sent = cast("asyncio.Future[object]", self._socket.send_multipart([probe_id.encode(), raw], zmq.NOBLOCK))
+            error = sent.exception() if sent.done() else None
+        except zmq.ZMQError as exc:
+            error = exc
+        if error is not None:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN
+            self._drops.add("unsent", f"to {probe_id[:40]!r}: {error}")
             return False
         return True
 
