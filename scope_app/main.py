@@ -322,7 +322,7 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
         group,
         "--max-view-nodes",
         default=str(MAX_VIEW_NODES),
-        type=int,
+        type=_positive_int,
         help="most nodes a view sends; past it, the most connected (the UI says how many there are)",
     )
     env_flag(group, "--allowed-origins", default="", help="extra websocket origins, comma-separated")

@@ -160,3 +160,16 @@ def test_help_names_the_original_commands_and_every_child_flag() -> None:
         [sys.executable, "-m", "scope", "--version"], capture_output=True, text=True, timeout=30, check=True
     )
     assert version.stdout.strip() == f"scope {__version__}"
+
+
+@pytest.mark.parametrize(
+    "flag", ["--max-view-nodes", "--max-nodes", "--max-nodes-per-source", "--max-probes-per-source"]
+)
+@pytest.mark.parametrize("value", ["0", "-5", "many"])
+def test_app_counts_below_one_are_refused_with_a_clear_error(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        app_main.build_parser().parse_args([f"{flag}={value}"])
+    assert exited.value.code == 2
+    assert f"invalid count {value!r} (a whole number above 0)" in capsys.readouterr().err
