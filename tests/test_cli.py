@@ -18,7 +18,7 @@ from scope.cli import SECRET_FLAGS, build_parser, child_flags
 from scope_app import main as app_main
 from scope_common import __version__
 from scope_probe import main as probe_main
-from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.ports import free_port, free_port_pair, wait_for_port
 from tests.fixtures.scope import Scope, ScopeProcess, wait_for
 
 
@@ -60,7 +60,7 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
 
 def test_scope_runs_an_app_and_a_probe_that_publishes_to_it_and_to_peers(scope: Scope) -> None:
     peer = scope.app()
-    http_port, bus_port = free_port(), free_port()
+    http_port, bus_port = free_port(), free_port_pair()
     both = ScopeProcess(
         "scope-both",
         [
@@ -100,7 +100,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_the_token_reaches_the_app_by_its_environment_never_on_a_command_line() -> None:
-    http_port, bus_port = free_port(), free_port()
+    http_port, bus_port = free_port(), free_port_pair()
     token = "s3cret-token-on-no-command-line"
     both = ScopeProcess(
         "scope-token",

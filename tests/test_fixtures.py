@@ -25,7 +25,7 @@ from tests.fixtures.browser import launch_browser, screenshot
 from tests.fixtures.dns import WEAVE_NAME, DnsServer
 from tests.fixtures.docker import GROUP_LABEL, PID_LABEL, TEST_LABEL, Containers, remove_stale_containers
 from tests.fixtures.netns import STATE_DIR, Netns
-from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.ports import ephemeral_range, free_port, wait_for_port
 
 # ---------------------------------------------------------------------------------------------- docker
 
@@ -282,8 +282,11 @@ def test_browser_renders_page_and_saves_screenshot(page: Page) -> None:
 # ---------------------------------------------------------------------------------------------- ports
 
 
-def test_free_port_is_bindable() -> None:
-    port = free_port()
+def test_free_port_is_bindable_and_never_one_the_kernel_could_give_an_outgoing_connection() -> None:
+    low, high = ephemeral_range()
+    ports = [free_port() for _ in range(50)]
+    assert not [port for port in ports if low <= port <= high]
+    port = ports[0]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
     udp_port = free_port(udp=True)

@@ -32,7 +32,7 @@ import pytest
 
 from scope_common import __version__, ids
 from tests.fixtures.docker import PID_LABEL, REPO_ROOT, TEST_LABEL, Containers
-from tests.fixtures.ports import free_port
+from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.scope import Scope, wait_for
 from tests.fixtures.service import Service
 
@@ -171,7 +171,7 @@ def launch(docker_client: Any, scope_image: str, launch_lock: None) -> Iterator[
     def start(*args: str, command: Sequence[str] = LAUNCH_SH, token: str = "", path: str = "") -> Launched:
         """`token`: a probe token for the service, given as SCOPE_SERVICE_TOKEN (a probe alone); `path`:
         directories to put first on PATH."""
-        http_port, bus_port = free_port(), free_port()
+        http_port, bus_port = free_port(), free_port_pair()
         env = clean_env(
             **({"SCOPE_SERVICE_TOKEN": token} if token else {}),
             SCOPE_LISTEN=f"127.0.0.1:{http_port}",

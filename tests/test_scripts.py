@@ -23,7 +23,7 @@ import pytest
 
 from scope_common import __version__
 from tests.fixtures.docker import REPO_ROOT
-from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.ports import free_port, free_port_pair, wait_for_port
 from tests.fixtures.scope import ScopeProcess
 
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -100,7 +100,7 @@ def test_run_sh_installs_into_a_venv_of_the_system_python_and_runs_scope(fresh_c
     assert "creating virtual environment" not in again.stderr
 
     # Without --version it is scope itself: probe and app, the UI served from the checkout.
-    http_port, bus_port = free_port(), free_port()
+    http_port, bus_port = free_port(), free_port_pair()
     served = ScopeProcess(
         "run-sh",
         [
@@ -137,7 +137,7 @@ def test_pip_install_gives_a_scope_that_serves_its_ui(fresh_checkout: Path, tmp_
     assert (site / "scope_static" / "index.html").is_file()
     assert (site / "scope" / "launch.sh").is_file(), "scope launch runs the launch.sh the package carries"
 
-    http_port, bus_port = free_port(), free_port()
+    http_port, bus_port = free_port(), free_port_pair()
     app = ScopeProcess(
         "pip-installed-app",
         [str(venv / "bin" / "scope"), "app", f"--listen=127.0.0.1:{http_port}", f"--bus=127.0.0.1:{bus_port}"],
