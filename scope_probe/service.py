@@ -88,6 +88,11 @@ class HandshakeWatch:
             except zmq.ZMQError as exc:
                 log.warning("cannot connect the %s to the service at %s: %s", self._what, endpoint, exc)
 
+    def forget(self, endpoint: str) -> None:
+        """The socket left `endpoint` (the probe moved to another app): connect it again no more. Its
+        back-off stands, should the probe come back to it."""
+        self._retry_at.pop(endpoint, None)
+
     def _event(self, kind: int, value: int, endpoint: str) -> None:
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             if endpoint in self._failed_before or endpoint not in self._backoff:

@@ -1,0 +1,180 @@
+"""A probe given several apps publishes to one at a time and moves on when its app goes away.
+
+Real processes: two `scope app --multitenant` sharing one --state-dir (one tenant registry and key pair,
+as replicas of one service on one machine), and a real `scope probe --service-host=A,B`. The apps do not
+share reports here (no --store): what each shows is what the probe publishes to it, so the map says which
+one the probe chose.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scope_probe.failover import Failover
+from scope_probe.main import build_parser, service_hosts
+from tests.fixtures.scope import App, ScopeProcess, start_probe, wait_for
+from tests.fixtures.service import TenantTokens, tenants
+
+#: The apps' window: a probe silent this long is dropped from the map.
+WINDOW = 15.0
+
+
+class Replicas:
+    """Two service processes on one state directory, and the probes started against them."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.processes: list[ScopeProcess] = []
+        # One after the other: the first creates the key pair the second then reads.
+        self.apps = [self._keep(App(window=f"{WINDOW:.0f}s", extra=self._flags())) for _ in range(2)]
+
+    def _flags(self) -> list[str]:
+        return ["--multitenant", f"--state-dir={self.state_dir}"]
+
+    def _keep(self, process: App) -> App:
+        self.processes.append(process)
+        return process
+
+    def add_tenant(self, name: str) -> TenantTokens:
+        done = tenants(self.state_dir, "add", name)
+        assert done.returncode == 0, done.stderr
+        return TenantTokens(**json.loads(done.stdout))
+
+    def probe(self, token: str, service_key: str, hosts: list[str], hostname: str) -> ScopeProcess:
+        probe = start_probe(
+            [],
+            hostname=hostname,
+            extra=[*(f"--service-host={host}" for host in hosts), f"--service-key={service_key}", "--conntrack=off"],
+            env={"SCOPE_SERVICE_TOKEN": token},
+        )
+        self.processes.append(probe)
+        return probe
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    running = Replicas(tmp_path / "state")
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def hostnames(app: App, user_token: str) -> set[str]:
+    """The hosts of the probes the tenant of `user_token` sees on `app` (none when it does not answer)."""
+    request = urllib.request.Request(app.url + "/api/probes", headers={"Authorization": f"Bearer {user_token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return {probe["hostname"] for probe in json.load(response)}
+    except (urllib.error.URLError, OSError):
+        return set()
+
+
+def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(replicas: Replicas) -> None:
+    tenant = replicas.add_tenant("acme")
+    first, second = replicas.apps
+    # Both forms at once: the flag again, and a comma list.
+    probe = replicas.probe(tenant.probe_token, tenant.service_key, [first.bus, f"{second.bus},{first.bus}"], "mover")
+
+    def holder() -> App | None:
+        holding = [app for app in replicas.apps if hostnames(app, tenant.user_token) == {"mover"}]
+        return holding[0] if len(holding) == 1 else None
+
+    held = wait_for(holder, 30, what="the probe on one replica")
+    other = second if held is first else first
+    time.sleep(3)  # several publishes: the probe still reports to that one alone
+    assert hostnames(other, tenant.user_token) == set(), "the probe published to both replicas"
+
+    held.kill()
+    killed = time.monotonic()
+    wait_for(lambda: hostnames(other, tenant.user_token) == {"mover"}, WINDOW, what="the probe on the other replica")
+    moved_after = time.monotonic() - killed
+    wait_for(lambda: "mover;<host>" in _nodes(other, tenant.user_token), 5, what="its host in the map")
+    print(f"the probe showed on the other replica {moved_after:.1f} s after its own was killed")
+    assert "publishing to" in probe.log() and "leaving the app at" in probe.log()
+    assert probe.process.poll() is None
+
+
+def test_a_wrong_token_is_said_for_each_replica_and_retried_with_a_back_off(replicas: Replicas) -> None:
+    tenant = replicas.add_tenant("acme")
+    first, second = replicas.apps
+    probe = replicas.probe("not-a-probe-token", tenant.service_key, [f"{first.bus},{second.bus}"], "refused")
+
+    def refused_by_both() -> bool:
+        log = probe.log()
+        return all(f"the service at tcp://{app.bus} refused this probe" in log for app in replicas.apps)
+
+    # Each replica is tried in turn (patience 7 s), and neither lets it in.
+    wait_for(refused_by_both, 30, what="both replicas to refuse the probe")
+    assert "--service-token is wrong or was revoked" in probe.log()
+    for app in replicas.apps:
+        assert hostnames(app, tenant.user_token) == set()
+    assert probe.process.poll() is None, "a refused probe keeps trying, it does not exit"
+    assert "Traceback" not in probe.log()
+
+
+def _nodes(app: App, user_token: str) -> set[str]:
+    request = urllib.request.Request(app.url + "/api/topology/hosts", headers={"Authorization": f"Bearer {user_token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return set(json.load(response)["nodes"])
+
+
+def _next_move(failover: Failover, apps: set[str], clock: Clock) -> tuple[str, float]:
+    """Step the clock until the failover moves: to which app, after how long."""
+    start, now = clock.now, failover.choose(apps)
+    while (chosen := failover.choose(apps)) == now:
+        clock.now += 0.5
+    return next(iter(chosen)), clock.now - start
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failover_keeps_its_app_moves_in_turn_and_backs_off_after_a_whole_round() -> None:
+    clock = Clock()
+    failover = Failover(patience=5.0, max_patience=18.0, clock=clock)
+    apps = {"tcp://10.0.0.1:4030", "tcp://10.0.0.2:4030", "tcp://10.0.0.3:4030"}
+    assert failover.choose(set()) == set()
+    assert failover.choose(apps) == {"tcp://10.0.0.1:4030"}
+    failover.answered("tcp://10.0.0.1:4030")
+    clock.now = 100.0
+    assert failover.choose(apps) == {"tcp://10.0.0.1:4030"}, "an app that answers is kept"
+    failover.silent("tcp://10.0.0.2:4030")  # not the one published to: nothing changes
+    assert failover.choose(apps) == {"tcp://10.0.0.1:4030"}
+    failover.silent("tcp://10.0.0.1:4030")
+    assert failover.choose(apps) == {"tcp://10.0.0.2:4030"}, "a silent app is left at once"
+    # Nobody answers any more: each app gets the patience, then a whole round doubles it.
+    moves = [_next_move(failover, apps, clock) for _ in range(6)]
+    assert [app for app, _ in moves] == [f"tcp://10.0.0.{i}:4030" for i in (3, 1, 2, 3, 1, 2)]
+    waits = [wait for _, wait in moves]
+    assert waits[:2] == [5.5, 5.5] and waits[3] == 10.5 and waits[5] == 18.5, waits
+    # An address no longer found is left; one that answers again resets the patience.
+    assert failover.choose({"tcp://10.0.0.9:4030"}) == {"tcp://10.0.0.9:4030"}
+    assert failover.moves >= 7
+
+
+def test_service_hosts_come_from_repeated_flags_comma_lists_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    args = build_parser().parse_args(["--service-host=a:1,b:2", "--service-host", " c ", "--publish-to=one"])
+    assert service_hosts(args.service_host) == ["a:1", "b:2", "c"]
+    assert args.publish_to == "one"
+    monkeypatch.setenv("SCOPE_SERVICE_HOST", "d,e:5")
+    assert service_hosts(build_parser().parse_args([]).service_host) == ["d", "e:5"]
+    assert build_parser().parse_args([]).publish_to == "all", "plain probes publish to every app by default"
