@@ -12,6 +12,10 @@ An app that never answers once chosen (down, or refusing this probe: a wrong tok
 `patience`. After a whole round of addresses without an answer, patience doubles up to `max_patience`,
 so a probe that no app accepts tries them again with a back-off rather than every few seconds.
 
+Without a control channel (--no-controls) there are no heartbeats: an app's subscription to the
+reports is the only sign of life, so such a probe leaves an app that never subscribed or is no longer
+found, but not one that dies later (ZeroMQ reconnects to it if it comes back).
+
 The main loop chooses (`choose`), the control channel's thread reports (`answered`, `silent`): the state
 is behind a lock.
 """
@@ -53,6 +57,8 @@ class Failover:
         self._active: str | None = None
         self._chosen_at = 0.0
         self._answered = False
+        #: Whether the active app answered and then stopped: it is left at the next `choose`.
+        self._silent = False
         self._patience = patience
         #: Apps left in a row without ever answering: a whole round of them doubles the patience.
         self._unanswered = 0
@@ -71,6 +77,8 @@ class Failover:
             self._candidates = sorted(found)
             if self._active not in found:
                 self._move("it is no longer found" if self._active is not None else "")
+            elif self._silent:
+                self._move("it stopped answering")
             elif not self._answered and self._clock() - self._chosen_at > self._patience:
                 self._unanswered += 1
                 self._move(f"it did not answer within {self._patience:.0f} s")
@@ -88,10 +96,7 @@ class Failover:
         """The app at `address` stopped answering: move on at the next `choose`."""
         with self._lock:
             if address == self._active and self._answered:
-                # Never answered again from now on: `choose` moves at once.
-                self._answered = False
-                self._chosen_at = -float("inf")
-                self._unanswered = 0
+                self._silent = True  # `choose` moves on
 
     def _move(self, why: str) -> None:
         """Choose the address after the active one (in sorted order, round and round). Holds the lock."""
@@ -109,7 +114,7 @@ class Failover:
             self._unanswered = 0
             self._patience = min(self._max_patience, self._patience * 2)
         self._chosen_at = self._clock()
-        self._answered = False
+        self._answered = self._silent = False
         if previous is not None and self._active != previous:
             self.moves += 1
             log.warning("leaving the app at %s (%s): publishing to %s now", previous, why, self._active)

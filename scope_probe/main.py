@@ -228,7 +228,10 @@ class Probe:
         """Send the merge of `reports` (by reporter name) as a full report or a delta."""
         if self._publisher.new_subscribers():
             self._encoder.request_full()
-            if self._failover is not None:  # the one app published to took this probe's reports: alive
+            if self._failover is not None and self.channel is None:
+                # Without a control channel (--no-controls), an app taking the reports is all there is
+                # to know it is alive; with one, its heartbeats say (an app killed before they did
+                # has subscribed all the same, and would then never be left).
                 for app in self._targets or ():
                     self._failover.answered(app)
         elif time.monotonic() >= self._next_full:

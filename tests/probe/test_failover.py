@@ -160,10 +160,9 @@ def test_failover_keeps_its_app_moves_in_turn_and_backs_off_after_a_whole_round(
     failover.silent("tcp://10.0.0.1:4030")
     assert failover.choose(apps) == {"tcp://10.0.0.2:4030"}, "a silent app is left at once"
     # Nobody answers any more: each app gets the patience, then a whole round doubles it.
-    moves = [_next_move(failover, apps, clock) for _ in range(6)]
-    assert [app for app, _ in moves] == [f"tcp://10.0.0.{i}:4030" for i in (3, 1, 2, 3, 1, 2)]
-    waits = [wait for _, wait in moves]
-    assert waits[:2] == [5.5, 5.5] and waits[3] == 10.5 and waits[5] == 18.5, waits
+    moves = [_next_move(failover, apps, clock) for _ in range(9)]
+    assert [app for app, _ in moves] == [f"tcp://10.0.0.{i}:4030" for i in (3, 1, 2) * 3]
+    assert [wait for _, wait in moves] == [5.5] * 3 + [10.5] * 3 + [18.5] * 3
     # An address no longer found is left; one that answers again resets the patience.
     assert failover.choose({"tcp://10.0.0.9:4030"}) == {"tcp://10.0.0.9:4030"}
     assert failover.moves >= 7
