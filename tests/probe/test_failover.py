@@ -19,7 +19,9 @@ import pytest
 
 from scope_probe.failover import Failover
 from scope_probe.main import build_parser, service_hosts
-from tests.fixtures.scope import App, ScopeProcess, start_probe, wait_for
+from tests.fixtures.dns import WEAVE_NAME, DnsServer
+from tests.fixtures.ports import free_port_pair
+from tests.fixtures.scope import App, Scope, ScopeProcess, start_probe, wait_for
 from tests.fixtures.service import TenantTokens, tenants
 
 #: The apps' window: a probe silent this long is dropped from the map.
@@ -121,6 +123,40 @@ def test_a_wrong_token_is_said_for_each_replica_and_retried_with_a_back_off(repl
     for app in replicas.apps:
         assert hostnames(app, tenant.user_token) == set()
     assert probe.process.poll() is None, "a refused probe keeps trying, it does not exit"
+    assert "Traceback" not in probe.log()
+
+
+def test_a_plain_probe_with_publish_to_one_takes_one_a_record_and_moves_to_another(
+    scope: Scope, weavedns: DnsServer
+) -> None:
+    """One DNS name, two A records (two apps on two loopback addresses, the same port, as two hosts'):
+    `--publish-to=one` reports to one of them, and to the other once it is killed. A plain probe without
+    the flag still publishes to both (the default is unchanged)."""
+    port = free_port_pair()
+    apps = [
+        scope.app(window=f"{WINDOW:.0f}s", bus_port=port, extra=[f"--bus=127.0.0.{last}:{port}"]) for last in (2, 3)
+    ]
+    weavedns.set_records(["127.0.0.2", "127.0.0.3"])
+    dns = [f"--weave-dns-name={WEAVE_NAME}", f"--weave-dns-server={weavedns.listen}:{weavedns.port}"]
+    flags = [*dns, f"--weave-port={port}", "--conntrack=off", "--no-controls"]
+    scope.probe([], hostname="everywhere", extra=flags)
+    probe = scope.probe([], hostname="one-at-a-time", extra=[*flags[:-1], "--publish-to=one"])
+
+    def hosts(app: App) -> set[str]:
+        return {p["hostname"] for p in app.get("/api/probes")}
+
+    for app in apps:
+        wait_for(lambda app=app: "everywhere" in hosts(app), 20, what="the default probe on both apps")  # type: ignore[misc]
+    held = wait_for(
+        lambda: next(iter([app for app in apps if "one-at-a-time" in hosts(app)]), None), 20, what="one app"
+    )
+    other = apps[1] if held is apps[0] else apps[0]
+    time.sleep(3)
+    assert "one-at-a-time" not in hosts(other), "--publish-to=one published to both A records"
+    held.kill()
+    killed = time.monotonic()
+    wait_for(lambda: "one-at-a-time" in hosts(other), WINDOW, what="the probe on the other A record")
+    print(f"the probe showed on the other app {time.monotonic() - killed:.1f} s after its own was killed")
     assert "Traceback" not in probe.log()
 
 
