@@ -214,13 +214,15 @@ class ControlRouter:
             self._forget(link.probe_id, "its tenant was revoked")
 
     def ask_full_report(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
-        """Ask `probe_id` (of `tenant`, connected here) to make its next report a full one, because a delta
-        was lost: the probe's picture here is incomplete until then, and without asking it waits for the
-        probe's periodic full report. At most once per FULL_REPORT_ASK_EVERY; whether it was asked now."""
-        link = self.probes.get(probe_id)
+        """Ask `probe_id` (of `tenant`, connected here or to another replica) to make its next report a full
+        one, because a delta was lost: the probe's picture here is incomplete until then, and without asking
+        it waits for the probe's periodic full report. At most once per FULL_REPORT_ASK_EVERY; whether it
+        was asked now."""
         now = time.monotonic()
-        if link is None or link.tenant != tenant or now - self._asked_full.get(probe_id, -1e9) < FULL_REPORT_ASK_EVERY:
+        if not self.connected(probe_id, tenant) or now - self._asked_full.get(probe_id, -1e9) < FULL_REPORT_ASK_EVERY:
             return False
+        if len(self._asked_full) >= MAX_PROBES:  # probes of other replicas are never forgotten here
+            self._asked_full = {p: at for p, at in self._asked_full.items() if now - at < FULL_REPORT_ASK_EVERY}
         self._asked_full[probe_id] = now
         if not self.send(probe_id, rpc.Message.make(rpc.FULL_REPORT)):
             return False

@@ -20,6 +20,10 @@ end as it does on one app, so a slow browser still holds the probe back. A route
 `pipe_close` either way, when the probe goes away from the holder (the requester is told), and when the
 requester is gone (no key of its any more: the probe is told); a requester whose holder is gone closes
 the pipes it has through it.
+
+A replica that missed a delta of a probe another replica holds (its stream entry was lost while Redis
+was away) asks for a full report the same way: the holder asks the probe, so every replica's picture
+of it is whole again within seconds rather than at the probe's next periodic full report.
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ MAX_MESSAGE_BYTES = rpc.MAX_RPC_MESSAGE_BYTES + 1024
 
 REQUEST = "q"
 ANSWER = "a"
-#: Pipe messages: from a browser's replica to the probe's holder, and back.
+#: Control-channel messages for a probe held by another replica (pipe messages, asks for a full report),
+#: and pipe messages from it.
 TO_PROBE = "t"
 FROM_PROBE = "f"
-#: Pipe messages a replica accepts from another for a probe, and for a browser.
-TO_PROBE_KINDS = frozenset({rpc.PIPE_DATA, rpc.PIPE_CREDIT, rpc.PIPE_RESIZE, rpc.PIPE_CLOSE})
+#: What a replica passes on to a probe it holds for another, and to a browser from another's probe.
+TO_PROBE_KINDS = frozenset({rpc.PIPE_DATA, rpc.PIPE_CREDIT, rpc.PIPE_RESIZE, rpc.PIPE_CLOSE, rpc.FULL_REPORT})
 FROM_PROBE_KINDS = frozenset({rpc.PIPE_DATA, rpc.PIPE_CREDIT, rpc.PIPE_CLOSE})
 #: Pipes of other replicas' browsers a holder routes at once (a probe has at most 32 open).
 MAX_ROUTES = 10_000
@@ -185,8 +190,9 @@ class ReplicaControls:
     # ------------------------------------------------------------------ pipes
 
     def to_probe(self, tenant: str, probe_id: str, raw: bytes) -> bool:
-        """Send a pipe message to `probe_id` through the replica holding it (this replica's browser has the
-        pipe); False when no replica holds it."""
+        """Send a message to `probe_id` through the replica holding it (a pipe message: this replica's
+        browser has the pipe; or an ask for a full report: this replica missed a delta of the probe's);
+        False when no replica holds it."""
         holder = self.holder(tenant, probe_id)
         if holder is None:
             return False
@@ -248,6 +254,10 @@ class ReplicaControls:
             message = rpc.decode(raw, accept)
         except rpc.RpcError as exc:
             self._drops.add(exc.reason, f"a pipe message from {sender[:40]}: {exc}")
+            return
+        if message.kind == rpc.FULL_REPORT:
+            if router is not None:  # the holder asks, at most as often as it would for itself
+                router.ask_full_report(probe_id, tenant)
             return
         route = (tenant, probe_id, message.text("pipe"))
         if kind == TO_PROBE:

@@ -118,7 +118,7 @@ def test_restarting_redis_under_real_probes_heals_the_map_controls_and_pipes(
     for index, app in enumerate(apps):
         # Both probes report the same engine's containers: only the first offers controls, so a pipe
         # opened on the second replica goes through Redis.
-        extra = ["--conntrack=off", "--full-report-interval=5s", *(["--no-controls"] if index else [])]
+        extra = ["--conntrack=off", *(["--no-controls"] if index else [])]
         scope.probe([app.bus], hostname=f"host-{index}", extra=extra)
     hosts = {f"host-{index};<host>" for index in range(len(apps))}
     for app in apps:
