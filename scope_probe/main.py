@@ -124,7 +124,7 @@ class Probe:
         self._wake_gap = wake_gap
         self._next_full = 0.0
         self.metrics = metrics or ProbeMetrics()
-        self.metrics.watch(publisher, ctx.supervisor, channel)
+        self.metrics.watch(publisher, ctx.supervisor, channel, failover)
 
     def wake(self, reporter: str) -> None:
         """Ask for `reporter` to be refreshed and a report to be published now. Any thread."""

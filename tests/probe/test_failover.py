@@ -20,8 +20,8 @@ import pytest
 from scope_probe.failover import Failover
 from scope_probe.main import build_parser, service_hosts
 from tests.fixtures.dns import WEAVE_NAME, DnsServer
-from tests.fixtures.ports import free_port_pair
-from tests.fixtures.scope import App, Scope, ScopeProcess, start_probe, wait_for
+from tests.fixtures.ports import free_port, free_port_pair
+from tests.fixtures.scope import App, Scope, ScopeProcess, scrape_metrics, start_probe, wait_for
 from tests.fixtures.service import TenantTokens, tenants
 
 #: The apps' window: a probe silent this long is dropped from the map.
@@ -49,11 +49,14 @@ class Replicas:
         assert done.returncode == 0, done.stderr
         return TenantTokens(**json.loads(done.stdout))
 
-    def probe(self, token: str, service_key: str, hosts: list[str], hostname: str) -> ScopeProcess:
+    def probe(
+        self, token: str, service_key: str, hosts: list[str], hostname: str, extra: list[str] | None = None
+    ) -> ScopeProcess:
+        flags = [*(f"--service-host={host}" for host in hosts), f"--service-key={service_key}", "--conntrack=off"]
         probe = start_probe(
             [],
             hostname=hostname,
-            extra=[*(f"--service-host={host}" for host in hosts), f"--service-key={service_key}", "--conntrack=off"],
+            extra=[*flags, *(extra or [])],
             env={"SCOPE_SERVICE_TOKEN": token},
         )
         self.processes.append(probe)
@@ -87,7 +90,14 @@ def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(re
     tenant = replicas.add_tenant("acme")
     first, second = replicas.apps
     # Both forms at once: the flag again, and a comma list.
-    probe = replicas.probe(tenant.probe_token, tenant.service_key, [first.bus, f"{second.bus},{first.bus}"], "mover")
+    metrics = free_port()
+    probe = replicas.probe(
+        tenant.probe_token,
+        tenant.service_key,
+        [first.bus, f"{second.bus},{first.bus}"],
+        "mover",
+        [f"--metrics-listen=127.0.0.1:{metrics}"],
+    )
 
     def holder() -> App | None:
         holding = [app for app in replicas.apps if hostnames(app, tenant.user_token) == {"mover"}]
@@ -104,7 +114,9 @@ def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(re
     moved_after = time.monotonic() - killed
     wait_for(lambda: "mover;<host>" in _nodes(other, tenant.user_token), 5, what="its host in the map")
     print(f"the probe showed on the other replica {moved_after:.1f} s after its own was killed")
-    assert "publishing to" in probe.log() and "leaving the app at" in probe.log()
+    assert "leaving the app at" in probe.log() and "(it stopped answering)" in probe.log()
+    scraped = scrape_metrics(f"http://127.0.0.1:{metrics}/metrics")
+    assert scraped["scope_probe_app_moves_total"] == 1 and scraped["scope_probe_apps"] == 1
     assert probe.process.poll() is None
 
 
