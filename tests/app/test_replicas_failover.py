@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
+import msgpack
+
+from scope_common import rpc
 from tests.app.test_pipes import PipeClient, _open_pipe, _running_execs
 from tests.app.test_replicas import View, replicas
 from tests.fixtures.docker import Containers
@@ -152,3 +156,32 @@ def test_restarting_redis_under_real_probes_heals_the_map_controls_and_pipes(
         assert app.process.poll() is None, app.log()
         assert app.metrics()["scope_app_replica_store_errors_total"] > 0, "the restart was noticed and counted"
         assert "Traceback" not in app.log()
+
+
+def test_pipe_messages_no_route_allows_are_dropped_and_counted(scope: Scope, redis_server: RedisServer) -> None:
+    """The replicas' channels are on a shared Redis: a pipe message for a pipe not routed to its sender, or
+    from a replica that does not hold the probe, or that is no control-channel message at all, is counted
+    and goes nowhere."""
+    (app,) = replicas(scope, redis_server, 1)
+    found = re.search(r"app starting, version \S+, ID (\w+)", app.log())
+    assert found, app.log()
+    name = f"scope:replica:{found.group(1)}"
+    keystrokes = rpc.encode(rpc.Message.make(rpc.PIPE_DATA, b"rm -rf /\n", pipe="not-routed"))
+    with redis_server.client() as client:
+        # An answer to no request: harmless, and counted on its own.
+        answer = msgpack.packb(["a", 0, "ok", b""], use_bin_type=True)
+        wait_for(lambda: client.publish(name, answer) == 1, 10, what="the replica to listen")
+        for kind in ("t", "f"):
+            client.publish(name, msgpack.packb([kind, "", "intruder", "probe-x", keystrokes], use_bin_type=True))
+        client.publish(name, msgpack.packb(["t", "", "intruder", "probe-x", b"\x00garbage"], use_bin_type=True))
+
+    def counted() -> bool:
+        metrics = app.metrics()
+        return (
+            metrics.get('scope_app_replica_controls_dropped_total{reason="unknown_pipe"}', 0) == 2
+            and metrics.get('scope_app_replica_controls_dropped_total{reason="malformed"}', 0) == 1
+        )
+
+    wait_for(counted, 10, what="every bad message counted")
+    assert app.metrics()["scope_app_replica_pipe_received_total"] == 0
+    assert app.process.poll() is None and "Traceback" not in app.log()
