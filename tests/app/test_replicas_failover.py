@@ -78,6 +78,28 @@ def test_a_pipe_through_a_replica_that_is_killed_is_closed_with_the_reason(
     wait_for(lambda: not _running_execs(container), 60, what="the shell to end once its probe lost the app")
 
 
+def test_a_shell_whose_browser_replica_is_killed_is_ended_by_the_holder(
+    scope: Scope, redis_server: RedisServer, containers: Containers
+) -> None:
+    """The replica with the browser dies: its key expires, the holder closes the routes to it and the
+    probe hangs the shell up, rather than leave it running for nobody."""
+    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    scope.probe([holder.bus], hostname="abandoned-host", extra=["--conntrack=off"])
+    container = containers.run(["sleep", "600"], name="abandoned")
+    pipe = _open_pipe(asked, "containers", f"{container.id};<container>", "docker_exec_container")
+
+    async def session() -> None:
+        client = await PipeClient.connect(asked, pipe)
+        await client.send("echo here\n")
+        await client.read_until(b"\r\nhere\r\n")
+        asked.kill()
+
+    asyncio.run(session())
+    assert len(_running_execs(container)) == 1
+    wait_for(lambda: not _running_execs(container), 20, what="the shell to end once its browser's replica died")
+    assert holder.process.poll() is None and "Traceback" not in holder.log()
+
+
 def test_a_probe_given_every_replica_moves_to_another_when_its_own_is_killed(
     scope: Scope, redis_server: RedisServer, containers: Containers
 ) -> None:
