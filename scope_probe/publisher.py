@@ -56,13 +56,15 @@ class Publisher:
             except zmq.ZMQError as exc:
                 log.warning("cannot connect to app at %s: %s", address, exc)
                 continue
+            if self._watch is not None:
+                self._watch.rejoin(address)
             log.info("publishing to app at %s", address)
             self._apps.add(address)
         for address in sorted(self._apps - addresses):
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.disconnect(address)
             if self._watch is not None:
-                self._watch.forget(address)
+                self._watch.leave(address)
             log.info("app at %s is gone", address)
             self._apps.discard(address)
 
