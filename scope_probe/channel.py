@@ -188,7 +188,7 @@ class ControlChannel:
             dealer.close(linger=0)
             self._heard.pop(address, None)
             self.pipes.app_gone(address)
-            log.info("control channel to %s closed: the app is no longer found", address)
+            log.info("control channel to %s closed: the app is no longer found, or the probe moved to another", address)
 
     def _close_watch(self, address: str) -> None:
         watch = self._watches.pop(address, None)
