@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from scope_common.curve import probe_keys
 from scope_probe.failover import Failover
 from scope_probe.main import build_parser, service_hosts
 from tests.fixtures.dns import WEAVE_NAME, DnsServer
@@ -120,22 +121,31 @@ def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(re
     assert probe.process.poll() is None
 
 
-def test_a_wrong_token_is_said_for_each_replica_and_retried_with_a_back_off(replicas: Replicas) -> None:
+def test_a_wrong_token_or_key_is_said_for_each_replica_and_retried_with_a_back_off(replicas: Replicas) -> None:
     tenant = replicas.add_tenant("acme")
     first, second = replicas.apps
-    probe = replicas.probe("not-a-probe-token", tenant.service_key, [f"{first.bus},{second.bus}"], "refused")
+    hosts = [f"{first.bus},{second.bus}"]
+    wrong_token = replicas.probe("not-a-probe-token", tenant.service_key, hosts, "wrong-token")
+    wrong_key = replicas.probe(tenant.probe_token, probe_keys("other").public, hosts, "wrong-key")
 
-    def refused_by_both() -> bool:
-        log = probe.log()
-        return all(f"the service at tcp://{app.bus} refused this probe" in log for app in replicas.apps)
+    def said_for_both() -> bool:
+        refused, unpinned = wrong_token.log(), wrong_key.log()
+        return all(
+            f"the service at tcp://{app.bus} refused this probe" in refused
+            and f"no encrypted handshake with the service at tcp://{app.bus}" in unpinned
+            for app in replicas.apps
+        )
 
-    # Each replica is tried in turn (patience 7 s), and neither lets it in.
-    wait_for(refused_by_both, 30, what="both replicas to refuse the probe")
-    assert "--service-token is wrong or was revoked" in probe.log()
+    # Each replica is tried in turn (patience 7 s), and none lets either probe in.
+    wait_for(said_for_both, 30, what="both replicas to refuse both probes")
+    assert "--service-token is wrong or was revoked" in wrong_token.log()
+    assert "is --service-key the service's key" in wrong_key.log()
+    assert "tries again in 2 s" in wrong_token.log(), "the refusals are retried with a back-off"
     for app in replicas.apps:
         assert hostnames(app, tenant.user_token) == set()
-    assert probe.process.poll() is None, "a refused probe keeps trying, it does not exit"
-    assert "Traceback" not in probe.log()
+    for probe in (wrong_token, wrong_key):
+        assert probe.process.poll() is None, "a refused probe keeps trying, it does not exit"
+        assert "Traceback" not in probe.log()
 
 
 def test_a_plain_probe_with_publish_to_one_takes_one_a_record_and_moves_to_another(
