@@ -182,6 +182,25 @@ def test_a_plain_probe_with_publish_to_one_takes_one_a_record_and_moves_to_anoth
     assert "Traceback" not in probe.log()
 
 
+def test_a_probe_leaves_an_address_nobody_answers_at_and_keeps_the_one_that_takes_its_reports(
+    scope: Scope, weavedns: DnsServer
+) -> None:
+    """The first A record (in order) has no app: the probe leaves it once its patience is over. Without a
+    control channel the app taking its reports is the sign of life, and that app is kept."""
+    port = free_port_pair()
+    app = scope.app(window=f"{WINDOW:.0f}s", bus_port=port, extra=[f"--bus=127.0.0.3:{port}"])
+    weavedns.set_records(["127.0.0.2", "127.0.0.3"])
+    dns = [f"--weave-dns-name={WEAVE_NAME}", f"--weave-dns-server={weavedns.listen}:{weavedns.port}"]
+    probe = scope.probe(
+        [], hostname="patient", extra=[*dns, f"--weave-port={port}", "--publish-to=one", "--no-controls"]
+    )
+    wait_for(lambda: "patient" in {p["hostname"] for p in app.get("/api/probes")}, 20, what="the probe on the app")
+    assert f"leaving the app at tcp://127.0.0.2:{port} (it did not answer within 7 s)" in probe.log()
+    time.sleep(10)  # past the patience again: an app that took the reports is not left
+    assert probe.log().count("leaving the app at") == 1, probe.log()
+    assert "patient" in {p["hostname"] for p in app.get("/api/probes")}
+
+
 def _nodes(app: App, user_token: str) -> set[str]:
     request = urllib.request.Request(app.url + "/api/topology/hosts", headers={"Authorization": f"Bearer {user_token}"})
     with urllib.request.urlopen(request, timeout=10) as response:
