@@ -77,6 +77,19 @@ class RemoteControls(Protocol):
 
     async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message: ...
 
+    def send(self, probe_id: str, raw: bytes) -> bool:
+        """Carry a pipe message to the probe through the replica holding it."""
+        ...
+
+    def from_probe(self, probe_id: str, message: rpc.Message) -> bool:
+        """Carry a pipe message of a probe connected here to the replica whose browser has the pipe;
+        False when the pipe is not another replica's."""
+        ...
+
+    def gone(self, probe_id: str) -> None:
+        """A probe connected here went away: the pipes other replicas have through it end."""
+        ...
+
 
 class ControlRouter:
     def __init__(
@@ -171,6 +184,8 @@ class ControlRouter:
             del self._pending[message.number("id")]
             if not pending[1].done():
                 pending[1].set_result(message)
+        elif self.remote is not None and self.remote.from_probe(identity, message):
+            pass  # a pipe of another replica's browser
         elif self.on_pipe is not None:
             self.on_pipe(identity, message)
 
@@ -199,13 +214,15 @@ class ControlRouter:
             self._forget(link.probe_id, "its tenant was revoked")
 
     def ask_full_report(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
-        """Ask `probe_id` (of `tenant`, connected here) to make its next report a full one, because a delta
-        was lost: the probe's picture here is incomplete until then, and without asking it waits for the
-        probe's periodic full report. At most once per FULL_REPORT_ASK_EVERY; whether it was asked now."""
-        link = self.probes.get(probe_id)
+        """Ask `probe_id` (of `tenant`, connected here or to another replica) to make its next report a full
+        one, because a delta was lost: the probe's picture here is incomplete until then, and without asking
+        it waits for the probe's periodic full report. At most once per FULL_REPORT_ASK_EVERY; whether it
+        was asked now."""
         now = time.monotonic()
-        if link is None or link.tenant != tenant or now - self._asked_full.get(probe_id, -1e9) < FULL_REPORT_ASK_EVERY:
+        if not self.connected(probe_id, tenant) or now - self._asked_full.get(probe_id, -1e9) < FULL_REPORT_ASK_EVERY:
             return False
+        if len(self._asked_full) >= MAX_PROBES:  # probes of other replicas are never forgotten here
+            self._asked_full = {p: at for p, at in self._asked_full.items() if now - at < FULL_REPORT_ASK_EVERY}
         self._asked_full[probe_id] = now
         if not self.send(probe_id, rpc.Message.make(rpc.FULL_REPORT)):
             return False
@@ -221,6 +238,8 @@ class ControlRouter:
                 del self._pending[request_id]
                 if not future.done():
                     future.set_exception(TimeoutError(f"probe {probe_id} {why}"))
+        if self.remote is not None:
+            self.remote.gone(probe_id)
         if self.on_gone is not None:
             self.on_gone(probe_id)
 
@@ -228,7 +247,10 @@ class ControlRouter:
         return self.send_raw(probe_id, rpc.encode(message))
 
     def send_raw(self, probe_id: str, raw: bytes) -> bool:
-        """Queue `raw` for the probe; False if it is not connected (or its queue is full)."""
+        """Queue `raw` for the probe; False if it is not connected (or its queue is full). A probe another
+        replica holds gets it through that replica (pipes opened by a browser here)."""
+        if probe_id not in self.probes and self.remote is not None and self.remote.connected(probe_id):
+            return self.remote.send(probe_id, raw)
         # The asyncio socket reports a failed send in the future it returns, not by raising: with NOBLOCK
         # that future is done at once (unread, its exception would be logged as never retrieved).
         try:

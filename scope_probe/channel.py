@@ -3,7 +3,8 @@
 The probe finds apps as it always has (peers on the command line, every A record of the WeaveDNS
 name); for each bus address it connects a DEALER to the control port beside it, with its probe id as
 identity, and says `hello` every heartbeat. Apps heartbeat back; an app silent for rpc.PEER_TIMEOUT is
-gone, and the pipes it had are closed.
+gone, and the pipes it had are closed. Whoever asked (`start`'s `on_app`: the probe publishing to one
+app at a time, scope_probe.failover) is told when an app answers and when it goes silent.
 
 ZeroMQ sockets belong to one thread, so every other thread (control workers, pipe threads) hands its
 messages to `send`, which queues them and wakes the channel's thread through a pipe it polls.
@@ -34,6 +35,9 @@ from scope_probe.service import HandshakeWatch, ServiceCredentials
 
 log = logging.getLogger(__name__)
 
+#: Told an app's bus address and whether it answers (True) or stopped answering (False).
+AppNews = Callable[[str, bool], None]
+
 
 class ControlChannel:
     """Connects to every app's control port and serves the requests that come in."""
@@ -57,6 +61,7 @@ class ControlChannel:
         self._context = context or zmq.Context.instance()
         self._dealers: dict[str, zmq.Socket[bytes]] = {}  # control address -> socket; channel thread only
         self._heard: dict[str, float] = {}  # control address -> when it last heartbeated
+        self._buses: dict[str, str] = {}  # control address -> the bus address it was derived from
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
         self._wanted: set[str] | None = None
         self._lock = threading.Lock()
@@ -69,15 +74,21 @@ class ControlChannel:
         self._thread: threading.Thread | None = None
         self._supervisor = supervisor or Supervisor(log)
         self._full_report: Callable[[], None] | None = None
+        self._on_app: AppNews | None = None
         self._drops = Drops(log, "control channel dropped a message")
         #: Dropped messages by reason.
         self.dropped = self._drops.counts
 
     # ------------------------------------------------------------------ any thread
 
-    def start(self, expedite: Wake, full_report: Callable[[], None] | None = None) -> None:
-        """`full_report`: called when an app asks for a full report next (it missed a delta)."""
+    def start(
+        self, expedite: Wake, full_report: Callable[[], None] | None = None, on_app: AppNews | None = None
+    ) -> None:
+        """`full_report`: called when an app asks for a full report next (it missed a delta); `on_app`:
+        called (on the channel's thread) with an app's bus address and True when it answers, False when it
+        stops answering."""
         self._full_report = full_report
+        self._on_app = on_app
         self.controls.start(expedite)
         self._thread = self._supervisor.start_thread("control-channel", self._run, self._stopping)
 
@@ -92,14 +103,15 @@ class ControlChannel:
 
     def set_apps(self, bus_addresses: set[str]) -> None:
         """The apps found now, by their bus addresses; the channel connects to each one's control port."""
-        wanted = set()
+        buses = {}
         for address in bus_addresses:
             try:
-                wanted.add(rpc.control_address(address))
+                buses[rpc.control_address(address)] = address
             except ValueError as exc:
                 log.warning("%s", exc)
         with self._lock:
-            self._wanted = wanted
+            self._wanted = set(buses)
+            self._buses = buses
         self._signal()
 
     def send(self, app: str, message: rpc.Message) -> None:
@@ -176,7 +188,7 @@ class ControlChannel:
             dealer.close(linger=0)
             self._heard.pop(address, None)
             self.pipes.app_gone(address)
-            log.info("control channel to %s closed: the app is no longer found", address)
+            log.info("control channel to %s closed: the app is no longer found, or the probe moved to another", address)
 
     def _close_watch(self, address: str) -> None:
         watch = self._watches.pop(address, None)
@@ -199,6 +211,7 @@ class ControlChannel:
                 del self._heard[address]
                 log.info("the app at %s stopped answering", address)
                 self.pipes.app_gone(address)
+                self._tell(address, alive=False)
 
     def _flush(self) -> None:
         while True:
@@ -207,6 +220,11 @@ class ControlChannel:
                     return
                 address, raw = self._outbox.popleft()
             self._send_now(address, raw)
+
+    def _tell(self, address: str, *, alive: bool) -> None:
+        bus = self._buses.get(address)
+        if self._on_app is not None and bus is not None:
+            self._on_app(bus, alive)
 
     def _send_now(self, address: str, raw: bytes) -> None:
         dealer = self._dealers.get(address)
@@ -234,6 +252,7 @@ class ControlChannel:
                 continue
             if address not in self._heard:
                 log.info("the app at %s answers", address)
+                self._tell(address, alive=True)
             self._heard[address] = time.monotonic()
             if message.kind == rpc.REQUEST:
                 self.controls.handle(address, message, functools.partial(self.send, address))

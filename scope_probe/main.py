@@ -48,6 +48,7 @@ from scope_probe.claims import AddressClaims
 from scope_probe.conntrack import ConntrackReporter
 from scope_probe.docker import DockerReporter
 from scope_probe.endpoint import EndpointReporter
+from scope_probe.failover import Failover
 from scope_probe.host import HostReporter
 from scope_probe.metrics import DEFAULT_METRICS_PORT, ProbeMetrics, stop_serving
 from scope_probe.peers import WEAVE_DNS_NAME, PeerResolver, parse_peer
@@ -89,7 +90,9 @@ class Probe:
         cleanups: Sequence[Callable[[], None]] = (),
         channel: ControlChannel | None = None,
         metrics: ProbeMetrics | None = None,
+        failover: Failover | None = None,
     ) -> None:
+        """`failover`: publish to one of the apps found at a time, as it chooses (else to every one)."""
         self.ctx = ctx
         self._reporters = list(reporters)
         self._publisher = publisher
@@ -110,6 +113,10 @@ class Probe:
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
         self._apps: set[str] | None = None
+        self._failover = failover
+        #: The apps the last resolution found, and those the publisher and the channel were last given.
+        self._found: set[str] = set()
+        self._targets: set[str] | None = None
         # Full reports are timed here rather than counted by the encoder: a busy Docker engine wakes
         # the probe many times a minute, and those small messages must not bring the next full one forward.
         self._encoder = DeltaEncoder(ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize)
@@ -117,7 +124,7 @@ class Probe:
         self._wake_gap = wake_gap
         self._next_full = 0.0
         self.metrics = metrics or ProbeMetrics()
-        self.metrics.watch(publisher, ctx.supervisor, channel)
+        self.metrics.watch(publisher, ctx.supervisor, channel, failover)
 
     def wake(self, reporter: str) -> None:
         """Ask for `reporter` to be refreshed and a report to be published now. Any thread."""
@@ -160,7 +167,7 @@ class Probe:
             reporter.start(self.wake)
         self.ctx.supervisor.start_thread("discovery", self._discover, self._stopping)
         if self.channel is not None:
-            self.channel.start(self.expedite, self.ask_full_report)
+            self.channel.start(self.expedite, self.ask_full_report, self._app_news if self._failover else None)
         try:
             # The publisher: gathering, encoding and sending, on the main thread.
             self.ctx.supervisor.keep("publisher", self._loop, self._stopping)
@@ -219,7 +226,15 @@ class Probe:
 
     def _publish(self, reports: dict[str, Report]) -> None:
         """Send the merge of `reports` (by reporter name) as a full report or a delta."""
-        if self._publisher.new_subscribers() or time.monotonic() >= self._next_full:
+        if self._publisher.new_subscribers():
+            self._encoder.request_full()
+            if self._failover is not None and self.channel is None:
+                # Without a control channel (--no-controls), an app taking the reports is all there is
+                # to know it is alive; with one, its heartbeats say (an app killed before they did
+                # has subscribed all the same, and would then never be left).
+                for app in self._targets or ():
+                    self._failover.answered(app)
+        elif time.monotonic() >= self._next_full:
             self._encoder.request_full()
         report = merge_reports(reports.values())
         if self.channel is not None:
@@ -247,12 +262,31 @@ class Probe:
             self._stopping.wait(self._resolve_interval)
 
     def _apply_discovery(self) -> None:
+        """Give the publisher and the channel the apps found (or, with failover, the one chosen now)."""
         with self._wake_lock:
             apps, self._apps = self._apps, None
         if apps is not None:
-            self._publisher.set_apps(apps)
-            if self.channel is not None:
-                self.channel.set_apps(apps)
+            self._found = apps
+        if self._failover is not None:
+            apps = self._failover.choose(self._found)
+            if apps == self._targets:
+                return
+        elif apps is None:
+            return
+        self._targets = apps
+        self._publisher.set_apps(apps)
+        if self.channel is not None:
+            self.channel.set_apps(apps)
+
+    def _app_news(self, app: str, alive: bool) -> None:
+        """The control channel heard from `app`, or stopped hearing (its thread): tell the failover, and
+        wake the main loop to move on at once."""
+        assert self._failover is not None
+        if alive:
+            self._failover.answered(app)
+        else:
+            self._failover.silent(app)
+        self._wake_event.set()
 
 
 def events_only(report: Report, sent: Report | None) -> Report:
@@ -310,7 +344,14 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
         help="publish to the service only, as the tenant of this probe token (prefer the environment: "
         "a command line is visible in ps)",
     )
-    env_flag(group, "--service-host", default="", help="the service's bus address, host[:port]")
+    group.add_argument(
+        "--service-host",
+        action="append",
+        default=None,
+        help="the service's bus address, host[:port]; several (the flag again, or a comma list; a name with "
+        "several A records counts as several): the probe publishes to one at a time and moves to another when "
+        "its own goes away (env SCOPE_SERVICE_HOST, a comma list)",
+    )
     env_flag(group, "--service-key", default="", help="the service's public key to pin (service_key, 64 hex digits)")
 
 
@@ -325,6 +366,14 @@ def add_probe_flags(parser: argparse.ArgumentParser) -> None:
     env_flag(group, "--spy-interval", default="1s", type=parse_duration, help="how often to gather")
     env_flag(group, "--publish-interval", default="3s", type=parse_duration, help="how often to publish")
     env_flag(group, "--resolve-interval", default="10s", type=parse_duration, help="how often to look apps up")
+    env_flag(
+        group,
+        "--publish-to",
+        default="all",
+        type=_publish_to,
+        help="all: every app found; one: one at a time, moving to another when it goes away (apps that are "
+        "replicas of one another, `scope app --store`)",
+    )
     env_flag(
         group,
         "--full-report-interval",
@@ -377,6 +426,19 @@ def _tracer_mode(text: str) -> str:
     return mode
 
 
+def _publish_to(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in ("all", "one"):
+        raise argparse.ArgumentTypeError(f"invalid --publish-to {text!r} (use all or one)")
+    return mode
+
+
+def service_hosts(flags: list[str] | None) -> list[str]:
+    """The service addresses of every --service-host (each a comma list), or of SCOPE_SERVICE_HOST."""
+    given = flags if flags is not None else [os.environ.get("SCOPE_SERVICE_HOST", "")]
+    return [host.strip() for flag in given for host in flag.split(",") if host.strip()]
+
+
 def _metrics_address(text: str) -> str:
     """The flag's text, once known to be an address (kept as text, so `scope` passes it on as given)."""
     if text.strip():
@@ -391,13 +453,17 @@ def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = Non
     peers = [parse_peer(p) for p in (args.peers or os.environ.get("SCOPE_PEERS", "").split())]
     nameserver, ns_port = split_host_port(args.weave_dns_server, 53) if args.weave_dns_server else ("", 53)
     service = None
+    one_app = args.publish_to == "one"
     if getattr(args, "service_token", ""):
         # The service alone: a tenant's reports go nowhere else, not even to a local app or Weave DNS.
-        if not args.service_host:
+        hosts = service_hosts(args.service_host)
+        if not hosts:
             raise ValueError("--service-host is needed with --service-token: the service's host[:port]")
         service = ServiceCredentials.from_flags(args.service_token, args.service_key)
-        peers = [parse_peer(args.service_host)]
+        peers = [parse_peer(host) for host in hosts]
         args.weave_dns_name = ""
+        # The service's replicas share what each ingests: one of them at a time is enough.
+        one_app = True
     ctx = ProbeContext(
         host_id=args.hostname,
         probe_id=secrets.token_hex(8),
@@ -443,6 +509,7 @@ def probe_from_args(args: argparse.Namespace, metrics: ProbeMetrics | None = Non
         cleanups=[names.stop] if names is not None else [],
         channel=None if args.no_controls else control_channel(ctx, service),
         metrics=metrics,
+        failover=Failover() if one_app else None,
     )
 
 

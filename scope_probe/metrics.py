@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector as PrometheusCollector
 if TYPE_CHECKING:
     from scope_common.supervise import Supervisor
     from scope_probe.channel import ControlChannel
+    from scope_probe.failover import Failover
     from scope_probe.publisher import Publisher
 
 DEFAULT_METRICS_PORT = 4041
@@ -57,9 +58,15 @@ class ProbeMetrics:
         #: Failures of each reporter's `report()` (its last good report stands meanwhile).
         self.reporter_failures: dict[str, int] = {}
 
-    def watch(self, publisher: Publisher, supervisor: Supervisor, channel: ControlChannel | None) -> None:
+    def watch(
+        self,
+        publisher: Publisher,
+        supervisor: Supervisor,
+        channel: ControlChannel | None,
+        failover: Failover | None = None,
+    ) -> None:
         """Read the counts of these parts at each scrape."""
-        self.registry.register(_StateMetrics(self, publisher, supervisor, channel))
+        self.registry.register(_StateMetrics(self, publisher, supervisor, channel, failover))
 
     def serve(self, host: str, port: int) -> WSGIServer:
         """Serve the registry over HTTP at host:port in a daemon thread; OSError if it cannot bind."""
@@ -75,8 +82,14 @@ def stop_serving(server: WSGIServer) -> None:
 
 class _StateMetrics(PrometheusCollector):
     def __init__(
-        self, metrics: ProbeMetrics, publisher: Publisher, supervisor: Supervisor, channel: ControlChannel | None
+        self,
+        metrics: ProbeMetrics,
+        publisher: Publisher,
+        supervisor: Supervisor,
+        channel: ControlChannel | None,
+        failover: Failover | None,
     ) -> None:
+        self._failover = failover
         self._metrics = metrics
         self._publisher = publisher
         self._supervisor = supervisor
@@ -91,6 +104,12 @@ class _StateMetrics(PrometheusCollector):
             [((k,), v) for k, v in {**self._metrics.publish_errors, "queue_full": self._publisher.dropped}.items()],
         )
         yield GaugeMetricFamily("scope_probe_apps", "Apps the probe publishes to", value=len(self._publisher.apps))
+        if self._failover is not None:
+            yield CounterMetricFamily(
+                "scope_probe_app_moves",
+                "Times the probe left the one app it published to for another (it went away or never answered)",
+                value=self._failover.moves,
+            )
         yield _labelled(
             CounterMetricFamily,
             "scope_probe_reporter_failures",

@@ -1,4 +1,5 @@
-"""The probe's one publishing socket, connected to every app it knows.
+"""The probe's one publishing socket, connected to every app it knows (or to one of them at a time, as
+scope_probe.failover chooses).
 
 It is an XPUB socket: it sends like PUB (the apps' SUB sockets see no difference), and it also
 receives each app's subscription, which reaches it when the app has connected and will get every
@@ -55,11 +56,15 @@ class Publisher:
             except zmq.ZMQError as exc:
                 log.warning("cannot connect to app at %s: %s", address, exc)
                 continue
+            if self._watch is not None:
+                self._watch.rejoin(address)
             log.info("publishing to app at %s", address)
             self._apps.add(address)
         for address in sorted(self._apps - addresses):
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.disconnect(address)
+            if self._watch is not None:
+                self._watch.leave(address)
             log.info("app at %s is gone", address)
             self._apps.discard(address)
 

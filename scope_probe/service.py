@@ -69,6 +69,8 @@ class HandshakeWatch:
         self._retry_at: dict[str, float] = {}
         self._backoff: dict[str, float] = {}
         self._failed_before: set[str] = set()
+        #: Endpoints the socket left: their late events are ignored.
+        self._left: set[str] = set()
 
     def poll(self) -> None:
         """Read the events so far; connect again every endpoint whose back-off is over."""
@@ -77,7 +79,9 @@ class HandshakeWatch:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self._event(int(event["event"]), int(event["value"]), str(event["endpoint"].decode(errors="replace")))
+            endpoint = str(event["endpoint"].decode(errors="replace"))
+            if endpoint not in self._left:
+                self._event(int(event["event"]), int(event["value"]), endpoint)
         now = self._clock()
         for endpoint in [e for e, at in self._retry_at.items() if at <= now]:
             del self._retry_at[endpoint]
@@ -87,6 +91,16 @@ class HandshakeWatch:
                 self._socket.connect(endpoint)
             except zmq.ZMQError as exc:
                 log.warning("cannot connect the %s to the service at %s: %s", self._what, endpoint, exc)
+
+    def leave(self, endpoint: str) -> None:
+        """The socket left `endpoint` (the probe moved to another app): connect it again no more, whatever
+        events of it are still to be read. Its back-off stands, should the probe come back to it."""
+        self._left.add(endpoint)
+        self._retry_at.pop(endpoint, None)
+
+    def rejoin(self, endpoint: str) -> None:
+        """The socket connects to `endpoint` again: follow it again."""
+        self._left.discard(endpoint)
 
     def _event(self, kind: int, value: int, endpoint: str) -> None:
         if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:

@@ -9,7 +9,8 @@ report, merges it and serves it; a browser may talk to any replica and a probe m
 Why messages and not merged pictures: a message is small (a delta is what changed), already has a
 format every replica decodes with the same limits and checks, and the receiving side already knows how
 to rebuild a probe's report from it, including what to do with a copy (`stale`) or a lost message
-(`missed_delta`: wait for the next full report). A replica that restarts or reconnects needs nothing
+(`missed_delta`: ask the probe for a full report, through the replica holding its control channel
+when it is another's, and wait for it). A replica that restarts or reconnects needs nothing
 else either: each probe's latest full report, kept under its own key, and the stream of messages
 since, replayed in order, rebuild the same picture.
 

@@ -9,13 +9,27 @@ channel. The requesting replica has already checked the node and control against
 which is the same on every replica. A holder nobody listens for (PUBLISH reaches no one) is a probe not
 connected, at once rather than after the timeout.
 
-Pipes are not carried across replicas yet: a control that opens one (exec, attach, logs) works only on
-the replica holding the probe's control channel.
+Pipes cross replicas the same way. A forwarded control whose response opens a pipe (exec, attach, logs)
+leaves a route at the holder: that pipe of that probe belongs to the requesting replica, whose browser
+will open it. The requester's PipeHub sends to the probe as to any (`ControlRouter.send_raw`), which hands
+what is for a probe held elsewhere to `send`: the message goes to the holder's channel, which checks it
+against its routes and passes it to the probe. The probe's messages for a routed pipe go the other way
+(`from_probe`). Order matters (a shell's bytes): every pipe message leaves a replica through one queue,
+written by one task in order, and Redis keeps one publisher's messages in order. Credit flows end to
+end as it does on one app, so a slow browser still holds the probe back. A route ends with a
+`pipe_close` either way, when the probe goes away from the holder (the requester is told), and when the
+requester is gone (no key of its any more: the probe is told); a requester whose holder is gone closes
+the pipes it has through it.
+
+A replica that missed a delta of a probe another replica holds (its stream entry was lost while Redis
+was away) asks for a full report the same way: the holder asks the probe, so every replica's picture
+of it is whole again within seconds rather than at the probe's next periodic full report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import re
@@ -46,6 +60,18 @@ MAX_MESSAGE_BYTES = rpc.MAX_RPC_MESSAGE_BYTES + 1024
 
 REQUEST = "q"
 ANSWER = "a"
+#: Control-channel messages for a probe held by another replica (pipe messages, asks for a full report),
+#: and pipe messages from it.
+TO_PROBE = "t"
+FROM_PROBE = "f"
+#: What a replica passes on to a probe it holds for another, and to a browser from another's probe.
+TO_PROBE_KINDS = frozenset({rpc.PIPE_DATA, rpc.PIPE_CREDIT, rpc.PIPE_RESIZE, rpc.PIPE_CLOSE, rpc.FULL_REPORT})
+FROM_PROBE_KINDS = frozenset({rpc.PIPE_DATA, rpc.PIPE_CREDIT, rpc.PIPE_CLOSE})
+#: Pipes of other replicas' browsers a holder routes at once (a probe has at most 32 open).
+MAX_ROUTES = 10_000
+#: Pipe messages waiting to be published while Redis is slow; past it they are dropped (the pipe stalls
+#: and its ends close it, as a lost connection would).
+MAX_OUTBOX = 10_000
 #: Outcomes of a forwarded request, besides a response.
 OK, NOT_CONNECTED, BUSY, TIMEOUT = "ok", "not_connected", "busy", "timeout"
 
@@ -75,6 +101,15 @@ class TenantControls:
     async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message:
         return await self._controls.request(self._tenant, probe_id, node_id, control, args)
 
+    def send(self, probe_id: str, raw: bytes) -> bool:
+        return self._controls.to_probe(self._tenant, probe_id, raw)
+
+    def from_probe(self, probe_id: str, message: rpc.Message) -> bool:
+        return self._controls.from_probe(self._tenant, probe_id, message)
+
+    def gone(self, probe_id: str) -> None:
+        self._controls.probe_gone(self._tenant, probe_id)
+
 
 class ReplicaControls:
     def __init__(self, client: redis.asyncio.Redis, replica_id: str, trouble: Trouble) -> None:
@@ -86,6 +121,11 @@ class ReplicaControls:
         self._holders: dict[str, dict[str, str]] = {}
         self._pending: dict[int, asyncio.Future[tuple[str, bytes]]] = {}
         self._serving: set[asyncio.Task[None]] = set()
+        #: Pipes of probes held here that other replicas' browsers have: (tenant, probe, pipe) -> replica.
+        self._routes: dict[tuple[str, str, str], str] = {}
+        #: Pipe messages on their way out, in order: (channel, message).
+        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._wake = asyncio.Event()
         self._ids = itertools.count(1)
         self._drops = Drops(log, "replica controls dropped a message")
         #: Dropped messages by reason.
@@ -93,6 +133,9 @@ class ReplicaControls:
         #: Requests sent to the replica holding the probe, and performed for another replica.
         self.forwarded = 0
         self.served = 0
+        #: Pipe messages sent to another replica, and received from one and passed on.
+        self.pipe_sent = 0
+        self.pipe_received = 0
 
     def attach(self, tenant: str, router: ControlRouter) -> None:
         self._routers[tenant] = router
@@ -120,13 +163,116 @@ class ReplicaControls:
             keys = [key async for key in self._redis.scan_iter(match=pattern)]
             values = await self._redis.mget(keys) if keys else []
             holders: dict[str, str] = {}
+            live = {self.replica_id}
             for key, value in zip(keys, values, strict=True):
                 replica = key.decode(errors="replace").rpartition(":")[2]
                 if replica == self.replica_id or not isinstance(value, bytes):
                     continue
+                live.add(replica)
                 for probe_id in _strings(value):
                     holders[probe_id] = replica
-            self._holders[tenant] = holders
+            before, self._holders[tenant] = self._holders.get(tenant, {}), holders
+            self._end_orphans(tenant, live, before, holders)
+
+    def _end_orphans(self, tenant: str, live: set[str], before: dict[str, str], now: dict[str, str]) -> None:
+        """Close the pipes whose other end's replica is gone: routes to a replica that no longer says it
+        is there (the probe is told), and pipes to probes whose holder changed (the browser is told)."""
+        router = self._routers[tenant]
+        for route, owner in list(self._routes.items()):
+            if route[0] == tenant and owner not in live:
+                del self._routes[route]
+                close = rpc.Message.make(rpc.PIPE_CLOSE, pipe=route[2], reason="the app holding the browser went away")
+                router.send(route[1], close)
+        for probe_id, holder in before.items():
+            if now.get(probe_id) != holder and probe_id not in router.probes and router.on_gone is not None:
+                router.on_gone(probe_id)
+
+    # ------------------------------------------------------------------ pipes
+
+    def to_probe(self, tenant: str, probe_id: str, raw: bytes) -> bool:
+        """Send a message to `probe_id` through the replica holding it (a pipe message: this replica's
+        browser has the pipe; or an ask for a full report: this replica missed a delta of the probe's);
+        False when no replica holds it."""
+        holder = self.holder(tenant, probe_id)
+        if holder is None:
+            return False
+        return self._queue(holder, [TO_PROBE, tenant, self.replica_id, probe_id, raw])
+
+    def from_probe(self, tenant: str, probe_id: str, message: rpc.Message) -> bool:
+        """Pass a pipe message of a probe connected here to the replica whose browser has the pipe; False
+        when the pipe is not routed to another replica."""
+        route = (tenant, probe_id, message.text("pipe"))
+        owner = self._routes.get(route)
+        if owner is None:
+            return False
+        if message.kind == rpc.PIPE_CLOSE:
+            del self._routes[route]
+        self._queue(owner, [FROM_PROBE, tenant, self.replica_id, probe_id, rpc.encode(message)])
+        return True
+
+    def probe_gone(self, tenant: str, probe_id: str) -> None:
+        """The probe left this replica: tell the replicas with pipes through it that those pipes ended."""
+        for route, owner in list(self._routes.items()):
+            if route[:2] == (tenant, probe_id):
+                del self._routes[route]
+                close = rpc.Message.make(rpc.PIPE_CLOSE, pipe=route[2], reason="the probe went away")
+                self._queue(owner, [FROM_PROBE, tenant, self.replica_id, probe_id, rpc.encode(close)])
+
+    def _queue(self, replica: str, fields: list[Any]) -> bool:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._drops.add("outbox_full", f"a pipe message for {replica[:40]}")
+            return False
+        self._outbox.append((channel(replica), msgpack.packb(fields, use_bin_type=True)))
+        self._wake.set()
+        return True
+
+    async def send_forever(self) -> None:
+        """Publish the queued pipe messages in order, all that waited in one pipelined round trip."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 100))]
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for name, message in batch:
+                            pipe.publish(name, message)
+                        await pipe.execute()
+                except (RedisError, OSError) as exc:
+                    # Lost like bytes on a connection that broke: the pipe stalls, its ends close it.
+                    self._drops.add("unsent", f"{len(batch)} pipe messages")
+                    self._trouble("pipe messages", exc)
+                    await asyncio.sleep(MIN_BACKOFF)
+                    continue
+                self.pipe_sent += len(batch)
+
+    def _pipe_message(self, kind: str, tenant: str, sender: str, probe_id: str, raw: bytes) -> None:
+        """A pipe message another replica sent: for a probe held here, or from one it holds."""
+        router = self._routers.get(tenant)
+        accept = TO_PROBE_KINDS if kind == TO_PROBE else FROM_PROBE_KINDS
+        try:
+            message = rpc.decode(raw, accept)
+        except rpc.RpcError as exc:
+            self._drops.add(exc.reason, f"a pipe message from {sender[:40]}: {exc}")
+            return
+        if message.kind == rpc.FULL_REPORT:
+            if router is not None:  # the holder asks, at most as often as it would for itself
+                router.ask_full_report(probe_id, tenant)
+            return
+        route = (tenant, probe_id, message.text("pipe"))
+        if kind == TO_PROBE:
+            if router is None or self._routes.get(route) != sender:
+                self._drops.add("unknown_pipe", f"from {sender[:40]} for a pipe not routed to it")
+                return
+            if message.kind == rpc.PIPE_CLOSE:
+                del self._routes[route]
+            router.send_raw(probe_id, raw)
+        else:
+            if router is None or self.holder(tenant, probe_id) != sender or router.on_pipe is None:
+                self._drops.add("unknown_pipe", f"from {sender[:40]}, which does not hold probe {probe_id[:40]}")
+                return
+            router.on_pipe(probe_id, message)
+        self.pipe_received += 1
 
     async def listen_forever(self) -> None:
         backoff = MIN_BACKOFF
@@ -159,6 +305,8 @@ class ReplicaControls:
             task = asyncio.create_task(self._serve(*fields[1:]))
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
+        elif _shaped(fields, [str, str, str, str, bytes]) and fields[0] in (TO_PROBE, FROM_PROBE):
+            self._pipe_message(*fields)
         elif _shaped(fields, [str, int, str, bytes]) and fields[0] == ANSWER:
             future = self._pending.get(fields[1])
             if future is None or future.done():
@@ -178,8 +326,14 @@ class ReplicaControls:
             status = NOT_CONNECTED
         else:
             try:
-                raw = rpc.encode(await router.request(probe_id, node_id, control, args))
+                response = await router.request(probe_id, node_id, control, args)
+                raw = rpc.encode(response)
                 status = OK
+                pipe = response.text("pipe")
+                if pipe and len(self._routes) < MAX_ROUTES:
+                    self._routes[(tenant, probe_id, pipe)] = reply_to
+                elif pipe:
+                    self._drops.add("too_many_routes", f"pipe {pipe[:40]} of probe {probe_id[:40]}")
             except ProbeNotConnected:
                 status = NOT_CONNECTED
             except ProbeBusy:

@@ -162,6 +162,7 @@ class ReplicaLink:
         supervisor.start("replica-reader", self.read_forever)
         supervisor.start("replica-controls", self.controls.listen_forever)
         supervisor.start("replica-holders", self.controls.refresh_forever)
+        supervisor.start("replica-pipes", self.controls.send_forever)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -346,6 +347,16 @@ class ReplicaMetrics(PrometheusCollector):
             "scope_app_replica_controls_served",
             "Control requests performed for another replica",
             value=link.controls.served,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_pipe_sent",
+            "Pipe messages sent to another replica (a browser here, a probe there, or the other way)",
+            value=link.controls.pipe_sent,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_pipe_received",
+            "Pipe messages from another replica passed on to a probe or a browser here",
+            value=link.controls.pipe_received,
         )
         dropped = CounterMetricFamily(
             "scope_app_replica_controls_dropped",
