@@ -24,17 +24,28 @@ import tornado.httputil
 import tornado.routing
 import tornado.web
 
-from scope_app.auth import bearer_token, session_cookie
+from scope_app.auth import LoginText, bearer_token, session_cookie
 from scope_app.metrics import CONTENT_TYPE, AppMetrics
 from scope_app.tenancy.directory import TenantDirectory
 from scope_app.tenancy.registry import token_hash
 from scope_app.websocket import FeedHub, TopologyWebSocket
+
+#: The service's login page: a user of a tenant logs in with the user token its operator was given.
+SERVICE_LOGIN = LoginText(
+    "Log in to your Scope tenant",
+    """<p>This Scope service shows each tenant its own hosts, containers and processes. Paste your tenant's
+<b>user token</b>: the <code>user_token</code> that <code>scope tenants add</code> printed when your tenant
+was added (ask whoever runs the service). A probe token does not open the map.</p>""",
+    "That is no user token of this service: check that it is the user token, not the probe token, "
+    "and that your tenant has not been revoked.",
+)
 
 
 class TenantAuth:
     """The `Gate` (scope_app.auth) of the service."""
 
     enforced = True
+    login_text = SERVICE_LOGIN
 
     def __init__(self, directory: TenantDirectory, secret: str) -> None:
         self._directory = directory

@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.browser]
 
 NO_ENGINE = "--docker-url=unix:///nonexistent/docker.sock"
 TIMEOUT_MS = 15_000
-WRONG_TOKEN = "That token is not this app's."
+WRONG_TOKEN = "That is no user token of this service"
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ def test_without_a_token_the_page_is_the_login_page(page: Page, tenancy: Tenancy
     response = page.goto(tenancy.service.app.url + "/#/hosts")
     assert response is not None and response.status == 401
     expect(page.get_by_test_id("login")).to_be_visible()
+    expect(page.get_by_test_id("login")).to_contain_text("user token")
     expect(page.get_by_label("Token")).to_be_visible()
     assert page.evaluate("() => window.scopeUI === undefined"), "no map is served without a token"
 
