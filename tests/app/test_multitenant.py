@@ -1,8 +1,9 @@
 """The multi-tenant service end to end: `scope app --multitenant`, tenants added with `scope tenants`,
 real probes feeding it with their tenants' tokens over CurveZMQ, users reading it with theirs.
 
-Every probe runs on this machine, so every probe could report the same containers: tenant beta's
-probes are pointed at no Docker engine, and the test's container is then tenant alpha's alone.
+The two tenants' probes run on hosts of their own (network namespaces, reaching the service's bus on
+the bridge), but every namespace shares this machine's Docker engine: tenant beta's probes are pointed
+at no engine, and the test's container is then tenant alpha's alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from scope_common.curve import KeyPair, probe_keys, serve_curve
 from scope_probe.publisher import Publisher
 from scope_probe.service import ServiceCredentials
 from tests.fixtures.docker import Containers
+from tests.fixtures.netns import Netns, NetnsHost
 from tests.fixtures.service import Service, TenantTokens, tenants
 from tests.fixtures.waiting import wait_for
 
@@ -42,14 +45,38 @@ def _quote(text: str) -> str:
 
 
 @pytest.fixture
-def two_tenants(service: Service) -> Iterator[tuple[TenantTokens, TenantTokens]]:
-    """Tenant alpha with probes on hosts alpha-1 and alpha-2, tenant beta with beta-1 and beta-2."""
-    alpha, beta = service.add_tenant("alpha"), service.add_tenant("beta")
+def namespaces(netns: Netns) -> list[NetnsHost]:
+    """Four hosts: network namespaces on one bridge."""
+    return [netns.create() for _ in range(4)]
+
+
+@pytest.fixture
+def hosted(tmp_path: Path, netns: Netns, namespaces: list[NetnsHost]) -> Iterator[Service]:
+    """A service whose bus listens on the namespaces' bridge, where their probes reach it."""
+    running = Service(tmp_path / "state", bus_host=netns.gateway)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def two_tenants(hosted: Service, namespaces: list[NetnsHost]) -> Iterator[tuple[TenantTokens, TenantTokens]]:
+    """Tenant alpha with probes on hosts alpha-1 and alpha-2, tenant beta with beta-1 and beta-2, each
+    host a network namespace of its own."""
+    alpha, beta = hosted.add_tenant("alpha"), hosted.add_tenant("beta")
     for n in (1, 2):
-        service.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key)
-        service.probe(beta.probe_token, hostname=f"beta-{n}", service_key=beta.service_key, extra=[NO_ENGINE])
-    wait_for(lambda: service.hostnames(alpha.user_token) == {"alpha-1", "alpha-2"}, timeout=40, what="alpha's probes")
-    wait_for(lambda: service.hostnames(beta.user_token) == {"beta-1", "beta-2"}, timeout=40, what="beta's probes")
+        host = namespaces[n - 1].argv([])
+        hosted.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key, prefix=host)
+        hosted.probe(
+            beta.probe_token,
+            hostname=f"beta-{n}",
+            service_key=beta.service_key,
+            prefix=namespaces[n + 1].argv([]),
+            extra=[NO_ENGINE],
+        )
+    wait_for(lambda: hosted.hostnames(alpha.user_token) == {"alpha-1", "alpha-2"}, timeout=40, what="alpha's probes")
+    wait_for(lambda: hosted.hostnames(beta.user_token) == {"beta-1", "beta-2"}, timeout=40, what="beta's probes")
     yield alpha, beta
 
 
@@ -78,8 +105,9 @@ async def _websocket_hosts(service: Service, token: str) -> set[str]:
 
 
 def test_each_tenant_sees_only_its_own_hosts_processes_and_containers(
-    service: Service, two_tenants: tuple[TenantTokens, TenantTokens], containers: Containers
+    hosted: Service, two_tenants: tuple[TenantTokens, TenantTokens], containers: Containers
 ) -> None:
+    service = hosted
     alpha, beta = two_tenants
     container = containers.run(QUICK_TO_STOP, name="alpha-only")
     node_id = wait_for(lambda: _container_node(service, alpha.user_token, container), timeout=20, what="the container")
