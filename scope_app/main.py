@@ -511,10 +511,11 @@ async def serve(args: argparse.Namespace) -> None:
     page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
     if service is not None:
         log.info(
-            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key)",
+            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key); /metrics %s",
             args.state_dir,
             len(service.registry.list()),
             service.keys.public,
+            "for the metrics token alone" if args.metrics_token else "off (no --metrics-token)",
         )
     elif args.no_auth and not is_loopback(listen_host):
         log.warning("access control is off (--no-auth): whoever reaches %s can use every control", page)

@@ -148,6 +148,7 @@ class RevocableWebSocket(TopologyWebSocket):
     websocket opens, never again: when its tenant is revoked, the tenant's view closes what is in
     that set, so that an open map stops at once rather than being fed until its user leaves."""
 
+    # A keyword the base's initialize lacks: tornado passes the route's arguments by name, so it is safe.
     def initialize(  # type: ignore[override]
         self,
         hub: FeedHub,
