@@ -10,6 +10,7 @@ of hosts is what these tests read. No asyncio here (the Playwright sync API owns
 from __future__ import annotations
 
 import secrets
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from playwright.sync_api import Page, Response, expect
 
 from tests.fixtures.browser import screenshot
 from tests.fixtures.netns import Netns
-from tests.fixtures.service import Service, TenantTokens
+from tests.fixtures.service import Service, TenantTokens, tenants
 from tests.fixtures.waiting import wait_for
 from tests.ui.test_map import UI
 
@@ -148,3 +149,18 @@ def test_the_other_tenants_node_is_not_found(page: Page, tenancy: Tenancy) -> No
     screenshot(page, "tenants-other-node")
     assert _host_nodes(ui) == {tenancy.host_node("alpha")}
     assert not ui.errors, f"JavaScript errors on the page: {ui.errors}"
+
+
+def test_a_revoked_tenants_open_page_goes_back_to_the_login_page(page: Page, tenancy: Tenancy) -> None:
+    gamma = tenancy.service.add_tenant(f"gamma-{secrets.token_hex(3)}")
+    _log_in(page, tenancy, gamma.user_token)
+    ui = UI(page, tenancy.service.app)
+    ui.open("hosts")
+    assert _host_nodes(ui) == set(), "gamma has no probe: an empty map, none of the others' hosts"
+    done = tenants(tenancy.service.state_dir, "revoke", gamma.tenant)
+    assert done.returncode == 0, done.stderr
+    revoked = time.monotonic()
+    expect(page.get_by_test_id("login")).to_be_visible(timeout=TIMEOUT_MS)
+    print(f"the login page showed {time.monotonic() - revoked:.2f} s after `scope tenants revoke` returned")
+    expect(page.get_by_test_id("login")).to_contain_text("user token")
+    screenshot(page, "tenants-revoked")
