@@ -27,6 +27,8 @@ import tornado.websocket
 import zmq
 import zmq.asyncio
 
+from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.registry import SqliteRegistry, token_hash
 from scope_app.tenancy.zap import ZapHandler
 from scope_common.curve import KeyPair, probe_keys, serve_curve
 from scope_probe.publisher import Publisher
@@ -330,6 +332,27 @@ def test_metrics_are_the_operators_alone_and_count_per_tenant(tmp_path: Any) -> 
         assert figures["scope_app_probe_connections_admitted_total"] >= 3
     finally:
         service.close()
+
+
+def test_a_probe_of_a_tenant_just_added_is_its_tenants_from_its_first_report(tmp_path: Path) -> None:
+    """The service reads the registry again every second, but ZAP reads it for each connection: a probe
+    that connects within that second is its tenant's at once (its first report is the full one), until
+    a listing read after shows the tenant, or shows it revoked."""
+    registry = SqliteRegistry(tmp_path / "tenants.sqlite")
+    revoked: list[str] = []
+    directory = TenantDirectory(registry, revoked.append)
+    key = probe_keys("alpha's probe token").public
+    registry.add("alpha", token_hash("alpha's user token"), key)  # by `scope tenants add`, meanwhile
+    assert directory.tenant_of_key(key) is None, "nothing admitted it yet"
+    assert directory.admits_key(key)
+    assert directory.tenant_of_key(key) == "alpha"
+    directory.refresh()
+    assert directory.tenant_of_key(key) == "alpha"
+    registry.revoke("alpha")
+    directory.refresh()
+    assert directory.tenant_of_key(key) is None and revoked == ["alpha"]
+    assert not directory.admits_key(key)
+    assert directory.tenant_of_key(key) is None
 
 
 class TcpProxy:
