@@ -96,12 +96,13 @@ def _container_node(service: Service, token: str, container: Any) -> str | None:
 
 
 async def _websocket_hosts(service: Service, token: str) -> set[str]:
-    """The host nodes the first websocket message of the hosts view names."""
+    """The hosts the first websocket message of the hosts view names."""
     ws = await _websocket(service, token, "/api/topology/hosts/ws")
     try:
         message = await asyncio.wait_for(ws.read_message(), 10)
         assert isinstance(message, str)
-        return {node["label_major"] for node in json.loads(message)["add"]}
+        # Pseudo nodes aside: a host in a namespace reaches the service through the bridge, "the internet" to it.
+        return {node["label_major"] for node in json.loads(message)["add"] if not node.get("pseudo")}
     finally:
         ws.close()
 
