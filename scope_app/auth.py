@@ -35,6 +35,25 @@ SESSION_COOKIE = "scope_session"
 SESSION_DAYS = 30
 
 
+@dataclass(frozen=True)
+class LoginText:
+    """What the login page says: its heading, where the token comes from (HTML, trusted: a constant),
+    and what it says of a token that does not log in."""
+
+    heading: str
+    help_html: str
+    wrong_token: str
+
+
+APP_LOGIN = LoginText(
+    "This Scope app needs a token",
+    """<p>Its controls can stop containers and open shells, so it asks who you are. Open the login address
+the app printed when it started (<code>http://&lt;host&gt;:4040/?token=&hellip;</code>: in its log,
+in <code>docker logs weavescope</code>, or in what <code>scope launch</code> said), or paste the token:</p>""",
+    "That token is not this app's.",
+)
+
+
 class Gate(Protocol):
     """Who may use the app over HTTP."""
 
@@ -42,6 +61,9 @@ class Gate(Protocol):
     def enforced(self) -> bool:
         """False when the app is open to all."""
         ...
+
+    @property
+    def login_text(self) -> LoginText: ...
 
     def allows(self, request: tornado.httputil.HTTPServerRequest) -> bool: ...
 
@@ -59,6 +81,10 @@ class Auth:
     @property
     def enforced(self) -> bool:
         return self.token is not None
+
+    @property
+    def login_text(self) -> LoginText:
+        return APP_LOGIN
 
     def login(self, token: str) -> str | None:
         if self.token is None or not hmac.compare_digest(token.encode(), self.token.encode()):
@@ -153,7 +179,7 @@ class LoginHandler(tornado.web.RequestHandler):
         if session is None:
             log.warning("a wrong token from %s", self.request.remote_ip)
             self.set_status(401)
-            self.finish(login_page("That token is not this app's."))
+            self.finish(login_page(self.auth.login_text, self.auth.login_text.wrong_token))
             return
         self.set_cookie(
             SESSION_COOKIE,
@@ -171,6 +197,9 @@ class LoginHandler(tornado.web.RequestHandler):
 class RefusedHandler(tornado.web.RequestHandler):
     """401: JSON for the API (and its websockets and pipes), the login page for the rest."""
 
+    def initialize(self, auth: Gate) -> None:
+        self.auth = auth
+
     def prepare(self) -> None:
         self.set_status(401)
         self.set_header("Cache-Control", "no-store")
@@ -179,10 +208,10 @@ class RefusedHandler(tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json; charset=utf-8")
             self.finish(json.dumps({"error": "a token is required: send Authorization: Bearer TOKEN"}))
         else:
-            self.finish(login_page(""))
+            self.finish(login_page(self.auth.login_text, ""))
 
 
-def login_page(problem: str) -> str:
+def login_page(text: LoginText, problem: str) -> str:
     notice = f'<p class="problem">{tornado.escape.xhtml_escape(problem)}</p>' if problem else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Scope: log in</title>
@@ -199,11 +228,9 @@ input {{ width: 100%; box-sizing: border-box; margin: 8px 0; padding: 7px 9px; b
 button {{ padding: 6px 14px; border: 0; border-radius: 6px; background: #4ea1f3; color: #fff; font-weight: 600; }}
 </style></head>
 <body><main data-testid="login">
-<h1>This Scope app needs a token</h1>
+<h1>{tornado.escape.xhtml_escape(text.heading)}</h1>
 {notice}
-<p>Its controls can stop containers and open shells, so it asks who you are. Open the login address
-the app printed when it started (<code>http://&lt;host&gt;:4040/?token=&hellip;</code>: in its log,
-in <code>docker logs weavescope</code>, or in what <code>scope launch</code> said), or paste the token:</p>
+{text.help_html}
 <form method="get"><input name="token" type="password" autocomplete="off" autofocus
  aria-label="Token" placeholder="token"><button type="submit">Log in</button></form>
 <p>Programs send it as <code>Authorization: Bearer TOKEN</code>.</p>
@@ -217,5 +244,5 @@ def auth_rules(auth: Gate) -> list[tornado.routing.Rule]:
         return []
     return [
         tornado.routing.Rule(_Login(), LoginHandler, {"auth": auth}),
-        tornado.routing.Rule(_Refused(auth), RefusedHandler),
+        tornado.routing.Rule(_Refused(auth), RefusedHandler, {"auth": auth}),
     ]

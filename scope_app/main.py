@@ -28,14 +28,14 @@ from scope_app.collector import Collector, Limits
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
-from scope_app.metrics import AppMetrics, StateMetrics
+from scope_app.metrics import AppMetrics, ServiceMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.replicas import ReplicaLink, ReplicaMetrics
 from scope_app.replicas.link import store_url
 from scope_app.tenancy import SINGLE_TENANT
 from scope_app.tenancy.directory import TenantDirectory
-from scope_app.tenancy.http import TenantAuth, tenant_rules
+from scope_app.tenancy.http import RevocableWebSocket, TenantAuth, operator_rules, tenant_rules
 from scope_app.tenancy.limits import TenantGate, TenantLimits
 from scope_app.tenancy.service import Service, add_state_dir_flag, open_service
 from scope_app.tenancy.store import InProcessReports
@@ -109,12 +109,14 @@ class TenantView:
         if app.gate is not None:
             self.context.refused = app.gate.refused.setdefault(tenant, {})
         self.context.read_only = app.read_only
+        #: The view's open websockets, closed when its tenant is revoked.
+        self.websockets: set[TopologyWebSocket] = set()
         self.routes = [
             *api_routes(self.context),
             (
                 r"/api/topology/([^/]+)/ws",
-                TopologyWebSocket,
-                {"hub": self.hub, "allowed_origins": app.allowed_origins},
+                RevocableWebSocket,
+                {"hub": self.hub, "allowed_origins": app.allowed_origins, "open_sockets": self.websockets},
             ),
             *control_routes(app.router, app.pipes, self._report, app.read_only, app.allowed_origins, tenant),
             not_found_route(self.context),
@@ -136,6 +138,11 @@ class TenantView:
     def _report(self) -> Report:
         return self.renderer.graph.report
 
+    def close_websockets(self, reason: str) -> None:
+        """Close the view's open websockets (1008: policy violation, as for a token no longer valid)."""
+        for websocket in list(self.websockets):
+            websocket.close(1008, reason)
+
     def _merged(self, report: Report, version: int, changed: set[NodeKey]) -> None:
         started = time.perf_counter()
         try:
@@ -152,7 +159,8 @@ class ScopeApp:
     """Wires the parts together; `start()` binds the sockets, `stop()` closes them.
 
     `service`: run as the multi-tenant service (--multitenant): CURVE and ZAP on the bus and the
-    control channel, tenants' tokens on HTTP, a `TenantView` a tenant."""
+    control channel, tenants' tokens on HTTP, a `TenantView` a tenant; `/metrics` for the holder of
+    `metrics_token` alone."""
 
     def __init__(
         self,
@@ -168,6 +176,7 @@ class ScopeApp:
         auth_token: str | None = None,
         store: str | None = None,
         service: Service | None = None,
+        metrics_token: str | None = None,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.window = window
@@ -237,8 +246,25 @@ class ScopeApp:
             gate: Gate = Auth(auth_token)
             routes = [*auth_rules(gate), *view.routes]
         else:
+            assert self.gate is not None and self.zap is not None
+            zap, directory = self.zap, self.directory
+            self.metrics.registry.register(
+                ServiceMetrics(
+                    self.receiver,
+                    lambda: directory.tenants.keys(),
+                    self.views,
+                    self.gate.refused,
+                    zap.refused,
+                    lambda: zap.admitted,
+                    self.supervisor,
+                )
+            )
             tenant_auth = TenantAuth(self.directory, service.keys.secret)
-            routes = [*auth_rules(tenant_auth), *tenant_rules(tenant_auth, lambda tenant: self.view(tenant).web)]
+            routes = [
+                *operator_rules(self.metrics, metrics_token),
+                *auth_rules(tenant_auth),
+                *tenant_rules(tenant_auth, lambda tenant: self.view(tenant).web),
+            ]
         self.web = tornado.web.Application(host_checked(self.allowed_hosts, routes), **self.web_settings)
         self._server: tornado.httpserver.HTTPServer | None = None
 
@@ -252,12 +278,18 @@ class ScopeApp:
         return view
 
     def _revoked(self, tenant: str) -> None:
-        """A tenant was revoked: its probes vanish, its controls and pipes end, its views go."""
+        """A tenant was revoked: its open pipes and websockets close, its probes vanish, its controls end,
+        its views go. At once: a token is checked when a websocket or pipe opens, not afterwards."""
+        why = "its tenant was revoked"
+        for pipe in [pipe for pipe in self.pipes.pipes.values() if pipe.tenant == tenant]:
+            self.pipes.close(pipe, why)
+        view = self.views.pop(tenant, None)
+        if view is not None:
+            view.close_websockets(why)
         self.store.forget(tenant)
         self.router.forget_tenant(tenant)
         if self.gate is not None:
             self.gate.forget(tenant)
-        self.views.pop(tenant, None)
 
     async def _expire_forever(self, interval: float = 1.0) -> None:
         while True:
@@ -414,6 +446,13 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="report bytes one tenant's probes may send a second, on average",
     )
+    env_flag(
+        group,
+        "--metrics-token",
+        default="",
+        help="token the operator shows for /metrics, which names every tenant (no user token opens it); "
+        "give it by the environment, which ps does not show; empty: no /metrics",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,6 +496,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_view_nodes=args.max_view_nodes,
         store=args.store or None,
         service=service,
+        metrics_token=(args.metrics_token or None) if service is not None else None,
     )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)
@@ -471,10 +511,11 @@ async def serve(args: argparse.Namespace) -> None:
     page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
     if service is not None:
         log.info(
-            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key)",
+            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key); /metrics %s",
             args.state_dir,
             len(service.registry.list()),
             service.keys.public,
+            "for the metrics token alone" if args.metrics_token else "off (no --metrics-token)",
         )
     elif args.no_auth and not is_loopback(listen_host):
         log.warning("access control is off (--no-auth): whoever reaches %s can use every control", page)

@@ -11,8 +11,8 @@ Every message received is either applied or dropped with a reason, so
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -97,23 +97,7 @@ class StateMetrics(PrometheusCollector):
 
     def collect(self) -> Iterator[Metric]:
         receiver, collector, hub = self._receiver, self._collector, self._hub
-        yield _counter("scope_app_reports_received", "Messages received on the report bus", receiver.received)
-        yield _counter("scope_app_received_bytes", "Bytes received on the report bus", receiver.received_bytes)
-        yield _counter("scope_app_reports_applied", "Messages applied to a probe's report", collector.applied)
-        yield _labelled(
-            CounterMetricFamily,
-            "scope_app_reports_dropped",
-            "Messages dropped, by reason (decoding, then the collector's checks)",
-            "reason",
-            {**receiver.dropped, **collector.rejected},
-        )
-        yield _labelled(
-            CounterMetricFamily,
-            "scope_app_nodes_rejected",
-            "Nodes left out of messages that were otherwise used, by reason",
-            "reason",
-            receiver.nodes_rejected,
-        )
+        yield from _bus_metrics(receiver, collector.applied, collector.rejected)
         yield _gauge("scope_app_probes", "Probes whose reports the app holds", len(collector.probes))
         yield _gauge("scope_app_probe_sources", "Addresses the probes' reports come from", len(collector.sources))
         yield _gauge("scope_app_stored_nodes", "Nodes held by all probes together", collector.node_count)
@@ -135,25 +119,137 @@ class StateMetrics(PrometheusCollector):
             "reason",
             hub.refused,
         )
-        yield _labelled(
-            CounterMetricFamily,
-            "scope_app_task_restarts",
-            "Restarts of supervised tasks after an unexpected error",
-            "task",
-            self._supervisor.restarts,
-        )
-        yield _labelled(
-            GaugeMetricFamily,
-            "scope_app_task_up",
-            "Whether a supervised task is running (1) or waiting to restart (0)",
-            "task",
-            {name: int(up) for name, up in self._supervisor.running.items()},
-        )
+        yield from _task_metrics(self._supervisor)
         yield _counter(
             "scope_app_refused_hosts",
             "HTTP requests refused for a Host header the app does not serve (DNS rebinding)",
             self._allowed_hosts.refused,
         )
+
+
+class TenantState(Protocol):
+    """What `ServiceMetrics` reads of one tenant's side of the service (scope_app.main.TenantView)."""
+
+    @property
+    def collector(self) -> Collector: ...
+
+    @property
+    def hub(self) -> FeedHub: ...
+
+
+class ServiceMetrics(PrometheusCollector):
+    """The multi-tenant service's counts (--multitenant): the bus's, every tenant's together, as
+    `StateMetrics` has them, and each tenant's, labelled with its name. The labels name every tenant,
+    so the service serves these to its operator alone (scope_app.tenancy.http.OperatorMetricsHandler).
+
+    `tenants()`: the tenants now (one with no report yet shows zeros); `views`: the tenants' views
+    made so far; `refused`: messages the tenant gate refused, by tenant then reason; `connections`:
+    the ZAP handler's refused connections by reason, and `admitted()` its admitted count."""
+
+    def __init__(
+        self,
+        receiver: BusReceiver,
+        tenants: Callable[[], Iterable[str]],
+        views: Mapping[str, TenantState],
+        refused: Mapping[str, Mapping[str, int]],
+        connections: Mapping[str, int],
+        admitted: Callable[[], int],
+        supervisor: Supervisor,
+    ) -> None:
+        self._receiver = receiver
+        self._tenants = tenants
+        self._views = views
+        self._refused = refused
+        self._connections = connections
+        self._admitted = admitted
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        tenants = sorted(self._tenants())
+        collectors = {tenant: self._views[tenant].collector for tenant in tenants if tenant in self._views}
+        rejected: dict[str, int] = {}
+        for collector in collectors.values():
+            for reason, count in collector.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        applied = sum(collector.applied for collector in collectors.values())
+        yield from _bus_metrics(self._receiver, applied, rejected)
+        yield _gauge("scope_app_tenants", "Tenants in the registry", len(tenants))
+        yield _counter(
+            "scope_app_probe_connections_admitted", "Probe connections the ZAP handler admitted", self._admitted()
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "scope_app_probe_connections_refused",
+            "Probe connections the ZAP handler refused, by reason (unknown_key: a wrong or revoked token)",
+            "reason",
+            self._connections,
+        )
+        applied_by_tenant = CounterMetricFamily(
+            "scope_app_tenant_reports_applied", "Messages applied to a probe's report, by tenant", labels=["tenant"]
+        )
+        refused = CounterMetricFamily(
+            "scope_app_tenant_reports_refused",
+            "Messages of a tenant's probes refused, by tenant and reason (its byte rate, its limits, bad content)",
+            labels=["tenant", "reason"],
+        )
+        probes = GaugeMetricFamily("scope_app_tenant_probes", "Probes a tenant has reporting", labels=["tenant"])
+        nodes = GaugeMetricFamily("scope_app_tenant_stored_nodes", "Nodes a tenant's probes hold", labels=["tenant"])
+        websockets = GaugeMetricFamily(
+            "scope_app_tenant_websocket_clients", "A tenant's open websockets", labels=["tenant"]
+        )
+        for tenant in tenants:
+            view = self._views.get(tenant)
+            if view is None:  # no report and no request yet
+                for family in (applied_by_tenant, probes, nodes, websockets):
+                    family.add_metric([tenant], 0)
+                continue
+            applied_by_tenant.add_metric([tenant], view.collector.applied)
+            for reason, count in sorted({**self._refused.get(tenant, {}), **view.collector.rejected}.items()):
+                refused.add_metric([tenant, reason], count)
+            probes.add_metric([tenant], len(view.collector.probes))
+            nodes.add_metric([tenant], view.collector.node_count)
+            websockets.add_metric([tenant], view.hub.watcher_count)
+        yield from (applied_by_tenant, refused, probes, nodes, websockets)
+        yield from _task_metrics(self._supervisor)
+
+
+def _bus_metrics(receiver: BusReceiver, applied: int, rejected: Mapping[str, int]) -> Iterator[Metric]:
+    """The bus's counts: every message received is applied (`applied`) or dropped, by the bus or by the
+    collectors' checks (`rejected`)."""
+    yield _counter("scope_app_reports_received", "Messages received on the report bus", receiver.received)
+    yield _counter("scope_app_received_bytes", "Bytes received on the report bus", receiver.received_bytes)
+    yield _counter("scope_app_reports_applied", "Messages applied to a probe's report", applied)
+    yield _labelled(
+        CounterMetricFamily,
+        "scope_app_reports_dropped",
+        "Messages dropped, by reason (decoding, then the collector's checks)",
+        "reason",
+        {**receiver.dropped, **rejected},
+    )
+    yield _labelled(
+        CounterMetricFamily,
+        "scope_app_nodes_rejected",
+        "Nodes left out of messages that were otherwise used, by reason",
+        "reason",
+        receiver.nodes_rejected,
+    )
+
+
+def _task_metrics(supervisor: Supervisor) -> Iterator[Metric]:
+    yield _labelled(
+        CounterMetricFamily,
+        "scope_app_task_restarts",
+        "Restarts of supervised tasks after an unexpected error",
+        "task",
+        supervisor.restarts,
+    )
+    yield _labelled(
+        GaugeMetricFamily,
+        "scope_app_task_up",
+        "Whether a supervised task is running (1) or waiting to restart (0)",
+        "task",
+        {name: int(up) for name, up in supervisor.running.items()},
+    )
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:

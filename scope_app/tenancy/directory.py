@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from scope_app.tenancy.registry import Tenant, TenantRegistry
@@ -23,12 +24,18 @@ class TenantDirectory:
         self.tenants: dict[str, Tenant] = {}
         self._by_user_token_hash: dict[str, Tenant] = {}
         self._by_probe_key: dict[str, Tenant] = {}
+        #: Keys ZAP admitted from the registry itself, with when: their tenant until a listing read after
+        #: that shows it (or shows it revoked). Without it, a probe of a tenant added within the last
+        #: second would get in, and its first reports, the full one above all, be dropped as no tenant's.
+        self._admitted: dict[str, tuple[Tenant, float]] = {}
         self.refresh()
 
     def refresh(self) -> None:
-        self._apply(self.registry.list())
+        self._apply(self.registry.list(), time.monotonic())
 
-    def _apply(self, listed: list[Tenant]) -> None:
+    def _apply(self, listed: list[Tenant], read_at: float) -> None:
+        """Take `listed`, the registry as read from `read_at` on."""
+        self._admitted = {key: entry for key, entry in self._admitted.items() if entry[1] > read_at}
         tenants = {tenant.name: tenant for tenant in listed}
         gone = [name for name in self.tenants if name not in tenants]
         added = [name for name in tenants if name not in self.tenants]
@@ -44,8 +51,9 @@ class TenantDirectory:
     async def refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
+            read_at = time.monotonic()
             # SQLite reads block: off the loop, so that a slow disk never stalls requests.
-            self._apply(await asyncio.to_thread(self.registry.list))
+            self._apply(await asyncio.to_thread(self.registry.list), read_at)
 
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
         """From the copy; a token the copy does not know yet is looked up in the registry itself, so that
@@ -59,11 +67,20 @@ class TenantDirectory:
         return found if found is not None else self.registry.by_name(name)
 
     def admits_key(self, probe_key: str) -> bool:
-        """For ZAP: read from the registry itself, so that a tenant just added gets in at once."""
-        return self.registry.by_probe_key(probe_key) is not None
+        """For ZAP: read from the registry itself, so that a tenant just added gets in at once (and
+        its connection's messages are its, before the copy has it)."""
+        tenant = self.registry.by_probe_key(probe_key)
+        if tenant is None:
+            return False
+        if probe_key not in self._by_probe_key:
+            self._admitted[probe_key] = (tenant, time.monotonic())
+        return True
 
     def tenant_of_key(self, probe_key: str) -> str | None:
         """The tenant whose probes hold `probe_key` (a connection's User-Id), now. A tenant revoked
         and added again under its name has new tokens: the old key is no tenant's."""
         tenant = self._by_probe_key.get(probe_key)
+        if tenant is None:
+            admitted = self._admitted.get(probe_key)
+            tenant = admitted[0] if admitted is not None else None
         return tenant.name if tenant is not None else None

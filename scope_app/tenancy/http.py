@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -23,15 +24,28 @@ import tornado.httputil
 import tornado.routing
 import tornado.web
 
-from scope_app.auth import bearer_token, session_cookie
+from scope_app.auth import LoginText, bearer_token, session_cookie
+from scope_app.metrics import CONTENT_TYPE, AppMetrics
 from scope_app.tenancy.directory import TenantDirectory
 from scope_app.tenancy.registry import token_hash
+from scope_app.websocket import FeedHub, TopologyWebSocket
+
+#: The service's login page: a user of a tenant logs in with the user token its operator was given.
+SERVICE_LOGIN = LoginText(
+    "Log in to your Scope tenant",
+    """<p>This Scope service shows each tenant its own hosts, containers and processes. Paste your tenant's
+<b>user token</b>: the <code>user_token</code> that <code>scope tenants add</code> printed when your tenant
+was added (ask whoever runs the service). A probe token does not open the map.</p>""",
+    "That is no user token of this service: check that it is the user token, not the probe token, "
+    "and that your tenant has not been revoked.",
+)
 
 
 class TenantAuth:
     """The `Gate` (scope_app.auth) of the service."""
 
     enforced = True
+    login_text = SERVICE_LOGIN
 
     def __init__(self, directory: TenantDirectory, secret: str) -> None:
         self._directory = directory
@@ -87,3 +101,68 @@ class TenantDispatch(tornado.routing.Router):
 def tenant_rules(auth: TenantAuth, application_of: Callable[[str], tornado.web.Application]) -> list[Any]:
     """What follows the auth rules in the service's application."""
     return [tornado.routing.Rule(AnyRequest(), TenantDispatch(auth, application_of))]
+
+
+class OperatorMetricsHandler(tornado.web.RequestHandler):
+    """`/metrics` of the service, for its operator alone: the figures are labelled with every tenant's
+    name, which no tenant may read. It asks for the operator's metrics token (`--metrics-token`,
+    SCOPE_METRICS_TOKEN), not a user token; without one configured, the service has no /metrics."""
+
+    def initialize(self, metrics: AppMetrics, token: str | None) -> None:
+        self._metrics = metrics
+        self._token = token
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self._token is None:
+            self._refuse(404, "no /metrics: the service was started without --metrics-token")
+            return
+        given = bearer_token(self.request)
+        if given is None or not hmac.compare_digest(given.encode(), self._token.encode()):
+            self.set_header("WWW-Authenticate", 'Bearer realm="scope metrics"')
+            self._refuse(401, "the operator's metrics token is required: send Authorization: Bearer METRICS_TOKEN")
+            return
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(self._metrics.exposition())
+
+    def _refuse(self, status: int, error: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps({"error": error}))
+
+
+def operator_rules(metrics: AppMetrics, metrics_token: str | None) -> list[Any]:
+    """What precedes the auth rules in the service's application: the operator's routes, which no
+    tenant's token or session opens (and no tenant's application is asked about)."""
+    return [
+        tornado.routing.Rule(
+            tornado.routing.PathMatches(r"/metrics"),
+            OperatorMetricsHandler,
+            {"metrics": metrics, "token": metrics_token},
+        )
+    ]
+
+
+class RevocableWebSocket(TopologyWebSocket):
+    """A view's websocket that is in `open_sockets` while it is open. A token is checked when a
+    websocket opens, never again: when its tenant is revoked, the tenant's view closes what is in
+    that set, so that an open map stops at once rather than being fed until its user leaves."""
+
+    # A keyword the base's initialize lacks: tornado passes the route's arguments by name, so it is safe.
+    def initialize(  # type: ignore[override]
+        self,
+        hub: FeedHub,
+        allowed_origins: frozenset[str] = frozenset(),
+        *,
+        open_sockets: set[TopologyWebSocket],
+    ) -> None:
+        super().initialize(hub, allowed_origins)
+        self._open_sockets = open_sockets
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self._open_sockets.add(self)
+        super().open(*args, **kwargs)
+
+    def on_close(self) -> None:
+        self._open_sockets.discard(self)
+        super().on_close()

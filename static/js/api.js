@@ -5,8 +5,15 @@ function apiUrl(path) {
   return new URL(path, window.location.href.split("#")[0]).toString();
 }
 
+// The session no longer holds (the token changed, the tenant was revoked): load the page again, which
+// the app answers with its login page. The page itself only loaded with a valid session, so no loop.
+function sessionEnded() {
+  window.location.reload();
+}
+
 async function getJson(path) {
   const response = await fetch(apiUrl(path), { headers: { Accept: "application/json" } });
+  if (response.status === 401) sessionEnded();
   if (!response.ok) {
     let message = `${response.status} ${response.statusText}`;
     try {
@@ -91,9 +98,12 @@ export class TopologySocket {
       }
       this.onMessage(message, receivedAt);
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      // 1008: the app closed it because the session's token no longer holds (a revoked tenant). A
+      // refused websocket handshake shows the page nothing, so ask over HTTP, which reloads on a 401.
+      if (event.code === 1008) getJson("api").catch(() => {});
       this._scheduleRetry();
     };
     ws.onerror = () => {

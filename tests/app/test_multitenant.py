@@ -1,8 +1,9 @@
 """The multi-tenant service end to end: `scope app --multitenant`, tenants added with `scope tenants`,
 real probes feeding it with their tenants' tokens over CurveZMQ, users reading it with theirs.
 
-Every probe runs on this machine, so every probe could report the same containers: tenant beta's
-probes are pointed at no Docker engine, and the test's container is then tenant alpha's alone.
+The two tenants' probes run on hosts of their own (network namespaces, reaching the service's bus on
+the bridge), but every namespace shares this machine's Docker engine: tenant beta's probes are pointed
+at no engine, and the test's container is then tenant alpha's alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,11 +27,14 @@ import tornado.websocket
 import zmq
 import zmq.asyncio
 
+from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.registry import SqliteRegistry, token_hash
 from scope_app.tenancy.zap import ZapHandler
 from scope_common.curve import KeyPair, probe_keys, serve_curve
 from scope_probe.publisher import Publisher
 from scope_probe.service import ServiceCredentials
 from tests.fixtures.docker import Containers
+from tests.fixtures.netns import Netns, NetnsHost
 from tests.fixtures.service import Service, TenantTokens, tenants
 from tests.fixtures.waiting import wait_for
 
@@ -41,14 +47,38 @@ def _quote(text: str) -> str:
 
 
 @pytest.fixture
-def two_tenants(service: Service) -> Iterator[tuple[TenantTokens, TenantTokens]]:
-    """Tenant alpha with probes on hosts alpha-1 and alpha-2, tenant beta with beta-1 and beta-2."""
-    alpha, beta = service.add_tenant("alpha"), service.add_tenant("beta")
+def namespaces(netns: Netns) -> list[NetnsHost]:
+    """Four hosts: network namespaces on one bridge."""
+    return [netns.create() for _ in range(4)]
+
+
+@pytest.fixture
+def hosted(tmp_path: Path, netns: Netns, namespaces: list[NetnsHost]) -> Iterator[Service]:
+    """A service whose bus listens on the namespaces' bridge, where their probes reach it."""
+    running = Service(tmp_path / "state", bus_host=netns.gateway)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def two_tenants(hosted: Service, namespaces: list[NetnsHost]) -> Iterator[tuple[TenantTokens, TenantTokens]]:
+    """Tenant alpha with probes on hosts alpha-1 and alpha-2, tenant beta with beta-1 and beta-2, each
+    host a network namespace of its own."""
+    alpha, beta = hosted.add_tenant("alpha"), hosted.add_tenant("beta")
     for n in (1, 2):
-        service.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key)
-        service.probe(beta.probe_token, hostname=f"beta-{n}", service_key=beta.service_key, extra=[NO_ENGINE])
-    wait_for(lambda: service.hostnames(alpha.user_token) == {"alpha-1", "alpha-2"}, timeout=40, what="alpha's probes")
-    wait_for(lambda: service.hostnames(beta.user_token) == {"beta-1", "beta-2"}, timeout=40, what="beta's probes")
+        host = namespaces[n - 1].argv([])
+        hosted.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key, prefix=host)
+        hosted.probe(
+            beta.probe_token,
+            hostname=f"beta-{n}",
+            service_key=beta.service_key,
+            prefix=namespaces[n + 1].argv([]),
+            extra=[NO_ENGINE],
+        )
+    wait_for(lambda: hosted.hostnames(alpha.user_token) == {"alpha-1", "alpha-2"}, timeout=40, what="alpha's probes")
+    wait_for(lambda: hosted.hostnames(beta.user_token) == {"beta-1", "beta-2"}, timeout=40, what="beta's probes")
     yield alpha, beta
 
 
@@ -66,30 +96,35 @@ def _container_node(service: Service, token: str, container: Any) -> str | None:
 
 
 async def _websocket_hosts(service: Service, token: str) -> set[str]:
-    """The host nodes the first websocket message of the hosts view names."""
-    request = tornado.httpclient.HTTPRequest(
-        f"ws://127.0.0.1:{service.app.http_port}/api/topology/hosts/ws", headers={"Authorization": f"Bearer {token}"}
-    )
-    ws = await tornado.websocket.websocket_connect(request)
+    """The hosts the first websocket message of the hosts view names."""
+    ws = await _websocket(service, token, "/api/topology/hosts/ws")
     try:
         message = await asyncio.wait_for(ws.read_message(), 10)
         assert isinstance(message, str)
-        return {node["label_major"] for node in json.loads(message)["add"]}
+        # Pseudo nodes aside: a host in a namespace reaches the service through the bridge, "the internet" to it.
+        return {node["label_major"] for node in json.loads(message)["add"] if not node.get("pseudo")}
     finally:
         ws.close()
 
 
 def test_each_tenant_sees_only_its_own_hosts_processes_and_containers(
-    service: Service, two_tenants: tuple[TenantTokens, TenantTokens], containers: Containers
+    hosted: Service, two_tenants: tuple[TenantTokens, TenantTokens], containers: Containers
 ) -> None:
+    service = hosted
     alpha, beta = two_tenants
     container = containers.run(QUICK_TO_STOP, name="alpha-only")
     node_id = wait_for(lambda: _container_node(service, alpha.user_token, container), timeout=20, what="the container")
 
     assert _hosts_of(service, alpha.user_token, "hosts") == {"alpha-1", "alpha-2"}
     assert _hosts_of(service, beta.user_token, "hosts") == {"beta-1", "beta-2"}
-    assert _hosts_of(service, alpha.user_token, "processes") == {"alpha-1", "alpha-2"}
-    assert _hosts_of(service, beta.user_token, "processes") == {"beta-1", "beta-2"}
+    # A probe sees its own namespace's connections alone, and processes show with connections: its own,
+    # to the service, which its first report may predate.
+    expected = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
+    wait_for(
+        lambda: all(_hosts_of(service, token, "processes") == hosts for token, hosts in expected.items()),
+        timeout=20,
+        what="each tenant's processes, of its own hosts",
+    )
     assert asyncio.run(_websocket_hosts(service, alpha.user_token)) == {"alpha-1", "alpha-2"}
     assert asyncio.run(_websocket_hosts(service, beta.user_token)) == {"beta-1", "beta-2"}
     assert _container_node(service, beta.user_token, container) is None
@@ -127,22 +162,32 @@ def test_each_tenant_sees_only_its_own_hosts_processes_and_containers(
     assert container.status == "exited"
 
 
+async def _websocket(service: Service, token: str, path: str) -> tornado.websocket.WebSocketClientConnection:
+    """A websocket to the service's `path`, as the holder of `token`."""
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{service.app.http_port}{path}", headers={"Authorization": f"Bearer {token}"}
+    )
+    return await tornado.websocket.websocket_connect(request)
+
+
+async def _echo(ws: tornado.websocket.WebSocketClientConnection) -> None:
+    """Have the shell at the other end of a pipe's websocket echo a line; fails if the pipe closes first."""
+    await ws.write_message(b"echo through-the-$((40+2))-pipe\n", binary=True)
+    seen = b""
+    while b"through-the-42-pipe" not in seen:
+        message = await asyncio.wait_for(ws.read_message(), 10)
+        assert message is not None, f"the pipe closed: {seen!r}"
+        seen += message if isinstance(message, bytes) else message.encode()
+
+
 async def _pipe_echo(service: Service, token: str, pipe: str) -> int:
     """Open the pipe's websocket as the holder of `token`; 200 once a shell echoes through it, else the status."""
-    request = tornado.httpclient.HTTPRequest(
-        f"ws://127.0.0.1:{service.app.http_port}/api/pipe/{pipe}", headers={"Authorization": f"Bearer {token}"}
-    )
     try:
-        ws = await tornado.websocket.websocket_connect(request)
+        ws = await _websocket(service, token, f"/api/pipe/{pipe}")
     except tornado.httpclient.HTTPClientError as exc:
         return exc.code
     try:
-        await ws.write_message(b"echo through-the-$((40+2))-pipe\n", binary=True)
-        seen = b""
-        while b"through-the-42-pipe" not in seen:
-            message = await asyncio.wait_for(ws.read_message(), 10)
-            assert message is not None, f"the pipe closed: {seen!r}"
-            seen += message if isinstance(message, bytes) else message.encode()
+        await _echo(ws)
         return 200
     finally:
         ws.close()
@@ -203,16 +248,118 @@ def test_revoking_a_tenant_cuts_its_probes_off_and_its_user_token(service: Servi
     service.probe(beta.probe_token, hostname="beta-1", service_key=beta.service_key, extra=[NO_ENGINE])
     wait_for(lambda: service.hostnames(alpha.user_token) == {"alpha-1"}, timeout=40, what="alpha's probe")
     wait_for(lambda: service.hostnames(beta.user_token) == {"beta-1"}, timeout=40, what="beta's probe")
-    done = tenants(service.state_dir, "revoke", "alpha")
-    assert done.returncode == 0, done.stderr
-    wait_for(lambda: service.get(alpha.user_token, "/api/probes")[0] == 401, timeout=5, what="the token refused")
+    # A shell on alpha-1 (host_exec), whose pipe stays open across the revocation.
+    _, probes = service.get(alpha.user_token, "/api/probes")
+    path = f"/api/control/{probes[0]['id']}/{_quote('alpha-1;<host>')}/host_exec"
+
+    def opened() -> Any:
+        # 404 until the probe's control channel is up, which may be a moment after its first report.
+        status, body = service.request(alpha.user_token, path, method="POST", body=b"{}")
+        return body if status == 200 else None
+
+    body = wait_for(opened, timeout=20, what="a shell on alpha-1")
+    assert body["pipe"], body
+
+    async def across_the_revocation() -> None:
+        alpha_map = await _websocket(service, alpha.user_token, "/api/topology/hosts/ws")
+        beta_map = await _websocket(service, beta.user_token, "/api/topology/hosts/ws")
+        shell = await _websocket(service, alpha.user_token, f"/api/pipe/{body['pipe']}")
+        for ws in (alpha_map, beta_map):
+            assert await asyncio.wait_for(ws.read_message(), 10) is not None
+        await _echo(shell)
+        done = await asyncio.to_thread(tenants, service.state_dir, "revoke", "alpha")
+        assert done.returncode == 0, done.stderr
+        revoked = time.monotonic()
+        # Read on until each closes: what the map was sent meanwhile is its probe leaving.
+        for name, ws in (("map", alpha_map), ("shell", shell)):
+            while await asyncio.wait_for(ws.read_message(), 10) is not None:
+                pass
+            print(f"alpha's {name} closed {time.monotonic() - revoked:.2f} s after `scope tenants revoke` returned")
+            assert ws.close_reason is not None and "its tenant was revoked" in ws.close_reason, ws.close_reason
+        assert alpha_map.close_code == 1008
+        # Beta's map is fed on.
+        assert await asyncio.wait_for(beta_map.read_message(), 10) is not None
+        beta_map.close()
+
+    asyncio.run(across_the_revocation())
+    assert service.get(alpha.user_token, "/api/probes")[0] == 401
     listed = tenants(service.state_dir, "list", "--json")
     assert [t["tenant"] for t in json.loads(listed.stdout)] == ["beta"]
+    # Alpha's probe is gone from the service (the operator's view), and what it still sends is dropped.
+    figures = service.metrics(service.metrics_token)
+    assert 'scope_app_tenant_probes{tenant="alpha"}' not in figures
+    assert figures['scope_app_tenant_probes{tenant="beta"}'] == 1
+    wait_for(
+        lambda: (
+            service.metrics(service.metrics_token).get('scope_app_reports_dropped_total{reason="revoked_tenant"}', 0)
+            > 0
+        ),
+        timeout=10,
+        what="alpha's probe's reports to be dropped",
+    )
     # Added again under the same name, with new tokens: alpha-1's old token does not bring it back.
     again = service.add_tenant("alpha")
     time.sleep(4)
     assert service.hostnames(again.user_token) == set()
     assert service.hostnames(beta.user_token) == {"beta-1"}
+
+
+def test_metrics_are_the_operators_alone_and_count_per_tenant(tmp_path: Any) -> None:
+    """/metrics names every tenant: a user token or a probe token opens it no more than no
+    token does; the operator's token (given by the environment) shows each tenant's figures."""
+    service = Service(tmp_path / "state", extra=["--tenant-max-probes=1"])
+    try:
+        alpha, beta = service.add_tenant("alpha"), service.add_tenant("beta")
+        for n in (1, 2):  # alpha's second probe is over its limit of one
+            service.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key, extra=[NO_ENGINE])
+        service.probe(beta.probe_token, hostname="beta-1", service_key=beta.service_key, extra=[NO_ENGINE])
+        service.add_tenant("gamma")
+        wait_for(lambda: len(service.hostnames(alpha.user_token)) == 1, timeout=40, what="alpha's probe")
+        wait_for(lambda: service.hostnames(beta.user_token) == {"beta-1"}, timeout=40, what="beta's probe")
+        for token in (None, alpha.user_token, alpha.probe_token, "not-a-token"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                service.metrics(token)
+            assert refused.value.code == 401, token
+            assert b"alpha" not in refused.value.read()
+
+        def refused_for_alpha() -> dict[str, float] | None:
+            figures = service.metrics(service.metrics_token)
+            key = 'scope_app_tenant_reports_refused_total{reason="too_many_probes_from_source",tenant="alpha"}'
+            # The service reads the registry again every second: gamma, just added, may not be in yet.
+            return figures if figures.get(key, 0) > 0 and figures["scope_app_tenants"] == 3 else None
+
+        figures = wait_for(refused_for_alpha, timeout=20, what="alpha's second probe to be refused, gamma listed")
+        assert figures['scope_app_tenant_probes{tenant="alpha"}'] == 1
+        assert figures['scope_app_tenant_probes{tenant="beta"}'] == 1
+        assert figures['scope_app_tenant_probes{tenant="gamma"}'] == 0
+        for tenant in ("alpha", "beta"):
+            assert figures[f'scope_app_tenant_reports_applied_total{{tenant="{tenant}"}}'] > 0
+            assert figures[f'scope_app_tenant_stored_nodes{{tenant="{tenant}"}}'] > 0
+        assert not any("reports_refused" in key and 'tenant="beta"' in key for key in figures)
+        assert figures["scope_app_probe_connections_admitted_total"] >= 3
+    finally:
+        service.close()
+
+
+def test_a_probe_of_a_tenant_just_added_is_its_tenants_from_its_first_report(tmp_path: Path) -> None:
+    """The service reads the registry again every second, but ZAP reads it for each connection: a probe
+    that connects within that second is its tenant's at once (its first report is the full one), until
+    a listing read after shows the tenant, or shows it revoked."""
+    registry = SqliteRegistry(tmp_path / "tenants.sqlite")
+    revoked: list[str] = []
+    directory = TenantDirectory(registry, revoked.append)
+    key = probe_keys("alpha's probe token").public
+    registry.add("alpha", token_hash("alpha's user token"), key)  # by `scope tenants add`, meanwhile
+    assert directory.tenant_of_key(key) is None, "nothing admitted it yet"
+    assert directory.admits_key(key)
+    assert directory.tenant_of_key(key) == "alpha"
+    directory.refresh()
+    assert directory.tenant_of_key(key) == "alpha"
+    registry.revoke("alpha")
+    directory.refresh()
+    assert directory.tenant_of_key(key) is None and revoked == ["alpha"]
+    assert not directory.admits_key(key)
+    assert directory.tenant_of_key(key) is None
 
 
 class TcpProxy:
