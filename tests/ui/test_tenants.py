@@ -151,6 +151,21 @@ def test_the_other_tenants_node_is_not_found(page: Page, tenancy: Tenancy) -> No
     assert not ui.errors, f"JavaScript errors on the page: {ui.errors}"
 
 
+def test_an_address_opened_before_logging_in_is_where_the_login_leads(page: Page, tenancy: Tenancy) -> None:
+    # A link to a node, followed without a session: the login page, then that node, not the bare map.
+    node = tenancy.host_node("beta")
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{tenancy.service.app.url}/#/hosts?{urllib.parse.urlencode({'node': node})}")
+    expect(page.get_by_test_id("login")).to_be_visible()
+    page.get_by_label("Token").fill(tenancy.tokens["beta"].user_token)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()
+    ui = UI(page, tenancy.service.app)
+    expect(ui.by_id("details-title")).to_have_text(tenancy.hosts["beta"])
+    assert urllib.parse.urlsplit(page.url).fragment.startswith("/hosts?")
+    assert not ui.errors, f"JavaScript errors on the page: {ui.errors}"
+
+
 def test_a_revoked_tenants_open_page_goes_back_to_the_login_page(page: Page, tenancy: Tenancy) -> None:
     gamma = tenancy.service.add_tenant(f"gamma-{secrets.token_hex(3)}")
     _log_in(page, tenancy, gamma.user_token)
