@@ -10,9 +10,9 @@ A flow is reported from when its handshake completes until LINGER_SECONDS after 
 that connects once a second draws a steady edge rather than one that blinks.
 
 With the kernel's accounting on (`nf_conntrack_acct`, which the reporter turns on where it may, saying
-so where it may not), flows carry the bytes sent each way: events only do at a flow's end, so the table
-is also dumped every ACCOUNTING_SECONDS for the counters of open flows. An edge carries the sum of its
-flows' bytes, client to server (egress) and back (ingress).
+so where it may not), flows carry the bytes and packets sent each way: events only do at a flow's end, so
+the table is also dumped every ACCOUNTING_SECONDS for the counters of open flows. An edge carries the sum
+of its flows' counters, client to server (egress) and back (ingress).
 
 Lingering makes container addresses treacherous: the engine gives a removed container's IP to the next
 one it starts, and an ended flow of the old one would be drawn from the new one by whoever looks the
@@ -95,9 +95,11 @@ class FlowEvent(NamedTuple):
     dst: Address
     reply_src: Address
     assured: bool
-    #: Bytes sent in the original direction (client to server) and in reply, with accounting on.
+    #: Bytes and packets sent in the original direction (client to server) and in reply, with accounting on.
     sent: int | None = None
     received: int | None = None
+    sent_packets: int | None = None
+    received_packets: int | None = None
 
 
 def parse_flow(line: str) -> FlowEvent | None:
@@ -108,7 +110,7 @@ def parse_flow(line: str) -> FlowEvent | None:
     kind = ""
     state = ""
     assured = False
-    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": [], "bytes": []}
+    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": [], "bytes": [], "packets": []}
     for token in line.split():
         key, sep, value = token.partition("=")
         if sep:
@@ -121,9 +123,12 @@ def parse_flow(line: str) -> FlowEvent | None:
             state = token
         elif token == "[ASSURED]":
             assured = True
-    src, dst, sport, dport, counted = fields["src"], fields["dst"], fields["sport"], fields["dport"], fields["bytes"]
+    src, dst, sport, dport = fields["src"], fields["dst"], fields["sport"], fields["dport"]
     if not state or len(src) < 2 or len(dst) < 2 or len(sport) < 2 or len(dport) < 2:
         return None
+    counted, packets = fields["bytes"], fields["packets"]
+    # Bytes, then packets, each way; none without accounting (or on half a line): unknown, not zero.
+    counters = counted[:2] + packets[:2] if len(counted) >= 2 and len(packets) >= 2 else []
     try:
         return FlowEvent(
             kind,
@@ -132,8 +137,7 @@ def parse_flow(line: str) -> FlowEvent | None:
             Address(dst[0], int(dport[0])),
             Address(src[1], int(sport[1])),
             assured,
-            int(counted[0]) if len(counted) >= 2 else None,
-            int(counted[1]) if len(counted) >= 2 else None,
+            *(int(value) for value in counters),
         )
     except ValueError:
         return None
@@ -149,6 +153,8 @@ class _Flow:
     server_claim: Claim | None = None
     sent: int | None = None
     received: int | None = None
+    sent_packets: int | None = None
+    received_packets: int | None = None
 
 
 class ConntrackReporter(Reporter):
@@ -278,6 +284,8 @@ class ConntrackReporter(Reporter):
                     (known.connection_count if known else 0) + 1,
                     _add(known.egress_bytes if known else None, flow.sent),
                     _add(known.ingress_bytes if known else None, flow.received),
+                    _add(known.egress_packets if known else None, flow.sent_packets),
+                    _add(known.ingress_packets if known else None, flow.received_packets),
                 )
                 if flow.client_claim is not None:
                     owners[flow.client] = flow.client_claim.container_id
@@ -393,6 +401,8 @@ class ConntrackReporter(Reporter):
                 # Counters only grow; a dump read before an event may be applied after it.
                 flow.sent = max(flow.sent or 0, event.sent)
                 flow.received = max(flow.received or 0, event.received or 0)
+                flow.sent_packets = max(flow.sent_packets or 0, event.sent_packets or 0)
+                flow.received_packets = max(flow.received_packets or 0, event.received_packets or 0)
             return True
 
     def _end_missing(self, seen: set[tuple[Address, Address]], mono: float) -> None:
@@ -541,7 +551,7 @@ class ConntrackReporter(Reporter):
 
 
 def _add(total: int | None, more: int | None) -> int | None:
-    """A sum of byte counts that stays unknown while all of them are."""
+    """A sum of counters (bytes, packets) that stays unknown while all of them are."""
     if more is None:
         return total
     return more if total is None else total + more

@@ -1,7 +1,7 @@
 // Graph view: graphology holds the nodes/edges, sigma draws them with WebGL (labels on a canvas
 // layer), IncrementalLayout positions them. Adjacency is client -> server, drawn as arrows.
 import { Graph, Sigma, createEdgeArrowProgram } from "../vendor/graph-libs.js";
-import { escapeHtml, formatBytes, formatRate } from "./format.js";
+import { escapeHtml, formatBytes, formatPackets, formatRate } from "./format.js";
 import { IncrementalLayout } from "./layout.js";
 import { packComponents } from "./pack.js";
 import { SHAPE_PROGRAMS, styleFor } from "./shapes.js";
@@ -120,6 +120,11 @@ function edgeLabelHtml(sourceLabel, targetLabel, traffic) {
   if (traffic?.bytes) {
     rows.push(
       `<div class="edge-minor" data-testid="edge-bytes">carried ${formatBytes(traffic.bytes[0])} → · ${formatBytes(traffic.bytes[1])} ←</div>`,
+    );
+  }
+  if (traffic?.packets) {
+    rows.push(
+      `<div class="edge-minor" data-testid="edge-packets">${formatPackets(traffic.packets[0])} → · ${formatPackets(traffic.packets[1])} ←</div>`,
     );
   }
   return rows.join("");

@@ -183,6 +183,10 @@ def test_published_port_is_mapped_to_the_container(reporter: ConntrackReporter, 
 
 
 MB = 1_000_000
+#: The most one packet conntrack counts can hold (a segmentation-offload super-packet on loopback, up to
+#: the kernel's GSO_MAX_SIZE: 512 KiB with BIG TCP), and the least (its IPv4 and TCP headers).
+MAX_PACKET = 512 << 10
+HEADERS = 40
 
 
 def _exchange(sock: socket.socket, send: int, receive: int) -> None:
@@ -228,6 +232,10 @@ def test_an_edge_carries_the_bytes_sent_each_way(reporter: ConntrackReporter, he
     assert edge.egress_bytes is not None and edge.ingress_bytes is not None
     assert 10 * MB <= edge.egress_bytes <= 11 * MB, "what the client sent, headers included"
     assert 1 * MB <= edge.ingress_bytes <= 1.1 * MB, "what the server sent back"
+    assert edge.egress_packets is not None and edge.ingress_packets is not None
+    print(f"packets: {edge.egress_packets} out, {edge.ingress_packets} back")
+    for packets, counted in ((edge.egress_packets, edge.egress_bytes), (edge.ingress_packets, edge.ingress_bytes)):
+        assert counted / MAX_PACKET <= packets <= counted / HEADERS, (packets, counted)
 
 
 @pytest.mark.root
@@ -364,8 +372,10 @@ def test_parse_flow() -> None:
     dumped = parse_flow(DUMPED_IPV6)
     assert dumped is not None and dumped.kind == "" and dumped.src == Address("2001:db8::1", 40000)
     assert dumped.sent is None and dumped.received is None, "no accounting, no figures"
+    assert dumped.sent_packets is None and dumped.received_packets is None
     counted = parse_flow(DUMPED_TIME_WAIT)
     assert counted is not None and (counted.sent, counted.received) == (5503, 2627126)
+    assert (counted.sent_packets, counted.received_packets) == (103, 112)
     assert parse_flow("conntrack v1.4.7 (conntrack-tools): 26 flow events have been shown.") is None
     assert parse_flow("WARNING: We have hit ENOBUFS! We are losing events.") is None
 

@@ -2,8 +2,8 @@
 reports over its real ZeroMQ bus, with byte counts as conntrack's accounting gives them.
 
 The reports are made here rather than by a probe so the traffic is known exactly: process `busy` sends
-2 MB/s to `server` (and gets a tenth of that back), process `quiet` sends 100 bytes a second; a
-report goes out every 0.5 s with the bytes grown, as a probe's would.
+2 MB/s to `server` (and gets a tenth of that back), process `quiet` sends 100 bytes a second, in packets
+of PACKET_BYTES; a report goes out every 0.5 s with the bytes and packets grown, as a probe's would.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ HOST = "traffic-host"
 BUSY_RATE = 2_000_000  # bytes/s, client -> server; a tenth of it back
 QUIET_RATE = 100
 REPORT_EVERY_S = 0.5
+PACKET_BYTES = 1000
 EXPECT_MS = 15_000
 BACKGROUND = (0x11, 0x18, 0x21)  # the map's background, --bg in style.css
 
@@ -54,7 +55,7 @@ def _report(elapsed: float) -> Report:
     for pid, name, port, rate in ((10, "busy", 40000, BUSY_RATE), (11, "quiet", 40001, QUIET_RATE)):
         client = _process(report, HOST, pid, name)
         sent = int(rate * elapsed)
-        edges = {server_end: EdgeMetadata(1, sent, sent // 10)}
+        edges = {server_end: EdgeMetadata(1, sent, sent // 10, sent // PACKET_BYTES, sent // 10 // PACKET_BYTES)}
         client_end = ids.endpoint_id(HOST, "127.0.0.1", port)
         report.add(Node.build(client_end, "endpoint", adjacency=edges, edges=edges, parents={"process": [client]}))
     return report
@@ -165,6 +166,10 @@ def test_hovering_an_edge_shows_its_traffic_each_way(page: Page, traffic: Traffi
     assert 0.5 * BUSY_RATE / 2**20 <= out_mib <= 1.5 * BUSY_RATE / 2**20, out_mib
     assert 0.5 * BUSY_RATE / 10 / 2**10 <= back_kib <= 1.5 * BUSY_RATE / 10 / 2**10, back_kib
     expect(tooltip).to_contain_text("1 connection")
+    packets = re.search(r"([\d,]+) pkts \u2192 \u00b7 ([\d,]+) pkts \u2190", tooltip.inner_text())
+    assert packets is not None, tooltip.inner_text()
+    out_packets, back_packets = (int(count.replace(",", "")) for count in packets.groups())
+    assert back_packets < out_packets and out_packets * PACKET_BYTES >= BUSY_RATE, packets.groups()
     # Away from every edge and node, the label goes.
     page.mouse.move(5, 300)
     expect(tooltip).to_be_hidden()
@@ -181,7 +186,7 @@ def test_details_list_connections_with_their_traffic(page: Page, traffic: Traffi
     quiet_row = inbound.locator(f'[data-testid="details-connection"][data-node-id="{traffic.quiet}"]')
     # What the server received from busy (MiB, and a rate in MiB/s) and sent back (a tenth of it).
     expect(busy_row.get_by_test_id("connection-received")).to_have_text(
-        re.compile(r"^[\d.]+ MiB[\d.]+ MiB/s$"), timeout=EXPECT_MS
+        re.compile(r"^[\d.]+ MiB[\d,]+ pkts[\d.]+ MiB/s$"), timeout=EXPECT_MS
     )
     expect(busy_row.get_by_test_id("connection-sent")).to_have_text(re.compile(r"KiB/s$"), timeout=EXPECT_MS)
     expect(quiet_row.get_by_test_id("connection-received")).to_have_text(re.compile(r"\d+ B/s$"), timeout=EXPECT_MS)
@@ -191,8 +196,12 @@ def test_details_list_connections_with_their_traffic(page: Page, traffic: Traffi
     def received_mib() -> float:
         return float(busy_row.get_by_test_id("connection-received").inner_text().split(" MiB")[0])
 
-    before = received_mib()
+    def received_packets() -> int:
+        return int(busy_row.get_by_test_id("connection-received-packets").inner_text().split()[0].replace(",", ""))
+
+    before, packets_before = received_mib(), received_packets()
     wait_for(lambda: received_mib() >= before + 2, timeout=10, interval=0.5, what="the received bytes to grow")
+    assert received_packets() > packets_before
     screenshot(page, "traffic-details")
     assert not errors, errors
 
@@ -210,11 +219,18 @@ def test_the_table_sorts_nodes_by_traffic(page: Page, traffic: Traffic) -> None:
     )
     expect(rows.nth(0).get_by_test_id("cell-traffic")).to_have_text(re.compile(r"MiB/s$"))
     expect(rows.nth(2).get_by_test_id("cell-traffic")).to_have_text(re.compile(r"\d+ B/s$"))
+    expect(rows.nth(0).get_by_test_id("cell-packets")).to_have_text(re.compile(r"^[\d,]+ pkts$"))
     page.get_by_test_id("th-traffic").click()  # and quietest first
     wait_for(
         lambda: [rows.nth(i).get_attribute("data-node-id") for i in range(3)] == expected[::-1],
         timeout=EXPECT_MS / 1000,
         what="rows by traffic, quietest first",
+    )
+    page.get_by_test_id("th-packets").click()  # most packets first: the server's are both clients'
+    wait_for(
+        lambda: [rows.nth(i).get_attribute("data-node-id") for i in range(3)] == expected,
+        timeout=EXPECT_MS / 1000,
+        what="rows by packets, most first",
     )
     screenshot(page, "traffic-table")
     assert not errors, errors
