@@ -20,6 +20,7 @@ const COLORS = {
   halo: "#111821",
   hoverBox: "#1b2533",
   ring: "#ffffff",
+  edgeLabel: "#5cc8ff",
 };
 const FONT = "Inter, 'Segoe UI', system-ui, -apple-system, sans-serif";
 
@@ -78,6 +79,39 @@ function drawHover(ctx, data, settings) {
     ctx.fillText(data.minor, data.x, top + size * 2 + 3);
   }
   ctx.textAlign = "left";
+}
+
+// The traffic label of an edge of the hovered node: a small box at the edge's middle, level whatever the
+// edge's angle (sigma's own label follows the line, and on a short edge it is cut to nothing).
+function drawEdgeLabel(ctx, edge, source, target, settings) {
+  if (!edge.label) return;
+  const size = settings.edgeLabelSize;
+  const x = (source.x + target.x) / 2;
+  const y = (source.y + target.y) / 2;
+  ctx.font = `500 ${size}px ${FONT}`;
+  const width = ctx.measureText(edge.label).width + 10;
+  const height = size + 6;
+  ctx.fillStyle = COLORS.hoverBox;
+  ctx.strokeStyle = "#3a4a60";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.roundRect(x - width / 2, y - height / 2, width, height, 4);
+  ctx.fill();
+  ctx.stroke();
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = COLORS.edgeLabel;
+  ctx.fillText(edge.label, x, y + 0.5);
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+}
+
+// What the label of an edge says: its rate each way once known, else its connections.
+function edgeLabelText(traffic) {
+  const rate = traffic?.rate;
+  if (traffic?.bytes && rate) return `→ ${formatRate(rate.out)} · ← ${formatRate(rate.back)}`;
+  const connections = traffic?.connections ?? 0;
+  return `${connections} connection${connections === 1 ? "" : "s"}`;
 }
 
 // Edge size by traffic, both ways together: log scale from a quiet edge's to the busiest's at ~100 MiB/s,
@@ -193,6 +227,10 @@ export class GraphView {
       showMinorLabels: true, // our own setting, read by drawLabel; see _updateLabelDetail
       defaultDrawNodeLabel: drawLabel,
       defaultDrawNodeHover: drawHover,
+      // Only the hovered node's edges have a label (see _edgeReducer).
+      renderEdgeLabels: true,
+      defaultDrawEdgeLabel: drawEdgeLabel,
+      edgeLabelSize: 11,
       minEdgeThickness: EDGE_MIN,
       stagePadding: 100, // room for the labels (centred under the node) of the outermost nodes
       zIndex: true,
@@ -399,6 +437,10 @@ export class GraphView {
       out.color = COLORS.edgeHighlight;
       out.size = Math.max(size, EDGE_MIN);
       out.zIndex = 1;
+      if (focus === this.hovered) {
+        out.label = edgeLabelText(this.traffic.traffic(source, target));
+        out.forceLabel = true;
+      }
     } else if (this.hovered) {
       out.hidden = true;
     }
@@ -707,7 +749,8 @@ export class GraphView {
   }
 
   // An edge as drawn: its thickness (px at zoom 1), colour, the page coordinates of its midpoint (for
-  // hovering it) and its traffic; null if it is not drawn.
+  // hovering it), its traffic and the label drawn on it now ("" unless an end is hovered); null if it is
+  // not drawn.
   edgeInfo(source, target) {
     const key = edgeKey(source, target);
     if (!this.graph.hasEdge(key)) return null;
@@ -722,6 +765,7 @@ export class GraphView {
       to: b,
       midpoint: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
       traffic: this.traffic.traffic(source, target),
+      label: this.sigma.getEdgeDisplayData(key)?.label || "",
     };
   }
 

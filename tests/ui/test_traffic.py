@@ -176,6 +176,58 @@ def test_hovering_an_edge_shows_its_traffic_each_way(page: Page, traffic: Traffi
     assert not errors, errors
 
 
+# Counts the pixels of a colour (within a tolerance) in a box around a point of a screenshot (PNG, base64).
+_PIXELS_OF_COLOUR_JS = """async ([png, at, half, colour]) => {
+  const image = new Image();
+  image.src = "data:image/png;base64," + png;
+  await image.decode();
+  const canvas = document.createElement("canvas");
+  canvas.width = image.width;
+  canvas.height = image.height;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(image, 0, 0);
+  const scale = image.width / window.innerWidth;
+  const box = ctx.getImageData((at.x - half) * scale, (at.y - half) * scale, 2 * half * scale, 2 * half * scale).data;
+  let found = 0;
+  for (let i = 0; i < box.length; i += 4) {
+    const diff = Math.abs(box[i] - colour[0]) + Math.abs(box[i + 1] - colour[1]) + Math.abs(box[i + 2] - colour[2]);
+    if (diff < 40) found += 1;
+  }
+  return found;
+}"""
+EDGE_LABEL = (0x5C, 0xC8, 0xFF)  # the label text's colour, COLORS.edgeLabel in graph.js
+
+
+def _label_pixels(page: Page, at: dict[str, float]) -> int:
+    png = base64.b64encode(page.screenshot()).decode()
+    found: int = page.evaluate(_PIXELS_OF_COLOUR_JS, [png, at, 30, list(EDGE_LABEL)])
+    return found
+
+
+def test_hovering_a_node_labels_its_edges_with_their_traffic(page: Page, traffic: Traffic) -> None:
+    errors = _open(page, traffic.app)
+    _edge(page, traffic.busy, traffic.server)
+    quiet = _edge(page, traffic.quiet, traffic.server)
+    page.mouse.move(5, 300)
+    page.wait_for_timeout(300)
+    assert _edge(page, traffic.quiet, traffic.server)["label"] == "", "no labels while nothing is hovered"
+    unlabelled = _label_pixels(page, quiet["midpoint"])
+    server = page.evaluate("(id) => window.scopeUI.nodePosition(id)", traffic.server)
+    page.mouse.move(server["x"], server["y"])
+    page.wait_for_function(
+        "([s, t]) => window.scopeUI.edgeInfo(s, t).label !== ''", arg=[traffic.quiet, traffic.server], timeout=EXPECT_MS
+    )
+    page.wait_for_timeout(300)
+    screenshot(page, "traffic-node-hover-edge-labels")
+    busy_label = _edge(page, traffic.busy, traffic.server)["label"]
+    quiet_label = _edge(page, traffic.quiet, traffic.server)["label"]
+    assert re.fullmatch(r"\u2192 [\d.]+ MiB/s \u00b7 \u2190 [\d.]+ KiB/s", busy_label), busy_label
+    assert re.fullmatch(r"\u2192 \d+ B/s \u00b7 \u2190 \d+ B/s", quiet_label), quiet_label
+    # And it is drawn: the label's text is on the screen at the edge's middle, where it was not before.
+    assert _label_pixels(page, quiet["midpoint"]) >= unlabelled + 10
+    assert not errors, errors
+
+
 def test_details_list_connections_with_their_traffic(page: Page, traffic: Traffic) -> None:
     errors = _open(page, traffic.app)
     _edge(page, traffic.busy, traffic.server)
