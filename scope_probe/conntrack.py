@@ -201,6 +201,10 @@ class ConntrackReporter(Reporter):
         self._losses = 0
         self._loss_warned = False
         self._accounting = False
+        #: Endpoint nodes as last reported, by address and end (True: client), with what they were built
+        #: from (report() only): built again only when that changed, so that thousands of lingering
+        #: connections cost no Node.build each report, and the delta encoder finds them the same at once.
+        self._nodes: dict[tuple[Address, bool], tuple[object, Node]] = {}
 
     @property
     def losses(self) -> int:
@@ -298,6 +302,7 @@ class ConntrackReporter(Reporter):
                     owners[flow.server] = flow.server_claim.container_id
         report = Report()
         node_ids: dict[Address, str] = {}
+        built: dict[tuple[Address, bool], tuple[object, Node]] = {}
 
         def node_id(address: Address) -> str:
             found = node_ids.get(address)
@@ -305,35 +310,37 @@ class ConntrackReporter(Reporter):
                 found = node_ids[address] = self._scopes.endpoint_id(address.addr, address.port)
             return found
 
-        def latest(address: Address) -> dict[str, object]:
-            facts: dict[str, object] = {CONNTRACKED: "true", ADDR: address.addr, PORT: address.port}
-            if self._resolver is not None and node_id(address).startswith(";"):  # remote: unscoped
-                facts[REVERSE_DNS] = self._resolver.lookup(address.addr)
-            return facts
-
-        def parents(address: Address) -> dict[str, list[str]] | None:
+        def endpoint(address: Address, edges: dict[str, EdgeMetadata] | None) -> Node:
             owner = owners.get(address)
-            return {CONTAINER: [ids.container_id(owner)]} if owner is not None else None
+            remote = self._resolver is not None and node_id(address).startswith(";")  # unscoped
+            name = self._resolver.lookup(address.addr) if self._resolver is not None and remote else None
+            basis = (owner, name, edges)
+            known = self._nodes.get((address, edges is not None))
+            if known is not None and known[0] == basis:
+                node = known[1]
+            else:
+                facts: dict[str, object] = {CONNTRACKED: "true", ADDR: address.addr, PORT: address.port}
+                if remote:
+                    facts[REVERSE_DNS] = name
+                node = Node.build(
+                    node_id(address),
+                    ENDPOINT,
+                    timestamp=now,
+                    latest=facts,
+                    adjacency=edges or (),
+                    edges=edges,
+                    parents={CONTAINER: [ids.container_id(owner)]} if owner is not None else None,
+                )
+            built[(address, edges is not None)] = (basis, node)
+            return node
 
         all_servers: set[Address] = set()
         for client, servers in counts.items():
-            edges = {node_id(server): metadata for server, metadata in servers.items()}
-            report.add(
-                Node.build(
-                    node_id(client),
-                    ENDPOINT,
-                    timestamp=now,
-                    latest=latest(client),
-                    adjacency=edges,
-                    edges=edges,
-                    parents=parents(client),
-                )
-            )
+            report.add(endpoint(client, {node_id(server): metadata for server, metadata in servers.items()}))
             all_servers.update(servers)
         for server in all_servers:
-            report.add(
-                Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server), parents=parents(server))
-            )
+            report.add(endpoint(server, None))
+        self._nodes = built
         return report
 
     def _attribute(self, flow: _Flow, claimed: frozenset[str], mono: float) -> bool:
