@@ -83,6 +83,9 @@ _CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"
 _TCP_STATES = frozenset({"SYN_SENT", "SYN_RECV", "ESTABLISHED", "SYN_SENT2", "NONE"}) | _CLOSING
 _EVENT_KINDS = {"[NEW]": "new", "[UPDATE]": "update", "[DESTROY]": "destroy"}
 _LOST_EVENTS = ("ENOBUFS", "No buffer space available")
+#: In events of a handshake (SYN_SENT, SYN_RECV, SYN_SENT2): they never add a flow (it is not answered
+#: yet) nor end one, and are a third of the stream; left unparsed.
+_HANDSHAKE = " SYN_"
 _NO_PERMISSION = ("Operation not permitted", "CAP_NET_ADMIN")
 
 
@@ -500,6 +503,8 @@ class ConntrackReporter(Reporter):
                     break
                 batch, mono = item
                 for line in batch:
+                    if _HANDSHAKE in line:
+                        continue
                     event = parse_flow(line)
                     if event is not None:
                         self.handle(event, mono)
