@@ -116,10 +116,11 @@ function edgeLabelText(traffic) {
 
 // Edge size by traffic, both ways together: log scale from a quiet edge's to the busiest's at ~100 MiB/s,
 // so a busy edge stands out at the default zoom without drowning the map in thick lines. (Sigma draws an
-// edge of size s about s / 2 px thick at the default zoom: a quiet one is ~1.2 px, the busiest ~4 px;
-// big maps scale them down with their nodes, see _updateScale.)
+// edge of size s about s / 2 px thick at the default zoom: a quiet one is ~1.2 px, the busiest ~3.2 px;
+// big maps scale them down with their nodes, see _updateScale. Arrow heads grow with the line: at 4 px
+// the busiest edges' heads covered their neighbours and the labels of a busy hub.)
 const EDGE_MIN = 2.5;
-const EDGE_MAX = 8;
+const EDGE_MAX = 6.5;
 const TRAFFIC_REFRESH_MS = 1000; // rates move with time even when no update arrives
 const HOVER_EDGE_PX = 6; // how close (px) the mouse must be to an edge to hover it
 
@@ -210,8 +211,9 @@ export class GraphView {
       allowInvalidContainer: true, // the container is hidden while the table view is shown
       nodeProgramClasses: SHAPE_PROGRAMS,
       edgeProgramClasses: {
-        // Heads long and wide enough to read the direction of a quiet edge at the default zoom.
-        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 4.5, widenessToThicknessRatio: 3.5 }),
+        // Heads long and wide enough to read the direction of a quiet edge at the default zoom, and no
+        // wider than a node on a busy one.
+        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 4, widenessToThicknessRatio: 3 }),
       },
       defaultNodeType: "circle",
       defaultEdgeType: "arrow",
