@@ -112,6 +112,7 @@ class Probe:
         self._woken: set[str] = set()
         #: Reporters whose wakes skip the wake gap, until when (see `expedite`).
         self._expedited: dict[str, float] = {}
+        self._urgent = frozenset(r.name for r in self._reporters if r.wakes_urgently)
         self._wake_lock = threading.Lock()
         self._wake_event = threading.Event()
         self._stopping = threading.Event()
@@ -146,10 +147,12 @@ class Probe:
 
     def _wake_due(self, next_wake: float) -> float:
         """When the woken reporters are to be published: at `next_wake`, or now when one of them is
-        expedited; never when none is woken. Holds `_wake_lock`."""
+        expedited or wakes urgently; never when none is woken. Holds `_wake_lock`."""
         if not self._woken:
             return math.inf
         now = time.monotonic()
+        if self._urgent & self._woken:
+            return now
         for name, until in list(self._expedited.items()):
             if until <= now:
                 del self._expedited[name]

@@ -342,6 +342,7 @@ class ConnectionTracer(Reporter):
     """Endpoints joined by the connections the tracepoint saw open, lingering `linger` after they close."""
 
     name = "tracer"
+    wakes_urgently = True
 
     def __init__(
         self,
