@@ -164,8 +164,11 @@ class EdgeMetadata:
     """
 
     connection_count: int = 0
+    #: Client -> server (egress) and back (ingress), where conntrack's accounting counted them.
     egress_bytes: int | None = None
     ingress_bytes: int | None = None
+    egress_packets: int | None = None
+    ingress_packets: int | None = None
 
     def merge(self, other: EdgeMetadata) -> EdgeMetadata:
         if self is other or self == other:
@@ -174,6 +177,8 @@ class EdgeMetadata:
             max(self.connection_count, other.connection_count),
             _max_optional(self.egress_bytes, other.egress_bytes),
             _max_optional(self.ingress_bytes, other.ingress_bytes),
+            _max_optional(self.egress_packets, other.egress_packets),
+            _max_optional(self.ingress_packets, other.ingress_packets),
         )
 
 

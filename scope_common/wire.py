@@ -312,7 +312,8 @@ def _str(value: object) -> str:
 
 # Records are told apart by their length: 2 a removal, 3 a patch, 8 a node.
 # A node record is a list, by position: [topology, id, latest, sets, adjacency, edges, metrics, parents].
-# latest: {key: [timestamp, value]}; sets/parents: {key: [str...]}; edges: {target: [count, out, in]};
+# latest: {key: [timestamp, value]}; sets/parents: {key: [str...]}; edges: {target: [count, out, in]
+# or, with packets counted, [count, out, in, packets out, packets in]};
 # metrics: {key: [min, max, [t0, v0, t1, v1, ...]]}.
 
 
@@ -324,7 +325,7 @@ def node_record(node: Node) -> list[Any]:
         {k: [ts, v] for k, (ts, v) in node.latest.items()},
         {k: list(v) for k, v in node.sets.items()},
         list(node.adjacency),
-        {k: [e.connection_count, e.egress_bytes, e.ingress_bytes] for k, e in node.edges.items()},
+        {k: _edge_fields(e) for k, e in node.edges.items()},
         {k: _metric_fields(m) for k, m in node.metrics.items()},
         {k: list(v) for k, v in node.parents.items()},
     ]
@@ -402,9 +403,18 @@ def _sorted_strs(values: object) -> tuple[str, ...]:
     return tuple(sorted(set(values)))
 
 
+def _edge_fields(edge: EdgeMetadata) -> list[int | None]:
+    """[count, out, in], and the packets each way only where counted: most edges carry none."""
+    fields = [edge.connection_count, edge.egress_bytes, edge.ingress_bytes]
+    if edge.egress_packets is not None or edge.ingress_packets is not None:
+        fields += [edge.egress_packets, edge.ingress_packets]
+    return fields
+
+
 def _edge(raw: Any) -> EdgeMetadata:
-    count, egress, ingress = raw
-    return EdgeMetadata(int(_num(count)), _optional_int(egress), _optional_int(ingress))
+    if type(raw) is not list or len(raw) not in (3, 5):
+        raise DecodeError("malformed", "edge")
+    return EdgeMetadata(int(_num(raw[0])), *(_optional_int(value) for value in raw[1:]))
 
 
 def _metric(raw: Any) -> Metric:
@@ -452,10 +462,7 @@ def patch_record(patch: NodePatch) -> list[Any]:
             {k: None if e is None else [e[0], e[1]] for k, e in patch.latest.items()},
             {k: None if v is None else list(v) for k, v in patch.sets.items()},
             None if patch.adjacency is None else list(patch.adjacency),
-            {
-                k: None if e is None else [e.connection_count, e.egress_bytes, e.ingress_bytes]
-                for k, e in patch.edges.items()
-            },
+            {k: None if e is None else _edge_fields(e) for k, e in patch.edges.items()},
             {k: None if m is None else _metric_fields(m) for k, m in patch.metrics.items()},
             {k: None if v is None else list(v) for k, v in patch.parents.items()},
         ],

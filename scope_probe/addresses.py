@@ -27,6 +27,9 @@ _DOCKER_BRIDGE = re.compile(r"^(docker\d+|br-[0-9a-f]{12})$")
 #: Interfaces change rarely; re-reading them every few seconds catches a new Docker network soon
 #: enough without a syscall storm per connection.
 _REFRESH_SECONDS = 5.0
+#: Scopes remembered, by address and namespace: every report scopes each connection's two ends again, and
+#: parsing an address costs more than the rest of an endpoint id (thousands of lingering connections).
+_MAX_SCOPES = 65_536
 
 
 class AddressScopes:
@@ -39,6 +42,8 @@ class AddressScopes:
         self._bridges: tuple[IPNetwork, ...] = ()
         self._local: tuple[IPInterface, ...] = ()
         self._read_at = -_REFRESH_SECONDS
+        #: (address, netns) -> (the bridges it was scoped against, its scope).
+        self._scopes: dict[tuple[str, str], tuple[tuple[IPNetwork, ...], str]] = {}
 
     def scope(self, addr: str, netns: str = "") -> str:
         """The scope part of the endpoint id of `addr`: the host id, or empty.
@@ -47,14 +52,23 @@ class AddressScopes:
         every container has its own loopback, so a loopback address there is scoped to the
         namespace too, or the 127.0.0.1:80 of two containers would be one node.
         """
+        bridges = self._current()[0]
+        known = self._scopes.get((addr, netns))
+        if known is not None and known[0] is bridges:  # (a race of two threads only computes it twice)
+            return known[1]
         ip = parse_ip(addr)
         if ip is None:
-            return self.host_id
-        if ip.is_loopback:
-            return ids.namespace_scope(self.host_id, netns) if netns else self.host_id
-        if ip.is_link_local or ip.is_unspecified:
-            return self.host_id
-        return self.host_id if any(ip in net for net in self._current()[0]) else ""
+            scope = self.host_id
+        elif ip.is_loopback:
+            scope = ids.namespace_scope(self.host_id, netns) if netns else self.host_id
+        elif ip.is_link_local or ip.is_unspecified:
+            scope = self.host_id
+        else:
+            scope = self.host_id if any(ip in net for net in bridges) else ""
+        if len(self._scopes) >= _MAX_SCOPES:
+            self._scopes.clear()
+        self._scopes[(addr, netns)] = (bridges, scope)
+        return scope
 
     def endpoint_id(self, addr: str, port: int, netns: str = "") -> str:
         return ids.endpoint_id(self.scope(addr, netns), addr, port)

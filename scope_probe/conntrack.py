@@ -10,9 +10,9 @@ A flow is reported from when its handshake completes until LINGER_SECONDS after 
 that connects once a second draws a steady edge rather than one that blinks.
 
 With the kernel's accounting on (`nf_conntrack_acct`, which the reporter turns on where it may, saying
-so where it may not), flows carry the bytes sent each way: events only do at a flow's end, so the table
-is also dumped every ACCOUNTING_SECONDS for the counters of open flows. An edge carries the sum of its
-flows' bytes, client to server (egress) and back (ingress).
+so where it may not), flows carry the bytes and packets sent each way: events only do at a flow's end, so
+the table is also dumped every ACCOUNTING_SECONDS for the counters of open flows. An edge carries the sum
+of its flows' counters, client to server (egress) and back (ingress).
 
 Lingering makes container addresses treacherous: the engine gives a removed container's IP to the next
 one it starts, and an ended flow of the old one would be drawn from the new one by whoever looks the
@@ -72,12 +72,20 @@ MIN_RESYNC_SECONDS = 5.0
 #: How often open flows' byte counters are read (a dump of the table) when accounting is on.
 ACCOUNTING_SECONDS = 5.0
 ACCOUNTING_SYSCTL = "sys/net/netfilter/nf_conntrack_acct"
+#: The event stream is read in chunks of this size; after a read that found less than a quarter of one,
+#: the reader pauses this long, so that a busy host's events (five lines a connection) are handed over in
+#: batches rather than each line with a thread switch of its own.
+READ_BYTES = 1 << 16
+READ_PAUSE_SECONDS = 0.05
 
 #: TCP states of a connection that was open and is closing or closed.
 _CLOSING = frozenset({"FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE"})
 _TCP_STATES = frozenset({"SYN_SENT", "SYN_RECV", "ESTABLISHED", "SYN_SENT2", "NONE"}) | _CLOSING
 _EVENT_KINDS = {"[NEW]": "new", "[UPDATE]": "update", "[DESTROY]": "destroy"}
 _LOST_EVENTS = ("ENOBUFS", "No buffer space available")
+#: In events of a handshake (SYN_SENT, SYN_RECV, SYN_SENT2): they never add a flow (it is not answered
+#: yet) nor end one, and are a third of the stream; left unparsed.
+_HANDSHAKE = " SYN_"
 _NO_PERMISSION = ("Operation not permitted", "CAP_NET_ADMIN")
 
 
@@ -95,9 +103,11 @@ class FlowEvent(NamedTuple):
     dst: Address
     reply_src: Address
     assured: bool
-    #: Bytes sent in the original direction (client to server) and in reply, with accounting on.
+    #: Bytes and packets sent in the original direction (client to server) and in reply, with accounting on.
     sent: int | None = None
     received: int | None = None
+    sent_packets: int | None = None
+    received_packets: int | None = None
 
 
 def parse_flow(line: str) -> FlowEvent | None:
@@ -108,7 +118,7 @@ def parse_flow(line: str) -> FlowEvent | None:
     kind = ""
     state = ""
     assured = False
-    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": [], "bytes": []}
+    fields: dict[str, list[str]] = {"src": [], "dst": [], "sport": [], "dport": [], "bytes": [], "packets": []}
     for token in line.split():
         key, sep, value = token.partition("=")
         if sep:
@@ -121,9 +131,12 @@ def parse_flow(line: str) -> FlowEvent | None:
             state = token
         elif token == "[ASSURED]":
             assured = True
-    src, dst, sport, dport, counted = fields["src"], fields["dst"], fields["sport"], fields["dport"], fields["bytes"]
+    src, dst, sport, dport = fields["src"], fields["dst"], fields["sport"], fields["dport"]
     if not state or len(src) < 2 or len(dst) < 2 or len(sport) < 2 or len(dport) < 2:
         return None
+    counted, packets = fields["bytes"], fields["packets"]
+    # Bytes, then packets, each way; none without accounting (or on half a line): unknown, not zero.
+    counters = counted[:2] + packets[:2] if len(counted) >= 2 and len(packets) >= 2 else []
     try:
         return FlowEvent(
             kind,
@@ -132,8 +145,7 @@ def parse_flow(line: str) -> FlowEvent | None:
             Address(dst[0], int(dport[0])),
             Address(src[1], int(sport[1])),
             assured,
-            int(counted[0]) if len(counted) >= 2 else None,
-            int(counted[1]) if len(counted) >= 2 else None,
+            *(int(value) for value in counters),
         )
     except ValueError:
         return None
@@ -149,6 +161,8 @@ class _Flow:
     server_claim: Claim | None = None
     sent: int | None = None
     received: int | None = None
+    sent_packets: int | None = None
+    received_packets: int | None = None
 
 
 class ConntrackReporter(Reporter):
@@ -185,11 +199,15 @@ class ConntrackReporter(Reporter):
         self._dropped = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._following = threading.Event()
         self._losses = 0
         self._loss_warned = False
         self._accounting = False
+        #: Endpoint nodes as last reported, by address and end (True: client), with what they were built
+        #: from (report() only): built again only when that changed, so that thousands of lingering
+        #: connections cost no Node.build each report, and the delta encoder finds them the same at once.
+        self._nodes: dict[tuple[Address, bool], tuple[object, Node]] = {}
 
     @property
     def losses(self) -> int:
@@ -278,6 +296,8 @@ class ConntrackReporter(Reporter):
                     (known.connection_count if known else 0) + 1,
                     _add(known.egress_bytes if known else None, flow.sent),
                     _add(known.ingress_bytes if known else None, flow.received),
+                    _add(known.egress_packets if known else None, flow.sent_packets),
+                    _add(known.ingress_packets if known else None, flow.received_packets),
                 )
                 if flow.client_claim is not None:
                     owners[flow.client] = flow.client_claim.container_id
@@ -285,6 +305,7 @@ class ConntrackReporter(Reporter):
                     owners[flow.server] = flow.server_claim.container_id
         report = Report()
         node_ids: dict[Address, str] = {}
+        built: dict[tuple[Address, bool], tuple[object, Node]] = {}
 
         def node_id(address: Address) -> str:
             found = node_ids.get(address)
@@ -292,35 +313,37 @@ class ConntrackReporter(Reporter):
                 found = node_ids[address] = self._scopes.endpoint_id(address.addr, address.port)
             return found
 
-        def latest(address: Address) -> dict[str, object]:
-            facts: dict[str, object] = {CONNTRACKED: "true", ADDR: address.addr, PORT: address.port}
-            if self._resolver is not None and node_id(address).startswith(";"):  # remote: unscoped
-                facts[REVERSE_DNS] = self._resolver.lookup(address.addr)
-            return facts
-
-        def parents(address: Address) -> dict[str, list[str]] | None:
+        def endpoint(address: Address, edges: dict[str, EdgeMetadata] | None) -> Node:
             owner = owners.get(address)
-            return {CONTAINER: [ids.container_id(owner)]} if owner is not None else None
+            remote = self._resolver is not None and node_id(address).startswith(";")  # unscoped
+            name = self._resolver.lookup(address.addr) if self._resolver is not None and remote else None
+            basis = (owner, name, edges)
+            known = self._nodes.get((address, edges is not None))
+            if known is not None and known[0] == basis:
+                node = known[1]
+            else:
+                facts: dict[str, object] = {CONNTRACKED: "true", ADDR: address.addr, PORT: address.port}
+                if remote:
+                    facts[REVERSE_DNS] = name
+                node = Node.build(
+                    node_id(address),
+                    ENDPOINT,
+                    timestamp=now,
+                    latest=facts,
+                    adjacency=edges or (),
+                    edges=edges,
+                    parents={CONTAINER: [ids.container_id(owner)]} if owner is not None else None,
+                )
+            built[(address, edges is not None)] = (basis, node)
+            return node
 
         all_servers: set[Address] = set()
         for client, servers in counts.items():
-            edges = {node_id(server): metadata for server, metadata in servers.items()}
-            report.add(
-                Node.build(
-                    node_id(client),
-                    ENDPOINT,
-                    timestamp=now,
-                    latest=latest(client),
-                    adjacency=edges,
-                    edges=edges,
-                    parents=parents(client),
-                )
-            )
+            report.add(endpoint(client, {node_id(server): metadata for server, metadata in servers.items()}))
             all_servers.update(servers)
         for server in all_servers:
-            report.add(
-                Node.build(node_id(server), ENDPOINT, timestamp=now, latest=latest(server), parents=parents(server))
-            )
+            report.add(endpoint(server, None))
+        self._nodes = built
         return report
 
     def _attribute(self, flow: _Flow, claimed: frozenset[str], mono: float) -> bool:
@@ -393,6 +416,8 @@ class ConntrackReporter(Reporter):
                 # Counters only grow; a dump read before an event may be applied after it.
                 flow.sent = max(flow.sent or 0, event.sent)
                 flow.received = max(flow.received or 0, event.received or 0)
+                flow.sent_packets = max(flow.sent_packets or 0, event.sent_packets or 0)
+                flow.received_packets = max(flow.received_packets or 0, event.received_packets or 0)
             return True
 
     def _end_missing(self, seen: set[tuple[Address, Address]], mono: float) -> None:
@@ -443,13 +468,12 @@ class ConntrackReporter(Reporter):
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                text=True,
                 start_new_session=True,
             )
         except OSError as exc:
             return f"cannot run {path}: {exc}"
         assert proc.stdout is not None
-        lines: queue.SimpleQueue[tuple[str, float] | None] = queue.SimpleQueue()
+        lines: queue.SimpleQueue[tuple[list[str], float] | None] = queue.SimpleQueue()
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), name="conntrack-read", daemon=True)
         reader.start()
         with self._lock:
@@ -477,15 +501,18 @@ class ConntrackReporter(Reporter):
                     continue
                 if item is None:
                     break
-                line, mono = item
-                event = parse_flow(line)
-                if event is not None:
-                    self.handle(event, mono)
-                elif any(marker in line for marker in _LOST_EVENTS):
-                    self._note_loss(at_startup=mono - followed_at < STARTUP_GRACE_SECONDS)
-                    resync_due = True
-                elif line.strip():
-                    last_other = line.strip()
+                batch, mono = item
+                for line in batch:
+                    if _HANDSHAKE in line:
+                        continue
+                    event = parse_flow(line)
+                    if event is not None:
+                        self.handle(event, mono)
+                    elif any(marker in line for marker in _LOST_EVENTS):
+                        self._note_loss(at_startup=mono - followed_at < STARTUP_GRACE_SECONDS)
+                        resync_due = True
+                    elif line.strip():
+                        last_other = line.strip()
             return f"conntrack exited with {proc.wait()}" + (f": {last_other}" if last_other else "")
         finally:
             self._following.clear()
@@ -541,18 +568,28 @@ class ConntrackReporter(Reporter):
 
 
 def _add(total: int | None, more: int | None) -> int | None:
-    """A sum of byte counts that stays unknown while all of them are."""
+    """A sum of counters (bytes, packets) that stays unknown while all of them are."""
     if more is None:
         return total
     return more if total is None else total + more
 
 
-def _read_lines(stream: IO[str], lines: queue.SimpleQueue[tuple[str, float] | None]) -> None:
-    """Queue every line of `stream` with the monotonic time it was read, then None at its end."""
+def _read_lines(stream: IO[bytes], lines: queue.SimpleQueue[tuple[list[str], float] | None]) -> None:
+    """Queue the lines of `stream` in batches, each with the monotonic time it was read, then None at its
+    end (see READ_PAUSE_SECONDS)."""
+    pending = b""
     try:
-        for line in stream:
-            lines.put((line, time.monotonic()))
+        fd = stream.fileno()
+        while chunk := os.read(fd, READ_BYTES):
+            batch = (pending + chunk).split(b"\n")
+            pending = batch.pop()
+            if batch:
+                lines.put(([line.decode("utf-8", "replace") for line in batch], time.monotonic()))
+            if len(chunk) < READ_BYTES // 4:
+                time.sleep(READ_PAUSE_SECONDS)
     except (OSError, ValueError):
         pass  # closed under us: the stream is being stopped
     finally:
+        if pending:
+            lines.put(([pending.decode("utf-8", "replace")], time.monotonic()))
         lines.put(None)

@@ -45,6 +45,9 @@ class Reporter(abc.ABC):
     #: True for reporters that sample metric history and so want every spy tick; the others (processes,
     #: connections) are only gathered right before a report is published, when they are used.
     samples_every_tick: bool = False
+    #: True for reporters whose wakes are published at once, within the probe's wake gap or not: they
+    #: limit their own wakes, and what they report is awaited on the map (a new connection's edge).
+    wakes_urgently: bool = False
 
     def start(self, wake: Wake) -> None:  # noqa: B027 - most reporters have nothing to start
         """Start background work (event streams). `wake(self.name)` requests an immediate report."""

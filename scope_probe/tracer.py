@@ -79,6 +79,11 @@ MAX_FORKS = 65_536
 #: Ancestors looked at for a living owner.
 MAX_LINEAGE = 4
 _IDLE_POLL_SECONDS = 0.5
+#: trace_pipe is read in chunks of this size; after a read that found less than a quarter of one, the
+#: reader pauses this long, so that a busy host's lines are read in batches rather than a few at each of
+#: thousands of wakes a second (a new connection's edge waits that much longer, at most).
+_READ_BYTES = 1 << 16
+_READ_PAUSE_SECONDS = 0.05
 
 _MAPPED_PREFIX = "::ffff:"
 #: `   <comm>-<tid> [(<tgid>)] [<cpu>] <flags> <timestamp>: <event>: <fields>`; comm may hold anything.
@@ -337,6 +342,7 @@ class ConnectionTracer(Reporter):
     """Endpoints joined by the connections the tracepoint saw open, lingering `linger` after they close."""
 
     name = "tracer"
+    wakes_urgently = True
 
     def __init__(
         self,
@@ -700,13 +706,15 @@ class ConnectionTracer(Reporter):
                 readable, _, _ = select.select([fd], [], [], timeout)
                 if readable:
                     try:
-                        chunk = os.read(fd, 1 << 16)
+                        chunk = os.read(fd, _READ_BYTES)
                     except BlockingIOError:
                         chunk = b""
                     lines = (pending + chunk).split(b"\n")
                     pending = lines.pop()
                     for line in lines:
                         wake_due = self._line(line.decode("utf-8", "replace")) or wake_due
+                    if len(chunk) < _READ_BYTES // 4:
+                        self._stopping.wait(_READ_PAUSE_SECONDS)
                 if wake_due and time.monotonic() - last_wake >= MIN_WAKE_SECONDS:
                     wake(self.name)
                     last_wake, wake_due = time.monotonic(), False

@@ -208,8 +208,10 @@ def _connection_row(source: RenderedNode, target_id: str, target: RenderedNode |
         "label": other.label_major,
         "port": ", ".join(str(p) for p in sorted(edge.ports)),
         "count": edge.count,
-        # Client -> server and back, over the connections on the edge now; null where none is metered.
+        # Client -> server and back (bytes, packets), over the connections on the edge now; null where none
+        # is metered.
         "bytes": [edge.egress_bytes, edge.ingress_bytes] if edge.metered else None,
+        "packets": [edge.egress_packets, edge.ingress_packets] if edge.metered else None,
     }
 
 

@@ -28,6 +28,7 @@ from scope_common.report import (
     LOCAL_NETWORKS,
     MEMORY_USAGE,
     REVERSE_DNS,
+    EdgeMetadata,
     Metric,
     MetricTemplate,
     Node,
@@ -109,6 +110,9 @@ class EdgeInfo:
     egress_seen: int = 0
     ingress_seen: int = 0
     opened: int = 0
+    #: Packets each way over the connections on the edge now, as the bytes (0 where not counted).
+    egress_packets: int = 0
+    ingress_packets: int = 0
 
     def plus(self, other: EdgeInfo) -> EdgeInfo:
         """Both edges' connections together (a grouped view's edge)."""
@@ -121,6 +125,8 @@ class EdgeInfo:
             self.egress_seen + other.egress_seen,
             self.ingress_seen + other.ingress_seen,
             self.opened + other.opened,
+            self.egress_packets + other.egress_packets,
+            self.ingress_packets + other.ingress_packets,
         )
 
     def summary(self) -> Json:
@@ -129,6 +135,7 @@ class EdgeInfo:
         if self.metered:
             edge["bytes"] = [self.egress_bytes, self.ingress_bytes]
             edge["bytes_seen"] = [self.egress_seen, self.ingress_seen]
+            edge["packets"] = [self.egress_packets, self.ingress_packets]
         return edge
 
     def summary_key(self) -> tuple[int, ...]:
@@ -141,6 +148,8 @@ class EdgeInfo:
             self.ingress_bytes,
             self.egress_seen,
             self.ingress_seen,
+            self.egress_packets,
+            self.ingress_packets,
         )
 
 
@@ -717,8 +726,8 @@ class EdgeIndex:
 
     def __init__(self, owner: EndpointMapper) -> None:
         self._owner = owner
-        #: Connection -> (source id, target id, port, egress bytes, ingress bytes; None: not metered).
-        self._counted: dict[tuple[str, str], tuple[str, str, int | None, int | None, int | None]] = {}
+        #: Connection -> (source id, target id, port, its edge metadata where it has counters).
+        self._counted: dict[tuple[str, str], tuple[str, str, int | None, EdgeMetadata | None]] = {}
         #: Connection -> the most bytes each way it was seen with, for as long as it is in the report: what
         #: it carried since, and only that, adds to its edge's `*_seen` counters; a first sight, to `opened`.
         self._seen: dict[tuple[str, str], tuple[int, int]] = {}
@@ -800,9 +809,9 @@ class EdgeIndex:
         port = parsed.port if parsed is not None else None
         key = (client_id, server_id)
         metadata = client.edges.get(server_id)
-        egress = metadata.egress_bytes if metadata is not None else None
-        ingress = metadata.ingress_bytes if metadata is not None else None
-        self._counted[key] = (source, target, port, egress, ingress)
+        if metadata is not None and metadata.egress_bytes is None and metadata.ingress_bytes is None:
+            metadata = None  # not metered
+        self._counted[key] = (source, target, port, metadata)
         self._by_endpoint.setdefault(client_id, set()).add(key)
         self._by_endpoint.setdefault(server_id, set()).add(key)
         targets = self.tallies.get(source)
@@ -819,11 +828,13 @@ class EdgeIndex:
         if seen is None:
             tally.opened += 1
             seen = (0, 0)
-        if egress is not None or ingress is not None:
-            sent, received = egress or 0, ingress or 0
+        if metadata is not None:
+            sent, received = metadata.egress_bytes or 0, metadata.ingress_bytes or 0
             tally.metered += 1
             tally.egress_bytes += sent
             tally.ingress_bytes += received
+            tally.egress_packets += metadata.egress_packets or 0
+            tally.ingress_packets += metadata.ingress_packets or 0
             tally.egress_seen += max(0, sent - seen[0])
             tally.ingress_seen += max(0, received - seen[1])
             seen = (max(sent, seen[0]), max(received, seen[1]))
@@ -841,14 +852,16 @@ class EdgeIndex:
                 keys.discard(key)
                 if not keys:
                     del self._by_endpoint[endpoint_id]
-        source, target, port, egress, ingress = counted
+        source, target, port, metadata = counted
         targets = self.tallies[source]
         tally = targets[target]
         tally.count -= 1
-        if egress is not None or ingress is not None:
+        if metadata is not None:
             tally.metered -= 1
-            tally.egress_bytes -= egress or 0
-            tally.ingress_bytes -= ingress or 0
+            tally.egress_bytes -= metadata.egress_bytes or 0
+            tally.ingress_bytes -= metadata.ingress_bytes or 0
+            tally.egress_packets -= metadata.egress_packets or 0
+            tally.ingress_packets -= metadata.ingress_packets or 0
         if port is not None:
             ports = cast(_Tally, tally).port_counts
             left = ports[port] - 1

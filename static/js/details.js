@@ -2,7 +2,7 @@
 // NodeDetails from REST (connections, children, controls), and refetches when the node updates.
 import { uPlot } from "../vendor/uplot.js";
 import { fetchControlChannel, fetchNodeDetails, postControl } from "./api.js";
-import { escapeHtml, formatBytes, formatMetric, formatRate } from "./format.js";
+import { escapeHtml, formatBytes, formatMetric, formatPackets, formatRate } from "./format.js";
 import { KIND_STYLE, styleFor } from "./shapes.js";
 
 const REFRESH_MIN_MS = 1000; // at most one REST refetch per second while the node keeps updating
@@ -230,20 +230,22 @@ export class DetailsPanel {
   }
 
   // Sent and received from this node's side: an inbound connection's client -> server bytes are what it
-  // received. Each cell: the bytes on the connections now, and the rate under it once known.
+  // received. Each cell: the bytes on the connections now, their packets, and the rate under it once known.
   _trafficCells(dir, c) {
     const out = dir === "out";
     const edge = out ? this.traffic.traffic(this.nodeId, c.id) : this.traffic.traffic(c.id, this.nodeId);
     const rate = edge?.rate;
-    const cell = (bytes, perSecond, testid) => {
+    const cell = (bytes, packets, perSecond, testid) => {
       const total = Array.isArray(c.bytes) ? formatBytes(bytes) : "–";
+      const count = Array.isArray(c.packets) ? `<span class="packets" data-testid="${testid}-packets">${escapeHtml(formatPackets(packets))}</span>` : "";
       const speed = rate && Array.isArray(c.bytes) ? `<span class="rate">${escapeHtml(formatRate(perSecond))}</span>` : "";
-      return `<td class="number" data-testid="${testid}">${escapeHtml(total)}${speed}</td>`;
+      return `<td class="number" data-testid="${testid}">${escapeHtml(total)}${count}${speed}</td>`;
     };
     const [toServer, toClient] = Array.isArray(c.bytes) ? c.bytes : [0, 0];
+    const [packetsToServer, packetsToClient] = Array.isArray(c.packets) ? c.packets : [0, 0];
     return (
-      cell(out ? toServer : toClient, rate ? (out ? rate.out : rate.back) : 0, "connection-sent") +
-      cell(out ? toClient : toServer, rate ? (out ? rate.back : rate.out) : 0, "connection-received")
+      cell(out ? toServer : toClient, out ? packetsToServer : packetsToClient, rate ? (out ? rate.out : rate.back) : 0, "connection-sent") +
+      cell(out ? toClient : toServer, out ? packetsToClient : packetsToServer, rate ? (out ? rate.back : rate.out) : 0, "connection-received")
     );
   }
 

@@ -28,6 +28,12 @@ export function formatRate(bytesPerSecond) {
   return text ? `${text}/s` : "";
 }
 
+// A packet count, e.g. "7,412 pkts".
+export function formatPackets(packets) {
+  const value = Number(packets);
+  return Number.isFinite(value) ? `${Math.round(value).toLocaleString("en")} pkt${value === 1 ? "" : "s"}` : "";
+}
+
 export function formatMetric(metric) {
   if (!metric || metric.value === undefined || metric.value === null) return "";
   const value = Number(metric.value);

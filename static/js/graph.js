@@ -1,7 +1,7 @@
 // Graph view: graphology holds the nodes/edges, sigma draws them with WebGL (labels on a canvas
 // layer), IncrementalLayout positions them. Adjacency is client -> server, drawn as arrows.
 import { Graph, Sigma, createEdgeArrowProgram } from "../vendor/graph-libs.js";
-import { escapeHtml, formatBytes, formatRate } from "./format.js";
+import { escapeHtml, formatBytes, formatPackets, formatRate } from "./format.js";
 import { IncrementalLayout } from "./layout.js";
 import { packComponents } from "./pack.js";
 import { SHAPE_PROGRAMS, styleFor } from "./shapes.js";
@@ -20,6 +20,7 @@ const COLORS = {
   halo: "#111821",
   hoverBox: "#1b2533",
   ring: "#ffffff",
+  edgeLabel: "#5cc8ff",
 };
 const FONT = "Inter, 'Segoe UI', system-ui, -apple-system, sans-serif";
 
@@ -80,12 +81,46 @@ function drawHover(ctx, data, settings) {
   ctx.textAlign = "left";
 }
 
+// The traffic label of an edge of the hovered node: a small box at the edge's middle, level whatever the
+// edge's angle (sigma's own label follows the line, and on a short edge it is cut to nothing).
+function drawEdgeLabel(ctx, edge, source, target, settings) {
+  if (!edge.label) return;
+  const size = settings.edgeLabelSize;
+  const x = (source.x + target.x) / 2;
+  const y = (source.y + target.y) / 2;
+  ctx.font = `500 ${size}px ${FONT}`;
+  const width = ctx.measureText(edge.label).width + 10;
+  const height = size + 6;
+  ctx.fillStyle = COLORS.hoverBox;
+  ctx.strokeStyle = "#3a4a60";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  ctx.roundRect(x - width / 2, y - height / 2, width, height, 4);
+  ctx.fill();
+  ctx.stroke();
+  ctx.textAlign = "center";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = COLORS.edgeLabel;
+  ctx.fillText(edge.label, x, y + 0.5);
+  ctx.textAlign = "left";
+  ctx.textBaseline = "alphabetic";
+}
+
+// What the label of an edge says: its rate each way once known, else its connections.
+function edgeLabelText(traffic) {
+  const rate = traffic?.rate;
+  if (traffic?.bytes && rate) return `→ ${formatRate(rate.out)} · ← ${formatRate(rate.back)}`;
+  const connections = traffic?.connections ?? 0;
+  return `${connections} connection${connections === 1 ? "" : "s"}`;
+}
+
 // Edge size by traffic, both ways together: log scale from a quiet edge's to the busiest's at ~100 MiB/s,
 // so a busy edge stands out at the default zoom without drowning the map in thick lines. (Sigma draws an
-// edge of size s about s / 2 px thick at the default zoom: a quiet one is ~1.2 px, the busiest ~4 px;
-// big maps scale them down with their nodes, see _updateScale.)
+// edge of size s about s / 2 px thick at the default zoom: a quiet one is ~1.2 px, the busiest ~3.2 px;
+// big maps scale them down with their nodes, see _updateScale. Arrow heads grow with the line: at 4 px
+// the busiest edges' heads covered their neighbours and the labels of a busy hub.)
 const EDGE_MIN = 2.5;
-const EDGE_MAX = 8;
+const EDGE_MAX = 6.5;
 const TRAFFIC_REFRESH_MS = 1000; // rates move with time even when no update arrives
 const HOVER_EDGE_PX = 6; // how close (px) the mouse must be to an edge to hover it
 
@@ -120,6 +155,11 @@ function edgeLabelHtml(sourceLabel, targetLabel, traffic) {
   if (traffic?.bytes) {
     rows.push(
       `<div class="edge-minor" data-testid="edge-bytes">carried ${formatBytes(traffic.bytes[0])} → · ${formatBytes(traffic.bytes[1])} ←</div>`,
+    );
+  }
+  if (traffic?.packets) {
+    rows.push(
+      `<div class="edge-minor" data-testid="edge-packets">${formatPackets(traffic.packets[0])} → · ${formatPackets(traffic.packets[1])} ←</div>`,
     );
   }
   return rows.join("");
@@ -171,8 +211,9 @@ export class GraphView {
       allowInvalidContainer: true, // the container is hidden while the table view is shown
       nodeProgramClasses: SHAPE_PROGRAMS,
       edgeProgramClasses: {
-        // Heads long and wide enough to read the direction of a quiet edge at the default zoom.
-        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 4.5, widenessToThicknessRatio: 3.5 }),
+        // Heads long and wide enough to read the direction of a quiet edge at the default zoom, and no
+        // wider than a node on a busy one.
+        arrow: createEdgeArrowProgram({ lengthToThicknessRatio: 4, widenessToThicknessRatio: 3 }),
       },
       defaultNodeType: "circle",
       defaultEdgeType: "arrow",
@@ -188,6 +229,10 @@ export class GraphView {
       showMinorLabels: true, // our own setting, read by drawLabel; see _updateLabelDetail
       defaultDrawNodeLabel: drawLabel,
       defaultDrawNodeHover: drawHover,
+      // Only the hovered node's edges have a label (see _edgeReducer).
+      renderEdgeLabels: true,
+      defaultDrawEdgeLabel: drawEdgeLabel,
+      edgeLabelSize: 11,
       minEdgeThickness: EDGE_MIN,
       stagePadding: 100, // room for the labels (centred under the node) of the outermost nodes
       zIndex: true,
@@ -394,6 +439,10 @@ export class GraphView {
       out.color = COLORS.edgeHighlight;
       out.size = Math.max(size, EDGE_MIN);
       out.zIndex = 1;
+      if (focus === this.hovered) {
+        out.label = edgeLabelText(this.traffic.traffic(source, target));
+        out.forceLabel = true;
+      }
     } else if (this.hovered) {
       out.hidden = true;
     }
@@ -702,7 +751,8 @@ export class GraphView {
   }
 
   // An edge as drawn: its thickness (px at zoom 1), colour, the page coordinates of its midpoint (for
-  // hovering it) and its traffic; null if it is not drawn.
+  // hovering it), its traffic and the label drawn on it now ("" unless an end is hovered); null if it is
+  // not drawn.
   edgeInfo(source, target) {
     const key = edgeKey(source, target);
     if (!this.graph.hasEdge(key)) return null;
@@ -717,6 +767,7 @@ export class GraphView {
       to: b,
       midpoint: { x: (a.x + b.x) / 2, y: (a.y + b.y) / 2 },
       traffic: this.traffic.traffic(source, target),
+      label: this.sigma.getEdgeDisplayData(key)?.label || "",
     };
   }
 

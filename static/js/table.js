@@ -1,7 +1,8 @@
 // Table view of the same nodes: sorted on any column, rebuilt at most once per frame when
-// something changed, and only while visible. Columns read a node and the bytes per second through each
-// node (TrafficMeter.nodeRates), which move with time: the table is rebuilt every TRAFFIC_REFRESH_MS too.
-import { escapeHtml, formatMetric, formatRate } from "./format.js";
+// something changed, and only while visible. Columns read a node and its traffic: the bytes per second
+// through it (TrafficMeter.nodeRates), which move with time (the table is rebuilt every
+// TRAFFIC_REFRESH_MS too), and the packets over its connections now (TrafficMeter.nodePackets).
+import { escapeHtml, formatMetric, formatPackets, formatRate } from "./format.js";
 import { metaValue, metric } from "./store.js";
 import { styleFor } from "./shapes.js";
 
@@ -14,16 +15,17 @@ export const COLUMNS = [
   { id: "state", label: "State", type: "text", value: (n) => metaValue(n, "state") },
   { id: "cpu", label: "CPU", type: "number", value: (n) => metric(n, "cpu")?.value ?? null },
   { id: "memory", label: "Memory", type: "number", value: (n) => metric(n, "memory")?.value ?? null },
-  { id: "traffic", label: "Traffic", type: "number", value: (n, rates) => rates.get(n.id) ?? null },
+  { id: "traffic", label: "Traffic", type: "number", value: (n, traffic) => traffic.rates.get(n.id) ?? null },
+  { id: "packets", label: "Packets", type: "number", value: (n, traffic) => traffic.packets.get(n.id) ?? null },
 ];
 
 const TRAFFIC_REFRESH_MS = 2000;
 
-function compare(column, desc, rates) {
+function compare(column, desc, traffic) {
   const sign = desc ? -1 : 1;
   return (a, b) => {
-    const va = column.value(a, rates);
-    const vb = column.value(b, rates);
+    const va = column.value(a, traffic);
+    const vb = column.value(b, traffic);
     // Empty cells always sink to the bottom, whichever the direction.
     const ea = va === null || va === "";
     const eb = vb === null || vb === "";
@@ -43,6 +45,7 @@ export class TableView {
     this.table = table;
     this.traffic = traffic;
     this.rates = new Map();
+    this.packets = new Map();
     this.scroller = table.parentElement;
     this.onSelect = onSelect;
     this.onSort = onSort;
@@ -75,12 +78,12 @@ export class TableView {
     setInterval(() => this._refreshTraffic(), TRAFFIC_REFRESH_MS);
   }
 
-  // Rebuilt only when a shown rate changed: a row replaced under the mouse would lose its click.
+  // Rebuilt only when a shown figure changed: a row replaced under the mouse would lose its click.
   _refreshTraffic() {
     if (!this.visible) return;
-    const rates = this.traffic.nodeRates();
-    const shown = (map, id) => (map.has(id) ? formatRate(map.get(id)) : "");
-    if (rates.size !== this.rates.size || [...rates.keys()].some((id) => shown(rates, id) !== shown(this.rates, id))) {
+    const changed = (now, before, format) =>
+      now.size !== before.size || [...now.keys()].some((id) => format(now.get(id)) !== (before.has(id) ? format(before.get(id)) : ""));
+    if (changed(this.traffic.nodeRates(), this.rates, formatRate) || changed(this.traffic.nodePackets(), this.packets, formatPackets)) {
       this.invalidate();
     }
   }
@@ -138,7 +141,8 @@ export class TableView {
     if (this.dirty) {
       const column = COLUMNS.find((c) => c.id === this.sort.column) || COLUMNS[0];
       this.rates = this.traffic.nodeRates();
-      this.sorted = [...this.nodes].sort(compare(column, this.sort.desc, this.rates));
+      this.packets = this.traffic.nodePackets();
+      this.sorted = [...this.nodes].sort(compare(column, this.sort.desc, { rates: this.rates, packets: this.packets }));
       this.dirty = false;
       this.window = [-1, -1];
     }
@@ -187,6 +191,7 @@ export class TableView {
       `<td class="number">${escapeHtml(formatMetric(metric(n, "cpu")))}</td>` +
       `<td class="number">${escapeHtml(formatMetric(metric(n, "memory")))}</td>` +
       `<td class="number" data-testid="cell-traffic">${escapeHtml(this.rates.has(n.id) ? formatRate(this.rates.get(n.id)) : "")}</td>` +
+      `<td class="number" data-testid="cell-packets">${escapeHtml(this.packets.has(n.id) ? formatPackets(this.packets.get(n.id)) : "")}</td>` +
       `</tr>`
     );
   }

@@ -1,5 +1,5 @@
 // Traffic on the edges, as rates. Each NodeSummary carries, per edge it starts (it is the client),
-// `connections` and `bytes` (client -> server and back) over the connections on the edge now, plus two
+// `connections`, `bytes` and `packets` (client -> server and back) over the connections on the edge now, plus two
 // counters the app only ever grows while the edge lasts: `opened` (connections first seen on it) and
 // `bytes_seen`. Their growth over the last WINDOW_MS is the edge's rate: sums over the current
 // connections cannot give one (a client connecting every second keeps about as many lingering
@@ -89,8 +89,9 @@ export class TrafficMeter {
     if (drop) samples.splice(0, drop);
   }
 
-  // The edge's latest figures and rates: {connections, bytes: [out, back] | null, rate: {out, back,
-  // opened} per second | null while too new to tell}, or null for an edge the meter does not know.
+  // The edge's latest figures and rates: {connections, bytes: [out, back] | null, packets: [out, back] |
+  // null, rate: {out, back, opened} per second | null while too new to tell}, or null for an edge the
+  // meter does not know.
   traffic(source, target) {
     const record = this.edges.get(edgeKey(source, target));
     return record ? this._describe(record, this.now()) : null;
@@ -113,7 +114,20 @@ export class TrafficMeter {
       };
     }
     const bytes = Array.isArray(edge.bytes) ? edge.bytes : null;
-    return { connections: Number(edge.connections) || 0, bytes, rate };
+    const packets = Array.isArray(edge.packets) ? edge.packets : null;
+    return { connections: Number(edge.connections) || 0, bytes, packets, rate };
+  }
+
+  // Packets over the connections each node is an end of now, both ways, where counted.
+  nodePackets() {
+    const totals = new Map();
+    for (const { source, target, edge } of this.edges.values()) {
+      if (!Array.isArray(edge.packets)) continue;
+      const both = (Number(edge.packets[0]) || 0) + (Number(edge.packets[1]) || 0);
+      totals.set(source, (totals.get(source) || 0) + both);
+      totals.set(target, (totals.get(target) || 0) + both);
+    }
+    return totals;
   }
 
   // Bytes per second through each node, both ways, over every edge it is an end of (where known).

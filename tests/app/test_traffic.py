@@ -1,6 +1,6 @@
 """Traffic on edges, end to end: two containers on the real Docker engine move a known number of bytes
-each way over one TCP connection, and the API's edge between them says so (conntrack's accounting,
-read by a real probe, merged and rendered by a real app)."""
+each way over one TCP connection, and the API's edge between them says so, with the packets that carried
+them (conntrack's accounting, read by a real probe, merged and rendered by a real app)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ HOST = "traffic-host"
 MIB = 1 << 20
 #: conntrack counts IP packets, headers included: a few percent above the payload on a bulk transfer.
 TOLERANCE = 0.10
+#: The most one packet conntrack counts can hold (a segmentation-offload super-packet, up to the kernel's
+#: GSO_MAX_SIZE: 512 KiB with BIG TCP), and the least (its IPv4 and TCP headers).
+MAX_PACKET = 512 << 10
+HEADERS = 40
 
 
 @pytest.fixture
@@ -59,6 +63,10 @@ def test_an_edge_that_carried_10_mb_shows_about_10_mb_the_way_it_flowed(app: App
     assert 10 * MIB <= sent <= (1 + TOLERANCE) * 10 * MIB, f"client -> server: {sent} bytes"
     assert 6 * MIB <= received <= (1 + TOLERANCE) * 6 * MIB, f"server -> client: {received} bytes"
     assert found["connections"] == 1
+    packets = found["packets"]
+    print(f"packets: {packets[0]} sent, {packets[1]} received")
+    for way in (0, 1):
+        assert found["bytes"][way] / MAX_PACKET <= packets[way] <= found["bytes"][way] / HEADERS, (way, packets, found)
     server_node = app.nodes("containers")[_node_id(server)]
     assert _node_id(client) not in server_node["edges"], "the traffic is on the client -> server edge only"
     # The server's details list the connection with the same bytes.
@@ -66,3 +74,4 @@ def test_an_edge_that_carried_10_mb_shows_about_10_mb_the_way_it_flowed(app: App
     assert row["id"] == _node_id(client)
     assert 10 * MIB <= row["bytes"][0] <= (1 + TOLERANCE) * 10 * MIB
     assert 6 * MIB <= row["bytes"][1] <= (1 + TOLERANCE) * 6 * MIB
+    assert row["packets"][0] > 0 and row["packets"][1] > 0

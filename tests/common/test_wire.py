@@ -24,8 +24,8 @@ def _report() -> Report:
             timestamp=10.0,
             latest={"name": "nginx", "pid": 42},
             sets={"ips": ["10.0.0.2", "10.0.0.1"]},
-            adjacency=["h1;7"],
-            edges={"h1;7": EdgeMetadata(3, 100, None)},
+            adjacency=["h1;7", "h1;9"],
+            edges={"h1;7": EdgeMetadata(3, 100, None), "h1;9": EdgeMetadata(1, 5000, 300, 7, 5)},
             metrics={"cpu": Metric.from_samples([Sample(9.0, 1.5), Sample(10.0, 2.5)], 100.0)},
             parents={"host": ["h1;<host>"]},
         )
@@ -127,7 +127,7 @@ def test_a_patch_round_trips() -> None:
         latest={"name": (3.0, "nginx"), "gone": None},
         sets={"ips": ("10.0.0.1",), "old": None},
         adjacency=("h1;7",),
-        edges={"h1;7": EdgeMetadata(1, 2, None), "h1;8": None},
+        edges={"h1;7": EdgeMetadata(1, 2, None), "h1;8": None, "h1;9": EdgeMetadata(1, 2, 3, 1, 1)},
         metrics={"cpu": Metric((Sample(3.0, 1.0),), 0.0, 100.0), "mem": None},
         parents={"host": ("h1;<host>",), "container": None},
     )

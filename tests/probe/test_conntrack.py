@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +31,7 @@ from scope_probe.reporter import ProbeContext
 from scope_probe.resolver import ReverseResolver
 from tests.fixtures.dns import DnsServer
 from tests.fixtures.docker import Containers
+from tests.fixtures.netns import Netns
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.waiting import wait_for
 
@@ -157,6 +160,68 @@ def test_short_lived_connection_between_containers(reporter: ConntrackReporter, 
     assert not server.adjacency
 
 
+#: IPv6 addresses of the two namespaces (a unique-local prefix: nothing outside this machine).
+IPV6_CLIENT, IPV6_SERVER = "fd00:5c0e::2", "fd00:5c0e::3"
+#: One connection, made and closed at once, with a little traffic each way.
+IPV6_EXCHANGE = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 8080)) as conn:
+    conn.sendall(b"x" * 3000)
+    conn.shutdown(socket.SHUT_WR)
+    while conn.recv(65536):
+        pass
+"""
+IPV6_SERVE = """
+import socket, sys
+with socket.create_server((sys.argv[1], 8080), family=socket.AF_INET6) as listener:
+    print("listening", flush=True)
+    conn, _ = listener.accept()
+    while conn.recv(65536):
+        pass
+    conn.sendall(b"y" * 1000)
+    conn.close()
+"""
+
+
+@pytest.mark.root
+def test_a_short_lived_ipv6_connection_between_namespaces(netns: Netns, tmp_path: Path) -> None:
+    # conntrack follows the client's namespace (where the probe would run), told to track IPv6 too.
+    client, server = netns.create(), netns.create()
+    for host, address in ((client, IPV6_CLIENT), (server, IPV6_SERVER)):
+        host.run(["ip", "-6", "addr", "add", f"{address}/64", "dev", "eth0", "nodad"])
+    client.run(["ip6tables", "-w", "-A", "INPUT", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"])
+    in_client = tmp_path / "conntrack"
+    in_client.write_text(f'#!/bin/sh\nexec ip netns exec {client.name} conntrack "$@"\n')
+    in_client.chmod(0o755)
+    reporter = new_reporter(binary=str(in_client))
+    reporter.start(lambda name: None)
+    try:
+        wait_for(lambda: reporter.following, what="conntrack to follow events")
+        serving = server.popen([sys.executable, "-c", IPV6_SERVE, IPV6_SERVER], stdout=subprocess.PIPE, text=True)
+        assert serving.stdout is not None and serving.stdout.readline() == "listening\n"
+        client.run([sys.executable, "-c", IPV6_EXCHANGE, IPV6_SERVER], timeout=10)
+        serving.wait(timeout=10)
+        server_id = f";{IPV6_SERVER};8080"  # another host's address: unscoped
+
+        def edge() -> EdgeMetadata | None:
+            return edges_from(reporter.report(time.time()), IPV6_CLIENT).get(server_id)
+
+        wait_for(edge, timeout=5, what=f"an edge {IPV6_CLIENT} -> {server_id}")
+
+        # Its counters (the namespace has accounting on) come with the next dump of the table.
+        def counted() -> EdgeMetadata | None:
+            found = edge()
+            return found if found is not None and found.egress_packets is not None else None
+
+        found = wait_for(counted, timeout=ACCOUNTING_SECONDS + 5, what="the connection's counters")
+    finally:
+        reporter.stop()
+    assert found.connection_count == 1
+    # The payload each way and the headers of every packet, the handshake's and the ACKs' too.
+    assert (found.egress_bytes or 0) > 3000 and (found.ingress_bytes or 0) > 1000, found
+    assert (found.egress_packets or 0) >= 3 and (found.ingress_packets or 0) >= 3, found
+
+
 @pytest.mark.docker
 @pytest.mark.root
 def test_published_port_is_mapped_to_the_container(reporter: ConntrackReporter, containers: Containers) -> None:
@@ -183,6 +248,10 @@ def test_published_port_is_mapped_to_the_container(reporter: ConntrackReporter, 
 
 
 MB = 1_000_000
+#: The most one packet conntrack counts can hold (a segmentation-offload super-packet on loopback, up to
+#: the kernel's GSO_MAX_SIZE: 512 KiB with BIG TCP), and the least (its IPv4 and TCP headers).
+MAX_PACKET = 512 << 10
+HEADERS = 40
 
 
 def _exchange(sock: socket.socket, send: int, receive: int) -> None:
@@ -228,6 +297,10 @@ def test_an_edge_carries_the_bytes_sent_each_way(reporter: ConntrackReporter, he
     assert edge.egress_bytes is not None and edge.ingress_bytes is not None
     assert 10 * MB <= edge.egress_bytes <= 11 * MB, "what the client sent, headers included"
     assert 1 * MB <= edge.ingress_bytes <= 1.1 * MB, "what the server sent back"
+    assert edge.egress_packets is not None and edge.ingress_packets is not None
+    print(f"packets: {edge.egress_packets} out, {edge.ingress_packets} back")
+    for packets, carried in ((edge.egress_packets, edge.egress_bytes), (edge.ingress_packets, edge.ingress_bytes)):
+        assert carried / MAX_PACKET <= packets <= carried / HEADERS, (packets, carried)
 
 
 @pytest.mark.root
@@ -364,8 +437,10 @@ def test_parse_flow() -> None:
     dumped = parse_flow(DUMPED_IPV6)
     assert dumped is not None and dumped.kind == "" and dumped.src == Address("2001:db8::1", 40000)
     assert dumped.sent is None and dumped.received is None, "no accounting, no figures"
+    assert dumped.sent_packets is None and dumped.received_packets is None
     counted = parse_flow(DUMPED_TIME_WAIT)
     assert counted is not None and (counted.sent, counted.received) == (5503, 2627126)
+    assert (counted.sent_packets, counted.received_packets) == (103, 112)
     assert parse_flow("conntrack v1.4.7 (conntrack-tools): 26 flow events have been shown.") is None
     assert parse_flow("WARNING: We have hit ENOBUFS! We are losing events.") is None
 

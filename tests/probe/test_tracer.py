@@ -279,14 +279,21 @@ def _adjacent(app: App, view: str, source: str, target: str) -> bool:
     return node is not None and target in node["adjacency"]
 
 
+#: Docker turns IPv6 off in a container whose networks have none; loopback's ::1 needs it on.
+WITH_IPV6 = {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.lo.disable_ipv6": "0"}
+
+
 @pytest.mark.docker
 @pytest.mark.root
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
 def test_shared_namespace_edges_in_the_containers_and_processes_views(
-    scope: Scope, app: App, containers: Containers
+    scope: Scope, app: App, containers: Containers, loopback: str
 ) -> None:
     scope.probe([app.bus], hostname=HOST, extra=["--conn-tracer=tracepoint"])
-    server = containers.run(["httpd", "-f", "-p", "127.0.0.1:8080"], name="web")
-    client = containers.run(["sh", "-c", SHARED_CLIENT], name="client", network_mode=f"container:{server.id}")
+    address = f"[{loopback}]" if ":" in loopback else loopback
+    server = containers.run(["httpd", "-f", "-p", f"{address}:8080"], name="web", sysctls=WITH_IPV6)
+    command = SHARED_CLIENT.replace("127.0.0.1", address)
+    client = containers.run(["sh", "-c", command], name="client", network_mode=f"container:{server.id}")
     wait_for(
         lambda: _adjacent(app, "containers", f"{client.id};<container>", f"{server.id};<container>"),
         timeout=15,
