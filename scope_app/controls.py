@@ -258,7 +258,12 @@ class ControlRouter:
             error = sent.exception() if sent.done() else None
         except zmq.ZMQError as exc:
             error = exc
-        if error is not None:  # EHOSTUNREACH (ROUTER_MANDATORY) or EAGAIN
+        if isinstance(error, zmq.ZMQError) and error.errno == zmq.EHOSTUNREACH:
+            # ROUTER_MANDATORY: the probe's connection is gone (it stopped, or its host is cut off) and the
+            # window has not yet expired it. That is the normal course of a probe leaving: no warning.
+            self._drops.add("unreachable", f"to {probe_id[:40]!r}: {error}", logging.INFO)
+            return False
+        if error is not None:  # EAGAIN: its queue is full
             self._drops.add("unsent", f"to {probe_id[:40]!r}: {error}")
             return False
         return True

@@ -20,8 +20,7 @@ class Drops:
         self._log = RateLimitedLog(log)
         self._what = what
 
-    def add(self, reason: str, detail: str) -> None:
+    def add(self, reason: str, detail: str, level: int = logging.WARNING) -> None:
+        """Count a drop; `level` lower than WARNING for drops that are the normal course of things."""
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        self._log.log(
-            reason, logging.WARNING, "%s (%s); %d so far for this reason", self._what, detail, self.counts[reason]
-        )
+        self._log.log(reason, level, "%s (%s); %d so far for this reason", self._what, detail, self.counts[reason])

@@ -137,6 +137,21 @@ def test_a_probe_that_never_answers_is_a_504_after_ten_seconds(app: App, probe: 
     assert elapsed >= rpc.REQUEST_TIMEOUT - 0.5, "it waited for the answer"
 
 
+def test_a_probe_gone_before_the_window_expired_it_is_a_404_at_once_and_no_warning(app: App) -> None:
+    gone = HandmadeProbe(app)
+    gone.hello()
+    wait_for(lambda: _connected(app), timeout=5, what="the probe to be connected")
+    gone.close()  # stopped, or its host cut off: the app still lists it until the window passes
+    time.sleep(0.5)
+    started = time.monotonic()
+    status, body = app.control(PROBE, NODE, STOP)
+    assert status == 404, body
+    assert time.monotonic() - started < rpc.REQUEST_TIMEOUT / 2, "it did not wait for an answer that cannot come"
+    lines = app.log().splitlines()
+    assert [line for line in lines if "control channel dropped a message" in line and " INFO " in line]
+    assert not [line for line in lines if " WARNING " in line or " ERROR " in line]
+
+
 def test_an_oversized_message_costs_the_sender_its_connection(app: App, probe: HandmadeProbe) -> None:
     probe.hello()
     wait_for(lambda: _connected(app), timeout=5, what="the probe to be connected")
