@@ -112,7 +112,10 @@ class Probe:
         self._apps: set[str] | None = None
         # Full reports are timed here rather than counted by the encoder: a busy Docker engine wakes
         # the probe many times a minute, and those small messages must not bring the next full one forward.
-        self._encoder = DeltaEncoder(ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize)
+        # Metrics that only wobble are sent every few messages, not with each (DeltaEncoder).
+        self._encoder = DeltaEncoder(
+            ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize, hold_small_changes=True
+        )
         self._full_report_interval = full_report_interval
         self._wake_gap = wake_gap
         self._next_full = 0.0
