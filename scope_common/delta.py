@@ -173,8 +173,9 @@ def _changed_templates(templates: dict[str, Templates], sent: dict[str, Template
 
 def _stabilize(node: Node, previous: Node, *, hold: bool = False) -> Node:
     """`node` with the timestamps and samples of `previous` wherever the values are the same (`hold`:
-    or the metrics' values nearly so): `previous` itself when nothing else differs, which is most nodes
-    of most reports (and then costs no comparison of the two afterwards)."""
+    or the metrics' values nearly so, as long as the node is not sent anyway): `previous` itself when
+    nothing else differs, which is most nodes of most reports (and then costs no comparison of the two
+    afterwards)."""
     if node is previous:
         return previous
     previous_latest = previous.latest
@@ -193,6 +194,10 @@ def _stabilize(node: Node, previous: Node, *, hold: bool = False) -> Node:
         )
     ):
         return previous
+    if hold:
+        # The node goes out anyway: its metrics that were held go with it, for the cost of their samples
+        # rather than of another patch (a process's memory and CPU fall due at different messages).
+        metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
     latest = {
         key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
         for key, entry in node.latest.items()

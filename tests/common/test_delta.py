@@ -270,6 +270,18 @@ def test_a_metric_that_moves_much_is_sent_at_once() -> None:
     assert receiver.nodes[("container", "abc;<container>")].metrics["mem"].last == Sample(6.0, 80e6)
 
 
+def test_a_node_sent_anyway_carries_its_held_metrics_too() -> None:
+    """One patch a node rather than one for each metric as it falls due: the CPU jumps, the memory that
+    only wobbled goes along."""
+    encoder = DeltaEncoder("p", "h", full_every=1000, hold_small_changes=True)
+    for t in (0, 3):
+        cpu = Metric.single(float(t), 1.0 if t == 0 else 50.0, 100.0)
+        memory = Metric.single(float(t), 50e6 + t * 4096, 1e9)
+        node = Node.build("h;1", "process", timestamp=float(t), metrics={"cpu": cpu, "mem": memory})
+        envelope = wire.decode(encoder.encode(_one(node), sent_at=float(t)))
+    assert [(p.id, sorted(p.metrics)) for p in envelope.patches] == [("h;1", ["cpu", "mem"])]
+
+
 def test_a_patch_of_a_node_the_receiver_does_not_hold_waits_for_a_full_report() -> None:
     receiver = ProbeNodes()
     receiver.apply(wire.Envelope("p", "h", 1, 0.0, Report()))
