@@ -195,9 +195,10 @@ def _stabilize(node: Node, previous: Node, *, hold: bool = False) -> Node:
     ):
         return previous
     if hold:
-        # The node goes out anyway: its metrics that were held go with it, for the cost of their samples
-        # rather than of another patch (a process's memory and CPU fall due at different messages).
-        metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
+        # The node goes out anyway: its metrics' new samples, held or not, go with it for their own cost
+        # rather than another patch's later (a process's memory and CPU would fall due at different
+        # messages, and stay out of step); node_patch leaves out those with no new sample.
+        metrics = dict(node.metrics)
     latest = {
         key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
         for key, entry in node.latest.items()
