@@ -37,9 +37,9 @@ from scope_common.report import NO_TEMPLATES, Metric, Node, Report, Templates, m
 #: A metric whose values stay the same is still sent again this often, so its samples do not end long
 #: before the present.
 RESEND_METRICS_AFTER = 10.0
-#: With `hold_small_changes`, a metric whose newest value moved by no more than this fraction of the
-#: one last sent, or of the metric's scale (its max: 100 for a percentage), waits to be sent until it
-#: moves more or RESEND_METRICS_AFTER passes.
+#: With `hold_metrics`, a metric whose newest value moved by no more than this fraction of the one
+#: last sent, or of the metric's scale (its max: 100 for a percentage), waits to be sent until it moves
+#: more or `hold_metrics` seconds pass.
 SMALL_CHANGE = 0.1
 SMALL_CHANGE_OF_SCALE = 0.01
 
@@ -53,11 +53,11 @@ class DeltaEncoder:
     Call `request_full()` when a message may not have reached an app (a new app connected, a message
     was dropped): the next one is then full.
 
-    With `hold_small_changes`, a metric that only wobbles (a container's memory moving by a few pages,
-    an idle one's CPU by hundredths of a percent) is sent every RESEND_METRICS_AFTER rather than with
-    every message: on a busy host such samples were most of what deltas carried. Its samples are kept
-    meanwhile and then sent together, so the sparkline misses none; a change beyond SMALL_CHANGE goes
-    out at once.
+    With `hold_metrics` (seconds, at least RESEND_METRICS_AFTER), a metric that stays flat or only
+    wobbles (a container's memory moving by a few pages, an idle one's CPU by hundredths of a percent) is
+    sent that often rather than with every message: on a busy host such samples were most of what deltas
+    carried. Its samples are kept meanwhile and then sent together, so the sparkline misses none; a
+    change beyond SMALL_CHANGE goes out at once.
     """
 
     def __init__(
@@ -68,14 +68,14 @@ class DeltaEncoder:
         *,
         full_every: int = 10,
         clock: Callable[[], float] = time.time,
-        hold_small_changes: bool = False,
+        hold_metrics: float = 0.0,
     ) -> None:
         self.probe_id = probe_id
         self.host_id = host_id
         self.version = version
         self.full_every = max(1, full_every)
         self._clock = clock
-        self._hold = hold_small_changes
+        self._hold = hold_metrics
         self._seq = 0
         self._since_full = 0
         self._full_requested = True
@@ -171,7 +171,7 @@ def _changed_templates(templates: dict[str, Templates], sent: dict[str, Template
     }
 
 
-def _stabilize(node: Node, previous: Node, *, hold: bool = False) -> Node:
+def _stabilize(node: Node, previous: Node, *, hold: float = 0.0) -> Node:
     """`node` with the timestamps and samples of `previous` wherever the values are the same (`hold`:
     or the metrics' values nearly so, as long as the node is not sent anyway): `previous` itself when
     nothing else differs, which is most nodes of most reports (and then costs no comparison of the two
@@ -206,15 +206,19 @@ def _stabilize(node: Node, previous: Node, *, hold: bool = False) -> Node:
     return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
 
 
-def _same_metric(metric: Metric, previous: Metric | None, hold: bool = False) -> Metric:
+def _same_metric(metric: Metric, previous: Metric | None, hold: float = 0.0) -> Metric:
     """`previous` if `metric` holds the same values (`hold`: or its newest moved only a little since
-    `previous`'s) and is not due to be sent again, else `metric`."""
+    `previous`'s) and is not due to be sent again (after RESEND_METRICS_AFTER, or `hold`), else `metric`."""
     if metric is previous:
         return previous
     if previous is None or metric.min != previous.min or metric.max != previous.max:
         return metric
     last, previous_last = metric.last, previous.last
-    if last is None or previous_last is None or last.timestamp - previous_last.timestamp >= RESEND_METRICS_AFTER:
+    if (
+        last is None
+        or previous_last is None
+        or last.timestamp - previous_last.timestamp >= max(hold, RESEND_METRICS_AFTER)
+    ):
         return metric
     if hold and _small_change(previous_last.value, last.value, metric.max):
         return previous

@@ -87,8 +87,8 @@ def _received(encoder: DeltaEncoder, reports: list[Report], lost: frozenset[int]
 @settings(max_examples=150, deadline=None)
 @given(_reports(), st.booleans())
 def test_deltas_rebuild_what_full_reports_alone_would(reports: list[Report], hold: bool) -> None:
-    with_deltas = _received(DeltaEncoder("p", "h", full_every=1000, hold_small_changes=hold), reports)
-    fulls_only = _received(DeltaEncoder("p", "h", full_every=1, hold_small_changes=hold), reports)
+    with_deltas = _received(DeltaEncoder("p", "h", full_every=1000, hold_metrics=20.0 if hold else 0.0), reports)
+    fulls_only = _received(DeltaEncoder("p", "h", full_every=1, hold_metrics=20.0 if hold else 0.0), reports)
     for delta_state, full_state in zip(with_deltas, fulls_only, strict=True):
         assert delta_state.complete
         assert delta_state.nodes == full_state.nodes
@@ -247,7 +247,7 @@ def test_a_metric_that_only_wobbles_is_sent_now_and_then_with_every_sample() -> 
     """Memory moving by a few pages waits for RESEND_METRICS_AFTER (10 s) rather than going out with every
     message; when it goes, the receiver gets every sample taken meanwhile."""
     values = {s: 50e6 + (s % 3) * 4096 for s in range(40)}
-    encoder = DeltaEncoder("p", "h", full_every=1000, hold_small_changes=True)
+    encoder = DeltaEncoder("p", "h", full_every=1000, hold_metrics=10.0)
     receiver = ProbeNodes()
     carried = []
     for t in range(0, 25, 3):  # a publish every 3 s
@@ -261,7 +261,7 @@ def test_a_metric_that_only_wobbles_is_sent_now_and_then_with_every_sample() -> 
 
 def test_a_metric_that_moves_much_is_sent_at_once() -> None:
     values = {s: 50e6 if s < 4 else 80e6 for s in range(10)}
-    encoder = DeltaEncoder("p", "h", full_every=1000, hold_small_changes=True)
+    encoder = DeltaEncoder("p", "h", full_every=1000, hold_metrics=10.0)
     receiver = ProbeNodes()
     for t in (0, 3, 6):
         envelope = wire.decode(encoder.encode(_memory_at(t, values), sent_at=float(t)))
@@ -273,7 +273,7 @@ def test_a_metric_that_moves_much_is_sent_at_once() -> None:
 def test_a_node_sent_anyway_carries_its_held_metrics_too() -> None:
     """One patch a node rather than one for each metric as it falls due: the CPU jumps, the memory that
     only wobbled goes along."""
-    encoder = DeltaEncoder("p", "h", full_every=1000, hold_small_changes=True)
+    encoder = DeltaEncoder("p", "h", full_every=1000, hold_metrics=10.0)
     for t in (0, 3):
         cpu = Metric.single(float(t), 1.0 if t == 0 else 50.0, 100.0)
         memory = Metric.single(float(t), 50e6 + t * 4096, 1e9)
