@@ -45,6 +45,10 @@ class Reporter(abc.ABC):
     #: True for reporters that sample metric history and so want every spy tick; the others (processes,
     #: connections) are only gathered right before a report is published, when they are used.
     samples_every_tick: bool = False
+    #: True for reporters whose nodes go when a clock says so (a connection's linger ran out), not on an
+    #: event: a publish on a wake keeps such nodes until the next tick, when the reporters that report
+    #: the same endpoints (conntrack's flows linger as long) let them go too, in one removal.
+    removals_follow_clock: bool = False
 
     def start(self, wake: Wake) -> None:  # noqa: B027 - most reporters have nothing to start
         """Start background work (event streams). `wake(self.name)` requests an immediate report."""

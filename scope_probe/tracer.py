@@ -74,7 +74,7 @@ MIN_WAKE_SECONDS = 0.25
 #: How long what was learnt of a pid (its ancestors) or a port's listener is trusted.
 PID_CACHE_SECONDS = 2.0
 LISTENER_CACHE_SECONDS = 10.0
-#: What is looked for and missing from a table this old is looked for again: it may have just appeared.
+#: A listing of processes this old is recent enough to hold one that has just started.
 FRESH_SECONDS = 0.1
 #: Forks remembered, to find a gone process's parent: recent ones are all that matter.
 MAX_FORKS = 65_536
@@ -339,6 +339,7 @@ class ConnectionTracer(Reporter):
     """Endpoints joined by the connections the tracepoint saw open, lingering `linger` after they close."""
 
     name = "tracer"
+    removals_follow_clock = True
 
     def __init__(
         self,
@@ -610,24 +611,30 @@ class ConnectionTracer(Reporter):
         Each new port costs two lookups in tables kept per namespace, not a read of the namespace's TCP
         table (the kernel walks its whole hash for it) and a walk of every open file of every process in
         it: on a host whose processes connect over loopback to ever new ports (test runs), those walks
-        were most of the probe's work. A table is read again when it lacks what is looked for and is
-        older than a tenth of a second: the listener may be in a process that has just started."""
+        were most of the probe's work. The tables are read again when they lack what is looked for or
+        name a process that is gone: the listener may be in a process that has just started, or a server
+        started again on the port (a port not found is looked for again after a second at most, so that
+        costs a read a second at most)."""
         mono = time.monotonic()
         known = self._listeners.get((netns, port))
         if known is not None and mono - known[1] < LISTENER_CACHE_SECONDS:
             return known[0]
         inodes = self._listening_inodes(netns, pids, port)
         owner = self._holder(netns, inodes) if inodes else 0
+        if not owner or not os.path.exists(os.path.join(self._proc, str(owner))):
+            inodes = self._listening_inodes(netns, pids, port, fresh=True)
+            owner = self._holder(netns, inodes, fresh=True) if inodes else 0
         if len(self._listeners) > 4096:
             self._listeners.clear()
         # Not found: looked for again soon, as the listener may be in a process that has just started.
         self._listeners[(netns, port)] = (owner, mono if owner else mono - LISTENER_CACHE_SECONDS + 1.0)
         return owner
 
-    def _listening_inodes(self, netns: int, pids: Sequence[int], port: int) -> frozenset[int]:
-        """The inodes of sockets listening on `port` in namespace `netns`, from its listening table."""
+    def _listening_inodes(self, netns: int, pids: Sequence[int], port: int, *, fresh: bool = False) -> frozenset[int]:
+        """The inodes of sockets listening on `port` in namespace `netns`, from its listening table (`fresh`:
+        read now)."""
         table, read_at = self._listening.get(netns, ({}, -PID_CACHE_SECONDS))
-        if port not in table and time.monotonic() - read_at >= FRESH_SECONDS:
+        if fresh or port not in table or time.monotonic() - read_at >= PID_CACHE_SECONDS:
             # The client itself (a wget) may be gone already: the table is read through the first of its
             # lineage that is still there.
             for pid in pids:
@@ -656,14 +663,15 @@ class ConnectionTracer(Reporter):
                 continue
         return {port: frozenset(inodes) for port, inodes in table.items()}
 
-    def _holder(self, netns: int, inodes: frozenset[int]) -> int:
+    def _holder(self, netns: int, inodes: frozenset[int], *, fresh: bool = False) -> int:
         """The topmost process of namespace `netns` holding one of `inodes` (a forking server's children
-        share it)."""
+        share it); `fresh`: from the processes' open files now."""
         index, built_at = self._sockets.get(netns, ({}, -PID_CACHE_SECONDS))
         mono = time.monotonic()
-        stale = mono - built_at >= PID_CACHE_SECONDS
-        if stale or (not inodes & index.keys() and mono - built_at >= FRESH_SECONDS):
-            index = self._socket_holders(self._pids_in(netns, fresh=not stale))
+        if fresh or mono - built_at >= PID_CACHE_SECONDS or not inodes & index.keys():
+            index = self._socket_holders(self._pids_in(netns, fresh=fresh))
+            if not inodes & index.keys():  # the server may be newer than the listing of the namespace
+                index = self._socket_holders(self._pids_in(netns, fresh=True))
             if len(self._sockets) > 1024:
                 self._sockets.clear()
             self._sockets[netns] = (index, time.monotonic())
