@@ -37,11 +37,6 @@ from scope_common.report import NO_TEMPLATES, Metric, Node, Report, Templates, m
 #: A metric whose values stay the same is still sent again this often, so its samples do not end long
 #: before the present.
 RESEND_METRICS_AFTER = 10.0
-#: With `hold_metrics`, a metric whose newest value moved by no more than this fraction of the one
-#: last sent, or of the metric's scale (its max: 100 for a percentage), waits to be sent until it moves
-#: more or `hold_metrics` seconds pass.
-SMALL_CHANGE = 0.1
-SMALL_CHANGE_OF_SCALE = 0.01
 
 NodeKey = tuple[str, str]  # (topology, node id)
 V = TypeVar("V")
@@ -52,12 +47,6 @@ class DeltaEncoder:
 
     Call `request_full()` when a message may not have reached an app (a new app connected, a message
     was dropped): the next one is then full.
-
-    With `hold_metrics` (seconds, at least RESEND_METRICS_AFTER), a metric that stays flat or only
-    wobbles (a container's memory moving by a few pages, an idle one's CPU by hundredths of a percent) is
-    sent that often rather than with every message: on a busy host such samples were most of what deltas
-    carried. Its samples are kept meanwhile and then sent together, so the sparkline misses none; a
-    change beyond SMALL_CHANGE goes out at once.
     """
 
     def __init__(
@@ -68,14 +57,12 @@ class DeltaEncoder:
         *,
         full_every: int = 10,
         clock: Callable[[], float] = time.time,
-        hold_metrics: float = 0.0,
     ) -> None:
         self.probe_id = probe_id
         self.host_id = host_id
         self.version = version
         self.full_every = max(1, full_every)
         self._clock = clock
-        self._hold = hold_metrics
         self._seq = 0
         self._since_full = 0
         self._full_requested = True
@@ -99,7 +86,7 @@ class DeltaEncoder:
                     stable[key] = node
                     added.append(node)
                     continue
-                node = _stabilize(node, previous, hold=self._hold)
+                node = _stabilize(node, previous)
                 if node is not previous:
                     patch = node_patch(previous, node)
                     if _changes_nothing(patch):
@@ -171,16 +158,15 @@ def _changed_templates(templates: dict[str, Templates], sent: dict[str, Template
     }
 
 
-def _stabilize(node: Node, previous: Node, *, hold: float = 0.0) -> Node:
-    """`node` with the timestamps and samples of `previous` wherever the values are the same (`hold`:
-    or the metrics' values nearly so, as long as the node is not sent anyway): `previous` itself when
-    nothing else differs, which is most nodes of most reports (and then costs no comparison of the two
-    afterwards)."""
+def _stabilize(node: Node, previous: Node) -> Node:
+    """`node` with the timestamps and samples of `previous` wherever the values are the same: `previous`
+    itself when nothing else differs, which is most nodes of most reports (and then costs no comparison
+    of the two afterwards)."""
     if node is previous:
         return previous
     previous_latest = previous.latest
     previous_metrics = previous.metrics
-    metrics = {key: _same_metric(metric, previous_metrics.get(key), hold) for key, metric in node.metrics.items()}
+    metrics = {key: _same_metric(metric, previous_metrics.get(key)) for key, metric in node.metrics.items()}
     if (
         len(node.latest) == len(previous_latest)
         and len(metrics) == len(previous_metrics)
@@ -194,11 +180,6 @@ def _stabilize(node: Node, previous: Node, *, hold: float = 0.0) -> Node:
         )
     ):
         return previous
-    if hold:
-        # The node goes out anyway: its metrics' new samples, held or not, go with it for their own cost
-        # rather than another patch's later (a process's memory and CPU would fall due at different
-        # messages, and stay out of step); node_patch leaves out those with no new sample.
-        metrics = dict(node.metrics)
     latest = {
         key: old if (old := previous_latest.get(key)) is not None and old[1] == entry[1] else entry
         for key, entry in node.latest.items()
@@ -206,32 +187,20 @@ def _stabilize(node: Node, previous: Node, *, hold: float = 0.0) -> Node:
     return Node(node.id, node.topology, latest, node.sets, node.adjacency, node.edges, metrics, node.parents)
 
 
-def _same_metric(metric: Metric, previous: Metric | None, hold: float = 0.0) -> Metric:
-    """`previous` if `metric` holds the same values (`hold`: or its newest moved only a little since
-    `previous`'s) and is not due to be sent again (after RESEND_METRICS_AFTER, or `hold`), else `metric`."""
+def _same_metric(metric: Metric, previous: Metric | None) -> Metric:
+    """`previous` if `metric` holds the same values (and is not due to be sent again), else `metric`."""
     if metric is previous:
         return previous
     if previous is None or metric.min != previous.min or metric.max != previous.max:
         return metric
     last, previous_last = metric.last, previous.last
-    if (
-        last is None
-        or previous_last is None
-        or last.timestamp - previous_last.timestamp >= max(hold, RESEND_METRICS_AFTER)
-    ):
+    if last is None or previous_last is None or last.timestamp - previous_last.timestamp >= RESEND_METRICS_AFTER:
         return metric
-    if hold and _small_change(previous_last.value, last.value, metric.max):
-        return previous
     if last.value != previous_last.value or len(metric.samples) != len(previous.samples):
         return metric  # the usual news, told without comparing every sample
     if [s.value for s in metric.samples] != [s.value for s in previous.samples]:
         return metric
     return previous
-
-
-def _small_change(old: float, new: float, scale: float) -> bool:
-    change = abs(new - old)
-    return change <= SMALL_CHANGE * max(abs(old), abs(new)) or change <= SMALL_CHANGE_OF_SCALE * abs(scale)
 
 
 # --- Field-level deltas ------------------------------------------------------------------------------

@@ -67,10 +67,6 @@ WAKE_GAP = 1.0
 #: After a control, changes of the reporter it affects are published as they come, gap or not, for this
 #: long: someone is looking at the map for the effect, and a busy engine's other events must not hold it up.
 EXPEDITE_SECONDS = 2.0
-#: How long a metric that stays flat or only wobbles waits to be sent again (DeltaEncoder's hold): with a
-#: few hundred processes and containers, their samples were most of what deltas carried. A sparkline then
-#: grows every 20 s rather than every publish; a metric that moves goes out with the next publish.
-METRIC_HOLD_SECONDS = 20.0
 #: Latest values that move with the clock rather than with any event: "Up 3 minutes" and uptimes.
 CLOCK_KEYS = frozenset({UPTIME, CONTAINER_STATE_HUMAN})
 
@@ -116,10 +112,7 @@ class Probe:
         self._apps: set[str] | None = None
         # Full reports are timed here rather than counted by the encoder: a busy Docker engine wakes
         # the probe many times a minute, and those small messages must not bring the next full one forward.
-        # Metrics that stay flat or only wobble are sent every METRIC_HOLD_SECONDS, not with each message.
-        self._encoder = DeltaEncoder(
-            ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize, hold_metrics=METRIC_HOLD_SECONDS
-        )
+        self._encoder = DeltaEncoder(ctx.probe_id, ctx.host_id, __version__, full_every=sys.maxsize)
         self._full_report_interval = full_report_interval
         self._wake_gap = wake_gap
         self._next_full = 0.0
