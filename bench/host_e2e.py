@@ -1,6 +1,6 @@
 """Benchmark: scope on this host under issue 16's load, against Go Scope 1.13 measured side by side here.
 
-    python -m bench.host_e2e [--pairs 25] [--seconds 60] [--runs 3] [--trials 5]
+    python -m bench.host_e2e [--pairs 25] [--seconds 60] [--runs 3] [--trials 5] [--trees DIR DIR ...]
 
 The load: --pairs busybox web servers (httpd) and as many clients, each fetching from its server once
 a second (wget in a shell loop), so 50 containers whose network namespaces see a short connection
@@ -9,7 +9,10 @@ afresh for each of --runs measuring windows of --seconds, after it has settled, 
 the probe's CPU (% of a core) and RSS, dockerd's CPU above what it used under the same load with no
 probe, and the bytes the probe uploads (what the app's bus received). The medians of the runs follow,
 then, with the last probe: `/api/topology/containers` latency, how soon a container is in the API after
-`docker run` returns, and how soon a new connection's edge appears. Needs root and a Docker engine
+`docker run` returns, and how soon a new connection's edge appears. With --trees, the probes of the runs
+are taken from those source trees in turn (PYTHONPATH), one after the other, and the medians are printed
+per tree: two versions compared under the same load, run against run, on a machine whose other load
+drifts (--runs is then the number of runs of each). Needs root and a Docker engine
 (scripts/dockerd.sh start; scripts/test-images.sh). Its containers are removed at the end, also on Ctrl-C.
 """
 
@@ -161,9 +164,15 @@ def print_run(label: str, run: Run) -> None:
     )
 
 
-def start_settled_probe(app: App, containers: int, settle: float) -> ScopeProcess:
-    """A probe with the default intervals, once the app shows every container and `settle` more seconds."""
-    probe = start_probe([app.bus], hostname="bench-host", extra=["--spy-interval=1s", "--publish-interval=3s"])
+def start_settled_probe(app: App, containers: int, settle: float, tree: str | None = None) -> ScopeProcess:
+    """A probe with the default intervals (from source tree `tree`, or the installed one), once the app
+    shows every container and `settle` more seconds."""
+    probe = start_probe(
+        [app.bus],
+        hostname="bench-host",
+        extra=["--spy-interval=1s", "--publish-interval=3s"],
+        env={"PYTHONPATH": tree} if tree else None,
+    )
     try:
         wait(lambda: len(app.nodes("containers")) >= containers, timeout=60, interval=0.5)
         time.sleep(settle)
@@ -217,7 +226,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=10.0, help="seconds a new probe runs before measuring")
     parser.add_argument("--baseline", type=float, default=15.0, help="seconds of dockerd CPU with no probe")
     parser.add_argument("--trials", type=int, default=5, help="containers and connections timed")
+    parser.add_argument("--trees", nargs="+", default=[], help="source trees whose probes are measured in turn")
     args = parser.parse_args()
+    trees: list[str | None] = list(args.trees) or [None]
     signal.signal(signal.SIGTERM, interrupt)
     client = docker.DockerClient(base_url=f"unix://{SOCKET}", timeout=120)
     client.images.get(BUSYBOX_IMAGE)  # fails early (scripts/test-images.sh builds it)
@@ -234,14 +245,16 @@ def main() -> None:
         dockerd_idle = (cpu_seconds(dockerd) - before) / args.baseline * 100
         print(f"dockerd under that load, no probe: {dockerd_idle:.1f} % of a core", flush=True)
         app = App()
-        runs = []
-        for index in range(args.runs):
+        runs: dict[str | None, list[Run]] = {tree: [] for tree in trees}
+        for index in range(args.runs * len(trees)):
+            tree = trees[index % len(trees)]
             if probe is not None:
                 probe.terminate()
-            probe = start_settled_probe(app, total, args.settle)
-            runs.append(measure(app, probe, dockerd, dockerd_idle, args.seconds))
-            print_run(f"run {index + 1}", runs[-1])
-        print_run(f"median of {len(runs)}", median_run(runs))
+            probe = start_settled_probe(app, total, args.settle, tree)
+            runs[tree].append(measure(app, probe, dockerd, dockerd_idle, args.seconds))
+            print_run(f"run {index + 1}" + (f" ({tree})" if tree else ""), runs[tree][-1])
+        for tree, done in runs.items():
+            print_run(f"median of {len(done)}" + (f" ({tree})" if tree else ""), median_run(done))
         if probe is not None:
             latencies(app, containers, *servers[0], args.trials)
     except KeyboardInterrupt:

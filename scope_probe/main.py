@@ -214,8 +214,9 @@ class Probe:
             if woken:
                 self._gather([r for r in self._reporters if r.name in woken])
                 reports = dict(self._sent)
+                keeps_gone = {r.name for r in self._reporters if r.removals_follow_clock}
                 for name in woken & self._latest.keys():
-                    reports[name] = events_only(self._latest[name], self._sent.get(name))
+                    reports[name] = events_only(self._latest[name], self._sent.get(name), name in keeps_gone)
                 self._publish(reports)
                 next_wake = time.monotonic() + self._wake_gap
 
@@ -298,10 +299,11 @@ class Probe:
         self._wake_event.set()
 
 
-def events_only(report: Report, sent: Report | None) -> Report:
+def events_only(report: Report, sent: Report | None, keep_gone: bool = False) -> Report:
     """`report` with each node that was in `sent` as it was there, unless more than its metrics and
-    clock-following values changed: what a publish on a wake sends, so that its delta holds the nodes
-    the event changed, not every node that has a new sample."""
+    clock-following values changed (`keep_gone`: and with the nodes of `sent` it no longer has): what a
+    publish on a wake sends, so that its delta holds the nodes the event changed, not every node that
+    has a new sample or whose time ran out."""
     if sent is None:
         return report
     result = Report()
@@ -311,6 +313,12 @@ def events_only(report: Report, sent: Report | None) -> Report:
         for node in topology.nodes.values():
             previous = sent_nodes.get(node.id)
             result.add(previous if previous is not None and _same_facts(node, previous) else node)
+    if keep_gone:
+        for topology in sent.topologies.values():
+            kept = result.nodes(topology.name)
+            for node in topology.nodes.values():
+                if node.id not in kept:
+                    result.add(node)
     return result
 
 

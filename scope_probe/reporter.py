@@ -48,6 +48,10 @@ class Reporter(abc.ABC):
     #: True for reporters whose wakes are published at once, within the probe's wake gap or not: they
     #: limit their own wakes, and what they report is awaited on the map (a new connection's edge).
     wakes_urgently: bool = False
+    #: True for reporters whose nodes go when a clock says so (a connection's linger ran out), not on an
+    #: event: a publish on a wake keeps such nodes until the next tick, when the reporters that report
+    #: the same endpoints (conntrack's flows linger as long) let them go too, in one removal.
+    removals_follow_clock: bool = False
 
     def start(self, wake: Wake) -> None:  # noqa: B027 - most reporters have nothing to start
         """Start background work (event streams). `wake(self.name)` requests an immediate report."""

@@ -74,6 +74,8 @@ MIN_WAKE_SECONDS = 0.25
 #: How long what was learnt of a pid (its ancestors) or a port's listener is trusted.
 PID_CACHE_SECONDS = 2.0
 LISTENER_CACHE_SECONDS = 10.0
+#: A listing of processes this old is recent enough to hold one that has just started.
+FRESH_SECONDS = 0.1
 #: Forks remembered, to find a gone process's parent: recent ones are all that matter.
 MAX_FORKS = 65_536
 #: Ancestors looked at for a living owner.
@@ -343,6 +345,7 @@ class ConnectionTracer(Reporter):
 
     name = "tracer"
     wakes_urgently = True
+    removals_follow_clock = True
 
     def __init__(
         self,
@@ -371,6 +374,9 @@ class ConnectionTracer(Reporter):
         #: When a connection was last opened, by (netns, client address, eldest owner, server).
         self._edges: dict[tuple[int, str, int, Address], float] = {}
         self._netns_pids: tuple[dict[int, list[int]], float] = ({}, -PID_CACHE_SECONDS)
+        #: By network namespace, when read: listening sockets' inodes by port, and socket inodes' holders.
+        self._listening: dict[int, tuple[dict[int, frozenset[int]], float]] = {}
+        self._sockets: dict[int, tuple[dict[int, list[int]], float]] = {}
         self._containers: dict[int, str | None] = {}
         #: Server endpoints by (id, owner), shared by every connection to them (report() only).
         self._servers: dict[tuple[str, int], Node] = {}
@@ -606,70 +612,103 @@ class ConnectionTracer(Reporter):
 
     def _listener(self, netns: int, pids: Sequence[int], port: int) -> int:
         """The process owning the socket listening on `port` in the namespace `pids` (a lineage) are in;
-        0 if none."""
+        0 if none.
+
+        Each new port costs two lookups in tables kept per namespace, not a read of the namespace's TCP
+        table (the kernel walks its whole hash for it) and a walk of every open file of every process in
+        it: on a host whose processes connect over loopback to ever new ports (test runs), those walks
+        were most of the probe's work. The tables are read again when they lack what is looked for or
+        name a process that is gone: the listener may be in a process that has just started, or a server
+        started again on the port (a port not found is looked for again after a second at most, so that
+        costs a read a second at most)."""
         mono = time.monotonic()
         known = self._listeners.get((netns, port))
         if known is not None and mono - known[1] < LISTENER_CACHE_SECONDS:
             return known[0]
-        # The client itself (a wget) may be gone already: its namespace's table is read through the first
-        # of its lineage that is still there.
-        inodes: set[int] | None = None
-        for pid in pids:
-            inodes = self._listening_inodes(pid, port)
-            if inodes is not None:
-                break
-        owner = self._holder(self._pids_in(netns), inodes) if inodes else 0
-        if inodes and not owner:  # the namespace or the server may be newer than the pids we knew
-            owner = self._holder(self._pids_in(netns, fresh=True), inodes)
+        inodes = self._listening_inodes(netns, pids, port)
+        owner = self._holder(netns, inodes) if inodes else 0
+        if not owner or not os.path.exists(os.path.join(self._proc, str(owner))):
+            inodes = self._listening_inodes(netns, pids, port, fresh=True)
+            owner = self._holder(netns, inodes, fresh=True) if inodes else 0
         if len(self._listeners) > 4096:
             self._listeners.clear()
         # Not found: looked for again soon, as the listener may be in a process that has just started.
         self._listeners[(netns, port)] = (owner, mono if owner else mono - LISTENER_CACHE_SECONDS + 1.0)
         return owner
 
-    def _listening_inodes(self, pid: int, port: int) -> set[int] | None:
-        """The inodes of sockets listening on `port` in `pid`'s namespace; None when `pid` is gone."""
-        inodes: set[int] = set()
-        suffix = f":{port:04X}"
+    def _listening_inodes(self, netns: int, pids: Sequence[int], port: int, *, fresh: bool = False) -> frozenset[int]:
+        """The inodes of sockets listening on `port` in namespace `netns`, from its listening table (`fresh`:
+        read now)."""
+        table, read_at = self._listening.get(netns, ({}, -PID_CACHE_SECONDS))
+        if fresh or port not in table or time.monotonic() - read_at >= PID_CACHE_SECONDS:
+            # The client itself (a wget) may be gone already: the table is read through the first of its
+            # lineage that is still there.
+            for pid in pids:
+                found = self._read_listening(pid)
+                if found is not None:
+                    table = found
+                    if len(self._listening) > 1024:
+                        self._listening.clear()
+                    self._listening[netns] = (table, time.monotonic())
+                    break
+        return table.get(port, frozenset())
+
+    def _read_listening(self, pid: int) -> dict[int, frozenset[int]] | None:
+        """The listening sockets' inodes by port in `pid`'s namespace; None when `pid` is gone."""
         if not os.path.exists(os.path.join(self._proc, str(pid), "net")):
             return None
+        table: dict[int, set[int]] = {}
         for name in ("tcp", "tcp6"):
             try:
                 with open(os.path.join(self._proc, str(pid), "net", name)) as f:
                     for line in f:
                         fields = line.split()
-                        if len(fields) >= 10 and fields[3] == "0A" and fields[1].endswith(suffix):
-                            inodes.add(int(fields[9]))
+                        if len(fields) >= 10 and fields[3] == "0A":
+                            table.setdefault(int(fields[1].rpartition(":")[2], 16), set()).add(int(fields[9]))
             except (OSError, ValueError):
                 continue
-        return inodes
+        return {port: frozenset(inodes) for port, inodes in table.items()}
 
-    def _holder(self, pids: list[int], inodes: set[int]) -> int:
-        """The topmost of `pids` holding one of `inodes` (a forking server's children share it)."""
-        targets = {f"socket:[{inode}]" for inode in inodes}
-        holders: list[int] = []
-        for pid in pids:
-            try:
-                with os.scandir(os.path.join(self._proc, str(pid), "fd")) as entries:
-                    for entry in entries:
-                        try:
-                            if os.readlink(entry.path) in targets:
-                                holders.append(pid)
-                                break
-                        except OSError:
-                            continue
-            except OSError:
-                continue
+    def _holder(self, netns: int, inodes: frozenset[int], *, fresh: bool = False) -> int:
+        """The topmost process of namespace `netns` holding one of `inodes` (a forking server's children
+        share it); `fresh`: from the processes' open files now."""
+        index, built_at = self._sockets.get(netns, ({}, -PID_CACHE_SECONDS))
+        mono = time.monotonic()
+        if fresh or mono - built_at >= PID_CACHE_SECONDS or not inodes & index.keys():
+            index = self._socket_holders(self._pids_in(netns, fresh=fresh))
+            if not inodes & index.keys():  # the server may be newer than the listing of the namespace
+                index = self._socket_holders(self._pids_in(netns, fresh=True))
+            if len(self._sockets) > 1024:
+                self._sockets.clear()
+            self._sockets[netns] = (index, time.monotonic())
+        holders = sorted({pid for inode in inodes for pid in index.get(inode, ())})
         for pid in holders:
             if self._ppid(pid) not in holders:
                 return pid
         return holders[0] if holders else 0
 
+    def _socket_holders(self, pids: list[int]) -> dict[int, list[int]]:
+        """The processes among `pids` holding each socket inode, from their open files."""
+        index: dict[int, list[int]] = {}
+        for pid in pids:
+            try:
+                with os.scandir(os.path.join(self._proc, str(pid), "fd")) as entries:
+                    for entry in entries:
+                        try:
+                            target = os.readlink(entry.path)
+                        except OSError:
+                            continue
+                        if target.startswith("socket:["):
+                            index.setdefault(int(target[8:-1]), []).append(pid)
+            except (OSError, ValueError):
+                continue
+        return index
+
     def _pids_in(self, netns: int, *, fresh: bool = False) -> list[int]:
         """The processes in a network namespace, from a listing at most PID_CACHE_SECONDS old (`fresh`:
-        a tenth of a second)."""
+        FRESH_SECONDS)."""
         by_netns, read_at = self._netns_pids
-        if time.monotonic() - read_at >= (0.1 if fresh else PID_CACHE_SECONDS) or netns not in by_netns:
+        if time.monotonic() - read_at >= (FRESH_SECONDS if fresh else PID_CACHE_SECONDS) or netns not in by_netns:
             by_netns = {}
             try:
                 names = os.listdir(self._proc)

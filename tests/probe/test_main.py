@@ -13,6 +13,8 @@ import zmq
 
 from scope_common import ids, rpc, wire
 from scope_common.bus import configure_subscriber
+from scope_common.report import ENDPOINT, Node, Report
+from scope_probe.main import events_only
 from scope_probe.publisher import Publisher
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port, free_port_pair
@@ -236,3 +238,22 @@ def test_an_app_that_missed_a_delta_gets_a_full_report_when_it_asks(
         assert any(e.full for e in envelopes), [e.full for e in envelopes]
     finally:
         router.close(0)
+
+
+def _endpoints(*node_ids: str) -> Report:
+    report = Report()
+    for node_id in node_ids:
+        report.add(Node.build(node_id, ENDPOINT, timestamp=1.0, latest={"traced": "true"}))
+    return report
+
+
+def test_a_wake_keeps_connections_whose_linger_ran_out_until_the_next_tick() -> None:
+    """The tracer woke for a new connection; one whose linger ran out meanwhile goes at the next publish
+    tick, with conntrack's view of it, in one removal rather than a patch now and a removal then."""
+    sent = _endpoints("h;10.0.0.1;1000", "h;10.0.0.1;1001")
+    now = _endpoints("h;10.0.0.1;1001", "h;10.0.0.1;1002")
+    kept = events_only(now, sent, keep_gone=True)
+    assert set(kept.nodes(ENDPOINT)) == {"h;10.0.0.1;1000", "h;10.0.0.1;1001", "h;10.0.0.1;1002"}
+    assert set(events_only(now, sent).nodes(ENDPOINT)) == {"h;10.0.0.1;1001", "h;10.0.0.1;1002"}, (
+        "a reporter whose nodes go on events (a container removed) sends the removal at once"
+    )
