@@ -250,8 +250,8 @@ class TraceInstance:
     `remove()` takes it away.
 
     A probe that is killed (SIGKILL, the OOM killer) cannot remove it, and an instance left enabled costs
-    its buffers and every event's tracing for good: so the instances of probes no longer running, told
-    by the pid in their names, are removed when another starts.
+    its buffers and every event's tracing for good: so the instances of probes no longer running are
+    removed when another starts (`remove_stale_instances`).
     """
 
     def __init__(self, tracefs: str, probe_id: str, proc_root: str = "/proc") -> None:
@@ -286,22 +286,80 @@ class TraceInstance:
 
 
 _INSTANCE_NAME = re.compile(r"^scope-(\d+)-")
+#: An instance younger than this is never taken for stale: its probe may not have opened trace_pipe yet.
+STALE_AFTER_SECONDS = 60.0
 
 
-def remove_stale_instances(instances: str, proc_root: str = "/proc") -> list[str]:
-    """Remove the instances of probes that are not running any more; their names."""
+def remove_stale_instances(
+    instances: str, proc_root: str = "/proc", stale_after: float = STALE_AFTER_SECONDS
+) -> list[str]:
+    """Remove the instances of probes that are not running any more; their names.
+
+    An instance is stale when no process has the pid in its name, or, seen from the host's process
+    namespace, when it is older than `stale_after` and no process holds its trace_pipe open. The second
+    rule is for probes that ran in a container of their own process namespace: the pid in their names
+    (often 3) is some other process's on the host, and their instances were never removed.
+    """
     removed: list[str] = []
     try:
         names = os.listdir(instances)
     except OSError:
         return removed
-    for name in names:
-        match = _INSTANCE_NAME.match(name)
-        if match and not os.path.exists(os.path.join(proc_root, match.group(1))):
-            _remove_instance(os.path.join(instances, name))
-            log.info("tracer: removed %s, left by a probe that was killed", name)
-            removed.append(name)
+    candidates = [(name, match.group(1)) for name in names if (match := _INSTANCE_NAME.match(name))]
+    if not candidates:
+        return removed
+    read: set[str] | None = None
+    for name, pid in candidates:
+        path = os.path.join(instances, name)
+        if os.path.exists(os.path.join(proc_root, pid)):
+            if not _sees_every_process(proc_root) or _age(path) < stale_after:
+                continue
+            if read is None:
+                read = _instances_read(proc_root)
+            if name in read:
+                continue
+        _remove_instance(path)
+        log.info("tracer: removed %s, left by a probe that is not running any more", name)
+        removed.append(name)
     return removed
+
+
+def _sees_every_process(proc_root: str) -> bool:
+    """Whether `proc_root` shows the host's processes: kernel threads (kthreadd is pid 2) are only seen
+    from the first process namespace, not from a container's."""
+    try:
+        with open(os.path.join(proc_root, "2", "comm")) as f:
+            return f.read().strip() == "kthreadd"
+    except OSError:
+        return False
+
+
+def _age(path: str) -> float:
+    try:
+        return time.time() - os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def _instances_read(proc_root: str) -> set[str]:
+    """The names of the scope instances whose trace_pipe some process has open."""
+    read: set[str] = set()
+    for pid in os.listdir(proc_root):
+        if not pid.isdigit():
+            continue
+        fd_dir = os.path.join(proc_root, pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue
+            if target.endswith("/trace_pipe") and "/instances/scope-" in target:
+                read.add(target.rsplit("/", 2)[-2])
+    return read
 
 
 def _remove_instance(path: str) -> None:

@@ -16,7 +16,16 @@ import pytest
 from scope_common.report import CONTAINER, ENDPOINT, PROCESS, EdgeMetadata, Node, Report
 from scope_probe.addresses import AddressScopes
 from scope_probe.reporter import ProbeContext
-from scope_probe.tracer import TRACED, Address, ConnectionTracer, Fork, StateChange, find_tracefs, parse_line
+from scope_probe.tracer import (
+    TRACED,
+    Address,
+    ConnectionTracer,
+    Fork,
+    StateChange,
+    find_tracefs,
+    parse_line,
+    remove_stale_instances,
+)
 from tests.fixtures.docker import Containers
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.scope import App, Scope, wait_for
@@ -171,6 +180,36 @@ def test_the_instance_of_a_killed_probe_is_removed_by_the_next(app: App) -> None
     tracer.start(lambda name: None)
     try:
         assert left not in os.listdir(os.path.join(tracefs, "instances"))
+    finally:
+        tracer.stop()
+
+
+@pytest.mark.root
+def test_the_instance_of_a_killed_probe_of_another_process_namespace_is_removed(app: App) -> None:
+    # A probe in a container of its own process namespace names its instance by its pid there (often
+    # 3), which on the host is some other process's: only that nobody reads the instance tells it is left.
+    tracefs = find_tracefs()
+    assert tracefs is not None
+    instances = os.path.join(tracefs, "instances")
+    before = set(os.listdir(instances))
+    contained = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *_probe_argv(app, "tracepoint")]
+    )
+    try:
+        wait_for(lambda: set(os.listdir(instances)) - before, what="the contained probe's instance")
+    finally:
+        contained.kill()  # --kill-child: the probe (the namespace's first process) is killed with it
+        contained.wait()
+    [left] = set(os.listdir(instances)) - before
+    pid = left.split("-")[1]
+    assert os.path.exists(f"/proc/{pid}"), "its pid is another process's on the host"
+    tracer = ConnectionTracer(ProbeContext(HOST, "reader"), AddressScopes(HOST))
+    tracer.start(lambda name: None)
+    try:
+        wait_for(lambda: tracer.running, what="the live tracer reading its instance")
+        removed = remove_stale_instances(instances, stale_after=0)
+        assert left in removed and left not in os.listdir(instances)
+        assert [n for n in os.listdir(instances) if n.endswith("-reader")], "a read instance is kept"
     finally:
         tracer.stop()
 
