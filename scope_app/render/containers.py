@@ -20,6 +20,7 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
+    WithoutMetrics,
     cached_node,
     connect_nodes,
     filter_view,
@@ -147,8 +148,9 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
                 graph,
                 "container",
                 c.id,
-                (c, host_label(graph, c), templates),
+                (WithoutMetrics(c), host_label(graph, c), templates),
                 partial(container_node, graph, c, templates),
+                shown_metrics(templates, c),
             )
         )
         is not None

@@ -8,6 +8,7 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
+    WithoutMetrics,
     cached_node,
     connect_nodes,
     filter_view,
@@ -43,7 +44,17 @@ def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str
     nodes = {
         h.id: node
         for h in graph.hosts.values()
-        if (node := cached_node(graph, "host", h.id, (h, templates), partial(host_node, h, templates))) is not None
+        if (
+            node := cached_node(
+                graph,
+                "host",
+                h.id,
+                (WithoutMetrics(h), templates),
+                partial(host_node, h, templates),
+                shown_metrics(templates, h),
+            )
+        )
+        is not None
     }
     for container in graph.containers.values():
         host = container.get(HOST_NODE_ID)
