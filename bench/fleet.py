@@ -300,6 +300,10 @@ class Row:
     intended_rate: float = 0.0
     behind: float = 0.0
     received_rate: float | None = None
+    #: Deltas the app refused in the measured time because a message before them was lost: a real probe
+    #: is asked for a full report at once (ControlRouter.ask_full_report); these fake probes have no
+    #: control channel and send one only every 10 messages, so their picture stays old meanwhile.
+    missed_deltas: int | None = None
     sender_cpu: float = 0.0
     errors: int = 0
     note: str = ""
@@ -382,6 +386,9 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
         if "reports_received" in stats_start and "reports_received" in stats_end:
             received = stats_end["reports_received"] - stats_start["reports_received"]
             row.received_rate = received / (stats_time - quiet_start)
+        if "reports_dropped" in stats_start and "reports_dropped" in stats_end:
+            missed = stats_end["reports_dropped"].get("missed_delta", 0)
+            row.missed_deltas = missed - stats_start["reports_dropped"].get("missed_delta", 0)
         if app.process.poll() is not None:
             row.note = (row.note + "; " if row.note else "") + f"the app exited ({app.process.returncode})"
     finally:
@@ -489,6 +496,12 @@ def table(rows: list[Row]) -> Iterator[str]:
     for r in rows:
         if r.note:
             yield f"N={r.probes}: {r.note}"
+        if r.missed_deltas:
+            yield (
+                f"N={r.probes}: {r.missed_deltas} deltas refused after a lost message (a real probe is asked for a "
+                "full report at once; these fake probes are not, and their changes show only at their next full "
+                "report, up to 10 messages later: marks sent meanwhile count as not seen)"
+            )
         if r.probes in GO:
             cpu, rss, view, seen = GO[r.probes]
             yield (
