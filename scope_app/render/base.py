@@ -422,7 +422,7 @@ class ConnectionGraph:
         self._orphans_at: dict[str, set[str]] = {}
         self._orphans_on_port: dict[int, set[str]] = {}
         #: View nodes by kind and id, with what they were built from (`cached_node`).
-        self.rendered: dict[str, dict[str, tuple[tuple[object, ...], RenderedNode]]] = {}
+        self.rendered: dict[str, dict[str, tuple[Node, tuple[object, ...], RenderedNode]]] = {}
         self.claims = ContainerClaims()
         for container_id, container in self.containers.items():
             self.claims.follow(container_id, container)
@@ -937,70 +937,61 @@ def connected_ids(edges: Edges) -> set[str]:
 def cached_node(
     graph: ConnectionGraph,
     kind: str,
-    node_id: str,
-    inputs: tuple[object, ...],
+    node: Node,
+    labels: tuple[object, ...],
     build: Callable[[], RenderedNode],
-    metrics: dict[str, Metric] | None = None,
+    metrics: Callable[[], dict[str, Metric]],
 ) -> RenderedNode | None:
-    """The view node of kind `kind` for `node_id`, built again only when its `inputs` (the report nodes
-    and labels it is made of; compared by identity first) differ from the last render's. A copy each
-    time, with edges and children of its own: views of other options hold the earlier copies.
-
-    With `metrics` (the metrics the node shows), `inputs` hold the report node as `WithoutMetrics`: a
-    node whose metrics alone moved, as every container's do in every report, keeps what was built and
-    serialised of the rest, and only its metrics are serialised again.
+    """The view node of kind `kind` for the report node `node`, built again only when what it is built
+    from changed: `labels` (other nodes' labels, the templates; compared by identity first), or `node`
+    in more than its metrics and its latest's timestamps, which no view shows. A node whose metrics alone
+    moved, as every container's do in every report, keeps what was built and serialised of the rest, and
+    only its metrics (`metrics()`: those it shows) are serialised again. A copy each time, with edges and
+    children of its own: views of other options hold the earlier copies.
 
     None when building it fails: decoding checks what it can, but one node no check foresaw must cost
     only itself, never the view. Counted in `graph.failures` and logged (rate-limited)."""
     cache = graph.rendered.get(kind)
     if cache is None:
         cache = graph.rendered[kind] = {}
-    hit = cache.get(node_id)
-    if hit is not None and hit[0] == inputs:
-        node = hit[1]
-        if metrics is not None and not _same_metrics(node.metrics, metrics):
-            node = node.with_metrics(metrics)
-        # The new inputs, compared by identity at the next render if the report node stays the same.
-        cache[node_id] = (inputs, node)
-        return node.fresh_copy()
+    hit = cache.get(node.id)
+    if hit is not None and hit[1] == labels:
+        known, _, view_node = hit
+        if known is node:
+            return view_node.fresh_copy()
+        if _same_but_metrics(known, node):
+            shown = metrics()
+            if not _same_metrics(view_node.metrics, shown):
+                view_node = view_node.with_metrics(shown)
+            cache[node.id] = (node, labels, view_node)
+            return view_node.fresh_copy()
     try:
-        node = build()
-        node.summary()
+        built = build()
+        built.summary()
     except Exception:
         key = f"node:{kind}"
         graph.failures[key] = graph.failures.get(key, 0) + 1
-        _failures_log.log(key, logging.ERROR, "left %s %r out of the views", kind, node_id[:100], exc_info=True)
+        _failures_log.log(key, logging.ERROR, "left %s %r out of the views", kind, node.id[:100], exc_info=True)
         return None
-    cache[node_id] = (inputs, node.fresh_copy())
-    return node
+    cache[node.id] = (node, labels, built.fresh_copy())
+    return built
+
+
+def _same_but_metrics(a: Node, b: Node) -> bool:
+    """Whether two versions of a report node differ at most in their metrics and their latest's timestamps."""
+    if a.id != b.id or a.sets != b.sets or a.parents != b.parents or len(a.latest) != len(b.latest):
+        return False
+    latest = b.latest
+    for key, (_, value) in a.latest.items():
+        found = latest.get(key)
+        if found is None or found[1] != value:
+            return False
+    return True
 
 
 def _same_metrics(a: Mapping[str, Metric], b: Mapping[str, Metric]) -> bool:
     """Whether `a` and `b` hold the same metric objects (a metric that moved is a new one)."""
     return len(a) == len(b) and all(a.get(key) is metric for key, metric in b.items())
-
-
-class WithoutMetrics:
-    """A report node as a view node's input: equal to another version of it that differs only in its
-    metrics and in its latest's timestamps, which views do not show. The same object is equal at once."""
-
-    __slots__ = ("node",)
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, WithoutMetrics):
-            return NotImplemented
-        a, b = self.node, other.node
-        if a is b:
-            return True
-        if a.id != b.id or a.sets != b.sets or a.parents != b.parents or len(a.latest) != len(b.latest):
-            return False
-        latest = b.latest
-        return all(key in latest and latest[key][1] == value for key, (_, value) in a.latest.items())
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:

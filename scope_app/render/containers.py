@@ -20,7 +20,6 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
-    WithoutMetrics,
     cached_node,
     connect_nodes,
     filter_view,
@@ -147,10 +146,10 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
             node := cached_node(
                 graph,
                 "container",
-                c.id,
-                (WithoutMetrics(c), host_label(graph, c), templates),
+                c,
+                (host_label(graph, c), templates),
                 partial(container_node, graph, c, templates),
-                shown_metrics(templates, c),
+                partial(shown_metrics, templates, c),
             )
         )
         is not None

@@ -8,7 +8,6 @@ from scope_app.render.base import (
     ConnectionGraph,
     RenderedNode,
     ViewOptions,
-    WithoutMetrics,
     cached_node,
     connect_nodes,
     filter_view,
@@ -46,12 +45,7 @@ def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str
         for h in graph.hosts.values()
         if (
             node := cached_node(
-                graph,
-                "host",
-                h.id,
-                (WithoutMetrics(h), templates),
-                partial(host_node, h, templates),
-                shown_metrics(templates, h),
+                graph, "host", h, (templates,), partial(host_node, h, templates), partial(shown_metrics, templates, h)
             )
         )
         is not None
