@@ -29,7 +29,7 @@ from pathlib import Path
 
 import zmq
 
-from bench.fleet_probes import DATA, FakeProbe, load_template, real_probe_nodes
+from bench.fleet_probes import DATA, FakeProbe, full_every, load_template, real_probe_nodes
 from bench.host_e2e import rss_mib
 from scope_app.collector import Collector, Limits
 from scope_app.render import Renderer, view_options
@@ -58,6 +58,7 @@ def main() -> None:
             context,
             "127.0.0.1:9",
             random.Random(i),
+            full_every=full_every(args.interval),
         )
         for i in range(args.probes)
     ]

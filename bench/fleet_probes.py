@@ -5,8 +5,9 @@
 Run as a script, by path, so that `scope_common` (and bench.synthetic) come from the checkout under test,
 not from the tree this file is in: the same publisher then speaks whichever wire format that checkout
 has. With `scope_common.delta` (wire v2) each probe sends through a `DeltaEncoder` (a full report every
-10 messages, deltas in between), as the new probe does; without it, a full report every time, as the old
-probe did.
+FULL_REPORT_SECONDS, deltas in between), as the new probe does; without it, a full report every time, as
+the old probe did. Unlike a real probe, these have no control channel: a probe whose message was lost is
+never asked for a full report (ControlRouter.ask_full_report), and the app waits for its periodic one.
 
 Reports: `real` replays bench/data/report-50.json (one real probe's report, bench/fleet_capture.py)
 with the host's name and address and every container id rewritten per probe, plus a few connections
@@ -71,6 +72,8 @@ CROSS_HOST = 3
 MARK_PEERS = 10
 #: Of the processes, the share whose metrics move each cycle (the idle majority reports the same values).
 MOVING_PROCESSES = 10
+#: A full report this often, deltas in between: the probe's default `--full-report-interval`.
+FULL_REPORT_SECONDS = 60.0
 
 NodeKey = tuple[str, str]
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
@@ -167,7 +170,10 @@ class FakeProbe:
         bus: str,
         rng: random.Random,
         secure: Callable[[zmq.Socket[bytes]], None] | None = None,
+        *,
+        full_every: int = 20,
     ) -> None:
+        """`full_every`: a full report every this many messages (FULL_REPORT_SECONDS over the interval)."""
         self.index = index
         self.host = host_name(index)
         self.rng = rng
@@ -180,7 +186,7 @@ class FakeProbe:
         probe_id = f"{self.host}-{os.getpid()}"
         self.encode: Encode
         if delta is not None:
-            encoder = delta.DeltaEncoder(probe_id, self.host, VERSION, full_every=10)
+            encoder = delta.DeltaEncoder(probe_id, self.host, VERSION, full_every=full_every)
             self.encode = lambda report, now: encoder.encode(report, sent_at=now)
         else:
             seq = iter(range(1, 1 << 62))
@@ -338,6 +344,11 @@ def service_credentials(token: str, service_key: str) -> Callable[[zmq.Socket[by
     return ServiceCredentials.from_flags(token, service_key).apply
 
 
+def full_every(interval: float) -> int:
+    """Messages from one full report to the next, publishing every `interval` seconds."""
+    return max(1, round(FULL_REPORT_SECONDS / interval))
+
+
 class Stop(Exception):
     pass
 
@@ -382,7 +393,18 @@ def main() -> None:
                 else synthetic_probe_nodes(i, args.probes, args.containers, now)
             )
             secure = service_credentials(tokens[i % len(tokens)], args.service_key) if tokens else None
-            probes.append(FakeProbe(i, args.probes, nodes, context, args.bus, random.Random(i), secure))
+            probes.append(
+                FakeProbe(
+                    i,
+                    args.probes,
+                    nodes,
+                    context,
+                    args.bus,
+                    random.Random(i),
+                    secure,
+                    full_every=full_every(args.interval),
+                )
+            )
         kind = "delta" if delta is not None else "full"
         size = sum(len(p.nodes) for p in probes) // max(1, len(probes))
         print(f"READY {kind} {time.monotonic() - started:.1f} {size}", flush=True)
