@@ -302,7 +302,7 @@ class Row:
     received_rate: float | None = None
     #: Deltas the app refused in the measured time because a message before them was lost: a real probe
     #: is asked for a full report at once (ControlRouter.ask_full_report); these fake probes have no
-    #: control channel and send one only every 10 messages, so their picture stays old meanwhile.
+    #: control channel and send one only every FULL_REPORT_SECONDS, so their picture stays old meanwhile.
     missed_deltas: int | None = None
     sender_cpu: float = 0.0
     errors: int = 0
@@ -500,7 +500,7 @@ def table(rows: list[Row]) -> Iterator[str]:
             yield (
                 f"N={r.probes}: {r.missed_deltas} deltas refused after a lost message (a real probe is asked for a "
                 "full report at once; these fake probes are not, and their changes show only at their next full "
-                "report, up to 10 messages later: marks sent meanwhile count as not seen)"
+                "report, up to a minute later: marks sent meanwhile count as not seen)"
             )
         if r.probes in GO:
             cpu, rss, view, seen = GO[r.probes]
