@@ -31,7 +31,7 @@ import zmq
 
 from bench.fleet_probes import DATA, FakeProbe, full_every, load_template, real_probe_nodes
 from bench.host_e2e import rss_mib
-from scope_app.collector import Collector, Limits
+from scope_app.collector import Collector, Limits, collect_fully_less_often
 from scope_app.render import Renderer, view_options
 from scope_common import wire
 from scope_common.report import Report
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0, help="the probes' publish interval")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
+    collect_fully_less_often()  # as the app does
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     context.set(zmq.MAX_SOCKETS, args.probes + 64)
     now = time.time()
