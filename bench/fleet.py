@@ -300,9 +300,8 @@ class Row:
     intended_rate: float = 0.0
     behind: float = 0.0
     received_rate: float | None = None
-    #: Deltas the app refused in the measured time because a message before them was lost: a real probe
-    #: is asked for a full report at once (ControlRouter.ask_full_report); these fake probes have no
-    #: control channel and send one only every FULL_REPORT_SECONDS, so their picture stays old meanwhile.
+    #: Deltas the app refused in the measured time because a message before them was lost: the probe's
+    #: changes are not seen until its next full report, which the app asks for (at most every 5 s).
     missed_deltas: int | None = None
     sender_cpu: float = 0.0
     errors: int = 0
@@ -498,9 +497,8 @@ def table(rows: list[Row]) -> Iterator[str]:
             yield f"N={r.probes}: {r.note}"
         if r.missed_deltas:
             yield (
-                f"N={r.probes}: {r.missed_deltas} deltas refused after a lost message (a real probe is asked for a "
-                "full report at once; these fake probes are not, and their changes show only at their next full "
-                "report, up to a minute later: marks sent meanwhile count as not seen)"
+                f"N={r.probes}: {r.missed_deltas} deltas refused after a lost message (until the full report the app "
+                "asks for arrives, that probe's changes are not seen: marks sent meanwhile count as not seen)"
             )
         if r.probes in GO:
             cpu, rss, view, seen = GO[r.probes]

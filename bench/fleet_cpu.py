@@ -123,7 +123,7 @@ def main() -> None:
         f"({held * 1024 * 1024 / max(nodes, 1):.0f} B a node)"
     )
     for probe in probes:
-        probe.socket.close(linger=0)
+        probe.close()
     context.term()
 
 
