@@ -300,6 +300,9 @@ class Row:
     intended_rate: float = 0.0
     behind: float = 0.0
     received_rate: float | None = None
+    #: Deltas the app refused in the measured time because a message before them was lost: the probe's
+    #: changes are not seen until its next full report, which the app asks for (at most every 5 s).
+    missed_deltas: int | None = None
     sender_cpu: float = 0.0
     errors: int = 0
     note: str = ""
@@ -382,6 +385,9 @@ def measure(args: argparse.Namespace, probes: int, pythonpath: str) -> Row:
         if "reports_received" in stats_start and "reports_received" in stats_end:
             received = stats_end["reports_received"] - stats_start["reports_received"]
             row.received_rate = received / (stats_time - quiet_start)
+        if "reports_dropped" in stats_start and "reports_dropped" in stats_end:
+            missed = stats_end["reports_dropped"].get("missed_delta", 0)
+            row.missed_deltas = missed - stats_start["reports_dropped"].get("missed_delta", 0)
         if app.process.poll() is not None:
             row.note = (row.note + "; " if row.note else "") + f"the app exited ({app.process.returncode})"
     finally:
@@ -489,6 +495,11 @@ def table(rows: list[Row]) -> Iterator[str]:
     for r in rows:
         if r.note:
             yield f"N={r.probes}: {r.note}"
+        if r.missed_deltas:
+            yield (
+                f"N={r.probes}: {r.missed_deltas} deltas refused after a lost message (until the full report the app "
+                "asks for arrives, that probe's changes are not seen: marks sent meanwhile count as not seen)"
+            )
         if r.probes in GO:
             cpu, rss, view, seen = GO[r.probes]
             yield (

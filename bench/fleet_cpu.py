@@ -29,9 +29,9 @@ from pathlib import Path
 
 import zmq
 
-from bench.fleet_probes import DATA, FakeProbe, load_template, real_probe_nodes
+from bench.fleet_probes import DATA, FakeProbe, full_every, load_template, real_probe_nodes
 from bench.host_e2e import rss_mib
-from scope_app.collector import Collector, Limits
+from scope_app.collector import Collector, Limits, collect_fully_less_often
 from scope_app.render import Renderer, view_options
 from scope_common import wire
 from scope_common.report import Report
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=3.0, help="the probes' publish interval")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
+    collect_fully_less_often()  # as the app does
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     context.set(zmq.MAX_SOCKETS, args.probes + 64)
     now = time.time()
@@ -58,6 +59,7 @@ def main() -> None:
             context,
             "127.0.0.1:9",
             random.Random(i),
+            full_every=full_every(args.interval),
         )
         for i in range(args.probes)
     ]
@@ -121,7 +123,7 @@ def main() -> None:
         f"({held * 1024 * 1024 / max(nodes, 1):.0f} B a node)"
     )
     for probe in probes:
-        probe.socket.close(linger=0)
+        probe.close()
     context.term()
 
 

@@ -5,8 +5,10 @@
 Run as a script, by path, so that `scope_common` (and bench.synthetic) come from the checkout under test,
 not from the tree this file is in: the same publisher then speaks whichever wire format that checkout
 has. With `scope_common.delta` (wire v2) each probe sends through a `DeltaEncoder` (a full report every
-10 messages, deltas in between), as the new probe does; without it, a full report every time, as the old
-probe did.
+FULL_REPORT_SECONDS, deltas in between), as the new probe does; without it, a full report every time, as
+the old probe did. Each probe also has the control channel's DEALER to the app (where the checkout has
+`rpc.FULL_REPORT`), says hello on it before each message, and makes its next message a full report when
+the app asks for one after a lost message (ControlRouter.ask_full_report), as a real probe does.
 
 Reports: `real` replays bench/data/report-50.json (one real probe's report, bench/fleet_capture.py)
 with the host's name and address and every container id rewritten per probe, plus a few connections
@@ -29,6 +31,7 @@ as `scope probe --service-token` does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +63,10 @@ try:
     from scope_common import delta
 except ImportError:  # the design before wire v2: every message is a full report
     delta = None  # type: ignore[assignment]
+try:
+    from scope_common import rpc
+except ImportError:  # the design before the control channel
+    rpc = None  # type: ignore[assignment]
 
 DATA = Path(__file__).resolve().parent / "data" / "report-50.json"
 VERSION = "bench-fleet"
@@ -71,6 +78,8 @@ CROSS_HOST = 3
 MARK_PEERS = 10
 #: Of the processes, the share whose metrics move each cycle (the idle majority reports the same values).
 MOVING_PROCESSES = 10
+#: A full report this often, deltas in between: the probe's default `--full-report-interval`.
+FULL_REPORT_SECONDS = 60.0
 
 NodeKey = tuple[str, str]
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}")
@@ -167,7 +176,12 @@ class FakeProbe:
         bus: str,
         rng: random.Random,
         secure: Callable[[zmq.Socket[bytes]], None] | None = None,
+        *,
+        full_every: int = 20,
+        control: bool = False,
     ) -> None:
+        """`full_every`: a full report every this many messages (FULL_REPORT_SECONDS over the interval);
+        `control`: open the control channel to the app, to be asked for full reports."""
         self.index = index
         self.host = host_name(index)
         self.rng = rng
@@ -179,14 +193,24 @@ class FakeProbe:
         self.socket.connect(f"tcp://{bus}")
         probe_id = f"{self.host}-{os.getpid()}"
         self.encode: Encode
+        self.probe_id = probe_id
+        self.request_full: Callable[[], None] | None = None
         if delta is not None:
-            encoder = delta.DeltaEncoder(probe_id, self.host, VERSION, full_every=10)
+            encoder = delta.DeltaEncoder(probe_id, self.host, VERSION, full_every=full_every)
             self.encode = lambda report, now: encoder.encode(report, sent_at=now)
+            self.request_full = getattr(encoder, "request_full", None)
         else:
             seq = iter(range(1, 1 << 62))
             self.encode = lambda report, now: wire.encode(
                 wire.Envelope(probe_id, self.host, next(seq), now, report, VERSION)
             )
+        self.control: zmq.Socket[bytes] | None = None
+        if control and rpc is not None and hasattr(rpc, "FULL_REPORT") and self.request_full is not None:
+            self.control = context.socket(zmq.DEALER)
+            rpc.configure_dealer(self.control, probe_id)
+            if secure is not None:
+                secure(self.control)
+            self.control.connect(rpc.control_address(f"tcp://{bus}"))
         self.generation = 0
         self.dropped = 0
         self.marked: list[NodeKey] = []
@@ -207,7 +231,34 @@ class FakeProbe:
     def containers(self) -> list[str]:
         return sorted(i for t, n in self.nodes if t == "container" and (i := ids.parse_container_id(n)))
 
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        if self.control is not None:
+            self.control.close(linger=0)
+
+    def answer_app(self) -> None:
+        """Make the next message a full report if the app asked for one, and say hello (before each
+        message: the app asks only probes it heard from within rpc.PEER_TIMEOUT)."""
+        if self.control is None:
+            return
+        assert self.request_full is not None
+        while True:
+            try:
+                raw = self.control.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                message = rpc.decode(raw, rpc.PROBE_RECEIVES)
+            except rpc.RpcError:
+                continue
+            if message.kind == rpc.FULL_REPORT:
+                self.request_full()
+        hello = rpc.Message.make(rpc.HELLO, probe_id=self.probe_id, host_id=self.host, version=VERSION)
+        with contextlib.suppress(zmq.ZMQError):  # not connected yet (IMMEDIATE)
+            self.control.send(rpc.encode(hello), zmq.NOBLOCK)
+
     def publish(self, now: float) -> None:
+        self.answer_app()
         report = Report()
         for node in self.nodes.values():
             report.add(node)
@@ -338,6 +389,11 @@ def service_credentials(token: str, service_key: str) -> Callable[[zmq.Socket[by
     return ServiceCredentials.from_flags(token, service_key).apply
 
 
+def full_every(interval: float) -> int:
+    """Messages from one full report to the next, publishing every `interval` seconds."""
+    return max(1, round(FULL_REPORT_SECONDS / interval))
+
+
 class Stop(Exception):
     pass
 
@@ -368,7 +424,7 @@ def main() -> None:
     started = time.monotonic()
     now = time.time()
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    context.set(zmq.MAX_SOCKETS, args.probes // args.senders + 64)
+    context.set(zmq.MAX_SOCKETS, 2 * (args.probes // args.senders) + 64)
     probes: list[FakeProbe] = []
     try:
         template: list[Node] = []
@@ -382,7 +438,19 @@ def main() -> None:
                 else synthetic_probe_nodes(i, args.probes, args.containers, now)
             )
             secure = service_credentials(tokens[i % len(tokens)], args.service_key) if tokens else None
-            probes.append(FakeProbe(i, args.probes, nodes, context, args.bus, random.Random(i), secure))
+            probes.append(
+                FakeProbe(
+                    i,
+                    args.probes,
+                    nodes,
+                    context,
+                    args.bus,
+                    random.Random(i),
+                    secure,
+                    full_every=full_every(args.interval),
+                    control=True,
+                )
+            )
         kind = "delta" if delta is not None else "full"
         size = sum(len(p.nodes) for p in probes) // max(1, len(probes))
         print(f"READY {kind} {time.monotonic() - started:.1f} {size}", flush=True)
@@ -392,7 +460,7 @@ def main() -> None:
         pass
     finally:
         for probe in probes:
-            probe.socket.close(linger=0)
+            probe.close()
         context.term()
 
 

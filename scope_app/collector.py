@@ -16,6 +16,7 @@ others out, and all probes together hold at most `max_nodes` nodes: the app's me
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -48,6 +49,23 @@ ROUTINE = frozenset({"stale", "missed_delta"})
 
 #: Told of every new merged picture: the report (updated in place), its version, the changed nodes.
 OnMerge = Callable[[Report, int, set[NodeKey]], None]
+
+#: Young collections between two full ones of Python's cyclic garbage collector (its default: 10).
+FULL_COLLECTION_EVERY = 1_000
+
+
+def collect_fully_less_often() -> None:
+    """Make the cyclic garbage collector go over the whole heap seldom (the app calls this at start).
+
+    The fleet's reports are millions of objects, and every report replaces many of them: at the default
+    thresholds the collector went over all of them every few seconds, each time for seconds of CPU
+    (up to 3.2 s at 1,000 hosts in bench.fleet_cpu, stopping everything else meanwhile), and got no
+    memory back: reports hold no cycles, and are freed by reference counting as they are replaced. After
+    1,000 young collections instead of 10: 3 full ones in that run instead of 39, ingest 9 % less CPU,
+    the same memory. Young objects are collected as before, so short-lived cycles (a request's) still go
+    at once; long-lived ones wait longer."""
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 @dataclass

@@ -51,6 +51,10 @@ MAX_BATCH = 500
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 #: Nodes decoded in one go before they are applied: bounds the decoded objects alive at once.
 MAX_BATCH_NODES = wire.MAX_NODES
+#: Decoding time in one go before what is decoded is applied: a burst of hundreds of messages (the queue
+#: after the app was busy) is applied a slice at a time, so the first of them is in the views without
+#: waiting for the last to be decoded. Merging follows what changed, so more, smaller merges cost little.
+MAX_BATCH_DECODE_SECONDS = 0.05
 
 Decoded = wire.Envelope | wire.DecodeError
 #: Told of each message the store accepted from the bus: its tenant, source, envelope and bytes.
@@ -174,9 +178,11 @@ class BusReceiver:
         return refused is None
 
     def _decode(self, messages: list[bytes]) -> list[Decoded]:
-        """Decode messages from the first until MAX_BATCH_NODES nodes are decoded (on the decoding thread)."""
+        """Decode messages from the first until MAX_BATCH_NODES nodes are decoded or MAX_BATCH_DECODE_SECONDS
+        have passed (on the decoding thread)."""
         decoded: list[Decoded] = []
         nodes = 0
+        deadline = time.perf_counter() + MAX_BATCH_DECODE_SECONDS
         for message in messages:
             started = time.perf_counter()
             try:
@@ -187,7 +193,7 @@ class BusReceiver:
                 decoded.append(envelope)
                 nodes += envelope.report.node_count()
             self._metrics.decode_seconds.observe(time.perf_counter() - started)
-            if nodes >= MAX_BATCH_NODES:
+            if nodes >= MAX_BATCH_NODES or time.perf_counter() >= deadline:
                 break
         return decoded
 

@@ -24,7 +24,7 @@ from scope_app import collector as collector_defaults
 from scope_app.allowed_hosts import AllowedHosts, host_checked
 from scope_app.api import AppContext, api_routes, not_found_route
 from scope_app.auth import Auth, Gate, auth_rules, choose_token, is_loopback
-from scope_app.collector import Collector, Limits
+from scope_app.collector import Collector, Limits, collect_fully_less_often
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
@@ -532,6 +532,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    collect_fully_less_often()
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

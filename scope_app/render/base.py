@@ -182,6 +182,10 @@ class RenderedNode:
     _memo: dict[tuple[tuple[str, tuple[int, ...]], ...], tuple[Json, str]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    #: The summary's parts that neither edges nor metrics change, as rows and as JSON text, made once and
+    #: shared by every copy, also by those with other metrics (`with_metrics`): every report moves every
+    #: container's metrics, and building and serialising the rest of each again was most of a view's cost.
+    _parts: list[Any] = field(default_factory=list, repr=False, compare=False)
 
     def fresh_copy(self) -> RenderedNode:
         """This node without edges or children, sharing the rest (read-only) and the summary memo."""
@@ -203,7 +207,15 @@ class RenderedNode:
             self.stopped,
             self.metric_templates,
             self._memo,
+            self._parts,
         )
+
+    def with_metrics(self, metrics: dict[str, Metric]) -> RenderedNode:
+        """A fresh copy showing `metrics` instead: its summaries are made anew, from the same static parts."""
+        copy = self.fresh_copy()
+        copy.metrics = metrics
+        copy._memo = {}
+        return copy
 
     def summary(self) -> Json:
         """The JSON every client gets for this node (see docs/design.md, NodeSummary).
@@ -225,29 +237,55 @@ class RenderedNode:
         if found is None:
             if len(self._memo) >= 4:  # the views of a few option sets; older edges are not coming back
                 self._memo.clear()
-            summary = self._build_summary([target for target, _ in key])
-            entry = f"{json.dumps(self.id)}:{json.dumps(summary, separators=(',', ':'))}"
-            found = self._memo[key] = (summary, entry)
+            found = self._memo[key] = self._build_summary([target for target, _ in key])
         return found
 
-    def _build_summary(self, adjacency: list[str]) -> Json:
-        return {
-            "id": self.id,
-            "label_major": self.label_major,
-            "label_minor": self.label_minor,
-            "rank": self.rank,
-            "shape": self.shape,
-            "kind": self.kind,
-            "pseudo": self.pseudo,
+    def _build_summary(self, adjacency: list[str]) -> tuple[Json, str]:
+        """The summary and its `"id":summary` JSON, from the static parts (made at the first call) and
+        the edges and metrics of now."""
+        if not self._parts:
+            head = {
+                "id": self.id,
+                "label_major": self.label_major,
+                "label_minor": self.label_minor,
+                "rank": self.rank,
+                "shape": self.shape,
+                "kind": self.kind,
+                "pseudo": self.pseudo,
+            }
+            metadata = [{"id": i, "label": label, "value": v} for i, label, v in self.metadata]
+            parents = [{"id": i, "label": label, "topologyId": t} for i, label, t in self.parents]
+            self._parts[:] = [
+                head,
+                metadata,
+                parents,
+                f'{_dumps(self.id)}:{_dumps(head)[:-1]},"adjacency":',
+                f',"metadata":{_dumps(metadata)},"metrics":',
+                f',"parents":{_dumps(parents)}}}',
+            ]
+        head, metadata, parents, before_adjacency, before_metrics, after_metrics = self._parts
+        edges = {target: self.edges[target].summary() for target in adjacency}
+        metrics = [
+            metric_json(key, metric, self.metric_templates.get(key), samples=False)
+            for key, metric in self.metrics.items()
+        ]
+        summary = {
+            **head,
             "adjacency": adjacency,
-            "edges": {target: self.edges[target].summary() for target in adjacency},
-            "metadata": [{"id": i, "label": label, "value": v} for i, label, v in self.metadata],
-            "metrics": [
-                metric_json(key, metric, self.metric_templates.get(key), samples=False)
-                for key, metric in self.metrics.items()
-            ],
-            "parents": [{"id": i, "label": label, "topologyId": t} for i, label, t in self.parents],
+            "edges": edges,
+            "metadata": metadata,
+            "metrics": metrics,
+            "parents": parents,
         }
+        entry = (
+            f'{before_adjacency}{_dumps(adjacency)},"edges":{_dumps(edges)}{before_metrics}{_dumps(metrics)}'
+            f"{after_metrics}"
+        )
+        return summary, entry
+
+
+#: Compact JSON, as views send it.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def metric_json(key: str, metric: Metric, template: MetricTemplate | None = None, *, samples: bool = True) -> Json:
@@ -393,7 +431,7 @@ class ConnectionGraph:
         self._orphans_at: dict[str, set[str]] = {}
         self._orphans_on_port: dict[int, set[str]] = {}
         #: View nodes by kind and id, with what they were built from (`cached_node`).
-        self.rendered: dict[str, dict[str, tuple[tuple[object, ...], RenderedNode]]] = {}
+        self.rendered: dict[str, dict[str, tuple[Node, tuple[object, ...], RenderedNode]]] = {}
         self.claims = ContainerClaims()
         for container_id, container in self.containers.items():
             self.claims.follow(container_id, container)
@@ -910,30 +948,63 @@ def connected_ids(edges: Edges) -> set[str]:
 
 
 def cached_node(
-    graph: ConnectionGraph, kind: str, node_id: str, inputs: tuple[object, ...], build: Callable[[], RenderedNode]
+    graph: ConnectionGraph,
+    kind: str,
+    node: Node,
+    labels: tuple[object, ...],
+    build: Callable[[], RenderedNode],
+    metrics: Callable[[], dict[str, Metric]],
 ) -> RenderedNode | None:
-    """The view node of kind `kind` for `node_id`, built again only when its `inputs` (the report nodes
-    and labels it is made of; compared by identity first) differ from the last render's. A copy each
-    time, with edges and children of its own: views of other options hold the earlier copies.
+    """The view node of kind `kind` for the report node `node`, built again only when what it is built
+    from changed: `labels` (other nodes' labels, the templates; compared by identity first), or `node`
+    in more than its metrics and its latest's timestamps, which no view shows. A node whose metrics alone
+    moved, as every container's do in every report, keeps what was built and serialised of the rest, and
+    only its metrics (`metrics()`: those it shows) are serialised again. A copy each time, with edges and
+    children of its own: views of other options hold the earlier copies.
 
     None when building it fails: decoding checks what it can, but one node no check foresaw must cost
     only itself, never the view. Counted in `graph.failures` and logged (rate-limited)."""
     cache = graph.rendered.get(kind)
     if cache is None:
         cache = graph.rendered[kind] = {}
-    hit = cache.get(node_id)
-    if hit is not None and hit[0] == inputs:
-        return hit[1].fresh_copy()
+    hit = cache.get(node.id)
+    if hit is not None and hit[1] == labels:
+        known, _, view_node = hit
+        if known is node:
+            return view_node.fresh_copy()
+        if _same_but_metrics(known, node):
+            shown = metrics()
+            if not _same_metrics(view_node.metrics, shown):
+                view_node = view_node.with_metrics(shown)
+            cache[node.id] = (node, labels, view_node)
+            return view_node.fresh_copy()
     try:
-        node = build()
-        node.summary()
+        built = build()
+        built.summary()
     except Exception:
         key = f"node:{kind}"
         graph.failures[key] = graph.failures.get(key, 0) + 1
-        _failures_log.log(key, logging.ERROR, "left %s %r out of the views", kind, node_id[:100], exc_info=True)
+        _failures_log.log(key, logging.ERROR, "left %s %r out of the views", kind, node.id[:100], exc_info=True)
         return None
-    cache[node_id] = (inputs, node.fresh_copy())
-    return node
+    cache[node.id] = (node, labels, built.fresh_copy())
+    return built
+
+
+def _same_but_metrics(a: Node, b: Node) -> bool:
+    """Whether two versions of a report node differ at most in their metrics and their latest's timestamps."""
+    if a.id != b.id or a.sets != b.sets or a.parents != b.parents or len(a.latest) != len(b.latest):
+        return False
+    latest = b.latest
+    for key, (_, value) in a.latest.items():
+        found = latest.get(key)
+        if found is None or found[1] != value:
+            return False
+    return True
+
+
+def _same_metrics(a: Mapping[str, Metric], b: Mapping[str, Metric]) -> bool:
+    """Whether `a` and `b` hold the same metric objects (a metric that moved is a new one)."""
+    return len(a) == len(b) and all(a.get(key) is metric for key, metric in b.items())
 
 
 def attach_edges(nodes: dict[str, RenderedNode], edges: Edges) -> None:

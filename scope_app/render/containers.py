@@ -146,9 +146,10 @@ def render_containers(graph: ConnectionGraph, options: ViewOptions) -> tuple[dic
             node := cached_node(
                 graph,
                 "container",
-                c.id,
-                (c, host_label(graph, c), templates),
+                c,
+                (host_label(graph, c), templates),
                 partial(container_node, graph, c, templates),
+                partial(shown_metrics, templates, c),
             )
         )
         is not None

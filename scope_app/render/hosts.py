@@ -43,7 +43,12 @@ def render_hosts(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict[str
     nodes = {
         h.id: node
         for h in graph.hosts.values()
-        if (node := cached_node(graph, "host", h.id, (h, templates), partial(host_node, h, templates))) is not None
+        if (
+            node := cached_node(
+                graph, "host", h, (templates,), partial(host_node, h, templates), partial(shown_metrics, templates, h)
+            )
+        )
+        is not None
     }
     for container in graph.containers.values():
         host = container.get(HOST_NODE_ID)

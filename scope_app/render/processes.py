@@ -61,8 +61,9 @@ def render_processes(graph: ConnectionGraph, options: ViewOptions) -> tuple[dict
     templates = topology_templates(graph.report, PROCESS)
     for process_id in shown:
         process = graph.processes[process_id]
-        inputs = (process, host_label(graph, process), container_label(graph, process), templates)
-        node = cached_node(graph, "process", process_id, inputs, partial(process_node, graph, process, templates))
+        labels = (host_label(graph, process), container_label(graph, process), templates)
+        build = partial(process_node, graph, process, templates)
+        node = cached_node(graph, "process", process, labels, build, partial(shown_metrics, templates, process))
         if node is not None:
             nodes[process_id] = node
     attach_edges(nodes, edges)

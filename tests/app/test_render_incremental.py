@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from concurrent.futures import Future
 from typing import Any
@@ -13,7 +14,7 @@ from scope_app.collector import Collector
 from scope_app.render import TOPOLOGIES, Renderer, view_options
 from scope_app.websocket import FeedHub, Watcher
 from scope_common.delta import DeltaEncoder
-from scope_common.report import Report, merge_reports
+from scope_common.report import CPU_USAGE, Metric, Report, merge_reports
 from scope_common.wire import decode
 from tests.app.test_render import _connect, _container, _host, _process
 
@@ -50,11 +51,59 @@ def _report(draw: st.DrawFn, host: str) -> Report:
     return report
 
 
+#: A step: a probe's next report, its silence (None), or its last report again with metrics moved to a value.
+Step = tuple[str, Report | float | None]
+
 _steps = st.lists(
-    st.sampled_from(_HOSTS).flatmap(lambda h: st.tuples(st.just(h), st.none() | _report(h))),
+    st.sampled_from(_HOSTS).flatmap(
+        lambda h: st.tuples(st.just(h), st.none() | _report(h) | st.sampled_from([0.5, 1.0, 2.0]))
+    ),
     min_size=1,
-    max_size=8,
+    max_size=10,
 )
+
+
+def _moved(report: Report, value: float, at: float) -> Report:
+    """`report` as its probe sends it a moment later with only its metrics moved, as most reports are:
+    every host, container and process with a new CPU sample, its latest's values stamped `at`."""
+    moved = Report()
+    for name, topology in report.topologies.items():
+        moved.topology(name).templates = topology.templates
+        for node in topology.nodes.values():
+            if name in ("host", "container", "process"):
+                node = dataclasses.replace(
+                    node,
+                    latest={key: (at, text) for key, (_, text) in node.latest.items()},
+                    metrics={**node.metrics, CPU_USAGE: Metric.single(at, value)},
+                )
+            moved.add(node)
+    return moved
+
+
+class _Probes:
+    """The probes of a sequence of steps, publishing through the collector as real probes do."""
+
+    def __init__(self, collector: Collector, full_every: int) -> None:
+        self.collector = collector
+        self.full_every = full_every
+        self.encoders: dict[str, DeltaEncoder] = {}
+        self.last: dict[str, Report] = {}
+
+    def step(self, host: str, action: Report | float | None, at: float) -> None:
+        if action is None:  # the probe falls silent and is forgotten
+            if host in self.collector.probes:
+                self.collector.probes[host].received_at = -1e9
+                self.collector.expire()
+            self.encoders.pop(host, None)
+            self.last.pop(host, None)
+            return
+        if isinstance(action, float):
+            if host not in self.last:
+                return
+            action = _moved(self.last[host], action, at)
+        self.last[host] = action
+        encoder = self.encoders.setdefault(host, DeltaEncoder(host, host, full_every=self.full_every))
+        self.collector.add(decode(encoder.encode(action)))
 
 
 _HISTORY = ("opened", "bytes_seen")
@@ -75,19 +124,12 @@ def _present_node(node: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @settings(max_examples=300, deadline=None)
 @given(_steps)
-def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[tuple[str, Report | None]]) -> None:
+def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[Step]) -> None:
     renderer = Renderer()
     collector = Collector(lambda report, version, changed: renderer.update(report, version, changed))
-    encoders: dict[str, DeltaEncoder] = {}
-    for host, report in steps:
-        if report is None:  # the probe falls silent and is forgotten
-            if host in collector.probes:
-                collector.probes[host].received_at = -1e9
-                collector.expire()
-            encoders.pop(host, None)
-        else:
-            encoder = encoders.setdefault(host, DeltaEncoder(host, host, full_every=3))
-            collector.add(decode(encoder.encode(report)))
+    probes = _Probes(collector, full_every=3)
+    for at, (host, action) in enumerate(steps, start=1):
+        probes.step(host, action, float(at))
         fresh = Renderer()
         fresh.update(merge_reports(p.nodes.report() for p in collector.probes.values()), 1)
         # Every view first, then their contents: views of other options share what they can, and one
@@ -106,7 +148,7 @@ def test_views_kept_up_to_date_equal_views_rendered_afresh(steps: list[tuple[str
 
 @settings(max_examples=100, deadline=None)
 @given(_steps)
-def test_websocket_deltas_rebuild_the_final_view_in_a_client(steps: list[tuple[str, Report | None]]) -> None:
+def test_websocket_deltas_rebuild_the_final_view_in_a_client(steps: list[Step]) -> None:
     """A browser that applies the pushed `{add, update, remove}` messages holds the view the API serves."""
     renderer = Renderer()
     hub = FeedHub(renderer, clock=lambda: 0.0)  # every change pushed at once
@@ -130,13 +172,7 @@ def test_websocket_deltas_rebuild_the_final_view_in_a_client(steps: list[tuple[s
 
     collector = Collector(merged)
     hub.feed("containers", view_options({})).add(Watcher(receive))
-    encoders: dict[str, DeltaEncoder] = {}
-    for host, report in steps:
-        if report is None:
-            if host in collector.probes:
-                collector.probes[host].received_at = -1e9
-                collector.expire()
-            encoders.pop(host, None)
-        else:
-            collector.add(decode(encoders.setdefault(host, DeltaEncoder(host, host)).encode(report)))
+    probes = _Probes(collector, full_every=10)
+    for at, (host, action) in enumerate(steps, start=1):
+        probes.step(host, action, float(at))
     assert client == renderer.view("containers", view_options({}), max_age=0).summaries

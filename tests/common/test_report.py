@@ -14,6 +14,8 @@ from scope_common.report import (
     Node,
     Report,
     Sample,
+    canonical_samples,
+    merge_metric_samples,
     merge_reports,
 )
 
@@ -116,3 +118,25 @@ def test_merging_nodes_of_different_topologies_is_refused() -> None:
         assert "cannot merge" in str(exc)
     else:
         raise AssertionError("merge of different topologies was accepted")
+
+
+def _reference_merge(a: tuple[Sample, ...], b: tuple[Sample, ...]) -> tuple[Sample, ...]:
+    by_time: dict[float, float] = {}
+    for sample in (*a, *b):
+        by_time[sample.timestamp] = max(sample.value, by_time.get(sample.timestamp, sample.value))
+    return tuple(Sample(t, by_time[t]) for t in sorted(by_time)[-MAX_SAMPLES:])
+
+
+_samples = st.lists(
+    st.builds(Sample, st.integers(0, 40).map(float), st.integers(0, 3).map(float)), max_size=MAX_SAMPLES + 5
+).map(tuple)
+
+
+@given(_samples, _samples, st.booleans(), st.booleans())
+def test_merged_samples_are_the_union_by_time_whatever_their_order(
+    a: tuple[Sample, ...], b: tuple[Sample, ...], sort_a: bool, sort_b: bool
+) -> None:
+    """In order and after one another (a probe's new samples), or in any order, overlapping, repeated."""
+    a = canonical_samples(a) if sort_a else a
+    b = tuple(Sample(s.timestamp + 40.0, s.value) for s in canonical_samples(b)) if sort_b else b
+    assert merge_metric_samples(a, b) == _reference_merge(a, b)
