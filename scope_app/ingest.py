@@ -144,7 +144,9 @@ class BusReceiver:
 
         A message counts as received when it is applied or dropped, in the same step: the counts
         always add up (`received = applied + dropped`), whenever they are read."""
-        if self._gate is not None:
+        if self._gate is not None and tenant is None:
+            # Another replica's messages were admitted by the replica that took them off its bus, and
+            # counted in their tenant's byte rate there (across replicas): not a second time here.
             admitted = [m for m in messages if self._admit(m)]
             self.received += len(messages) - len(admitted)
             messages = admitted
