@@ -33,6 +33,7 @@ rate is every tenant's `/api/stats` summed, and the baseline's ingest rate that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -41,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +125,8 @@ class Row:
     fresh_ws: list[float] = field(default_factory=list)
     marks_ws: int = 0
     sent_rate: float = 0.0
+    #: With --tenants: what each app's collectors and gate left out over the run, every tenant's, by reason.
+    dropped: list[dict[str, int]] = field(default_factory=list)
     note: str = ""
 
 
@@ -152,6 +156,15 @@ def applied(app: App, tenants: Tenants | None) -> float:
         )
     except OSError:
         return math.nan
+
+
+def dropped(app: App, tenants: Tenants) -> dict[str, int]:
+    """Messages the app left out so far (its gate's and its collectors' refusals), every tenant's, by reason."""
+    found: Counter[str] = Counter()
+    for token in tenants.user_tokens:
+        with contextlib.suppress(OSError, ValueError):
+            found.update(json.loads(get(f"{app.url}/api/stats", 10.0, token))["reports_dropped"])
+    return dict(found)
 
 
 def hosts_seen(app: App, timeout: float, tenants: Tenants | None) -> int:
@@ -239,6 +252,8 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
                 if tenants is not None
                 else (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
             )
+        if tenants is not None:
+            row.dropped = [dropped(app, tenants) for app in apps]
         row.cpu = [sampler.cpu(start, start + elapsed, args.interval) for sampler in samplers]
         row.rss = [sampler.rss() for sampler in samplers]
         row.containers = requests.latency["containers"]
@@ -300,6 +315,7 @@ def report(rows: list[Row]) -> str:
             + f"\n  containers view (last app) med/p90 {latency(r.containers)}; "
             f"change to websocket of the last app: median {fresh(r.fresh_ws, r.marks_ws)}"
             + (f", max {max(r.fresh_ws):.2f}s" if r.fresh_ws else "")
+            + (f"\n  left out per app (whole run): {r.dropped}" if r.dropped else "")
             + (f"\n  note: {r.note}" if r.note else "")
         )
     return "\n".join(lines)

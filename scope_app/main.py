@@ -222,7 +222,7 @@ class ScopeApp:
             if self.directory is None:
                 self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
             else:
-                self.replicas.attach_service(self.receiver)
+                self.replicas.attach_service(self.receiver, self._channel_of)
                 self._follow_tenants()
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.web_settings: dict[str, Any] = {
@@ -262,12 +262,19 @@ class ScopeApp:
         view = self.views[tenant] = TenantView(self, tenant, limits)
         return view
 
+    def _channel_of(self, name: str) -> str | None:
+        """Where the tenant of that name now shares its messages across replicas; None: no such tenant."""
+        tenant = self.directory.tenants.get(name) if self.directory is not None else None
+        return tenant_channel(name, tenant.probe_key) if tenant is not None else None
+
     def _follow_tenants(self) -> None:
         """Follow every tenant of the registry across replicas, and no other (--multitenant --store)."""
         assert self.replicas is not None and self.directory is not None
         known = self.directory.tenants
-        for name, tenant in known.items():
-            self.replicas.follow_tenant(name, tenant_channel(name, tenant.probe_key))
+        for name in known:
+            channel = self._channel_of(name)
+            if channel is not None:
+                self.replicas.follow_tenant(name, channel)
         for name in self.replicas.tenants.keys() - known.keys():
             self.replicas.unfollow_tenant(name)
 

@@ -161,18 +161,19 @@ class ReplicaLink:
         if router is not None:
             self.controls.attach(tenant, router)
 
-    def attach_service(self, receiver: BusReceiver) -> None:
-        """--multitenant: share what `receiver` accepts in its tenant's channel, and feed it what the
-        other replicas accepted for each tenant `follow_tenant` names. A tenant this replica does not
-        follow (just added, or revoked) is not shared: its probes' next full reports repair that."""
+    def attach_service(self, receiver: BusReceiver, channel_of: Callable[[str], str | None]) -> None:
+        """--multitenant: share what `receiver` accepts in the channel of its tenant now (`channel_of`,
+        None for a tenant revoked meanwhile: not shared), following that tenant from then on if it was
+        not yet; feed `receiver` what the other replicas accepted for each tenant followed."""
         self._receiver = receiver
 
         def relay(tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
-            channel = self._channels.get(tenant)
+            channel = channel_of(tenant)
             if channel is None:
                 self.publish_dropped += 1
-            else:
-                self.publish(channel, source, envelope, message)
+                return
+            self.follow_tenant(tenant, channel)  # a tenant just added: its first report is shared too
+            self.publish(channel, source, envelope, message)
 
         receiver.relay = relay
 

@@ -139,7 +139,15 @@ class RedisRegistry:
 
     def pin_service_key(self, public_key: str) -> None:
         """Record `public_key` as the fleet's service key if none is; RegistryError if another one is."""
-        pinned = self._call(lambda: self._redis.set(SERVICE_KEY, public_key, nx=True, get=True))
+
+        def pin() -> object:
+            # SETNX then GET, not SET NX GET: Redis before 7 and its forks refuse that combination.
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.setnx(SERVICE_KEY, public_key)
+                pipe.get(SERVICE_KEY)
+                return pipe.execute()[1]
+
+        pinned = self._call(pin)
         if isinstance(pinned, bytes) and pinned.decode(errors="replace") != public_key:
             raise RegistryError(
                 f"this service key ({public_key[:16]}...) is not the one the other replicas on "
