@@ -127,6 +127,8 @@ class Row:
     sent_rate: float = 0.0
     #: With --tenants: what each app's collectors and gate left out over the run, every tenant's, by reason.
     dropped: list[dict[str, int]] = field(default_factory=list)
+    #: With Redis: each replica's messages never written for the others, failed store commands, joins.
+    link: list[list[float]] = field(default_factory=list)
     note: str = ""
 
 
@@ -147,15 +149,15 @@ def counter(app: App, name: str, token: str | None = None) -> float:
 
 def applied(app: App, tenants: Tenants | None) -> float:
     """Reports the app applied so far (its own bus's and, with replicas, every other's): every tenant's
-    together with --tenants; NaN when it does not answer in time."""
+    together with --tenants; NaN when it does not answer in time (three tries)."""
     if tenants is None:
         return counter(app, "scope_app_reports_applied_total")
-    try:
-        return float(
-            sum(json.loads(get(f"{app.url}/api/stats", 10.0, t))["reports_applied"] for t in tenants.user_tokens)
-        )
-    except OSError:
-        return math.nan
+    for _ in range(3):
+        with contextlib.suppress(OSError):
+            return float(
+                sum(json.loads(get(f"{app.url}/api/stats", 10.0, t))["reports_applied"] for t in tenants.user_tokens)
+            )
+    return math.nan
 
 
 def dropped(app: App, tenants: Tenants) -> dict[str, int]:
@@ -254,6 +256,14 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
             )
         if tenants is not None:
             row.dropped = [dropped(app, tenants) for app in apps]
+        if store is not None:
+            row.link = [
+                [
+                    counter(app, f"scope_app_replica_{name}_total", token)
+                    for name in ("publish_dropped", "store_errors", "joins")
+                ]
+                for app in apps
+            ]
         row.cpu = [sampler.cpu(start, start + elapsed, args.interval) for sampler in samplers]
         row.rss = [sampler.rss() for sampler in samplers]
         row.containers = requests.latency["containers"]
@@ -316,6 +326,16 @@ def report(rows: list[Row]) -> str:
             f"change to websocket of the last app: median {fresh(r.fresh_ws, r.marks_ws)}"
             + (f", max {max(r.fresh_ws):.2f}s" if r.fresh_ws else "")
             + (f"\n  left out per app (whole run): {r.dropped}" if r.dropped else "")
+            + (
+                "\n  per replica (whole run): not written for the others "
+                + figures([counts[0] for counts in r.link])
+                + ", store errors "
+                + figures([counts[1] for counts in r.link])
+                + ", joins "
+                + figures([counts[2] for counts in r.link])
+                if r.link
+                else ""
+            )
             + (f"\n  note: {r.note}" if r.note else "")
         )
     return "\n".join(lines)
