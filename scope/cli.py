@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scope",
         usage="scope [FLAGS] [PEER ...] | scope app [FLAGS] | scope probe [FLAGS] [PEER ...]\n"
         "       scope launch [FLAGS] [PEER ...] | scope launch --service-token=TOKEN ... | scope stop\n"
-        "       scope tenants --state-dir DIR [--store URL] add NAME | list [--json] | revoke NAME",
+        "       scope tenants --state-dir DIR add NAME | list [--json] | revoke NAME",
         description="A live map of this host's containers, processes and connections. "
         "Without a command: run a probe and an app on this host (UI on :4040), the probe also "
         "publishing to any PEER given. `scope app --help` and `scope probe --help` describe "

@@ -72,8 +72,16 @@ class TenantDirectory:
         return found if found is not None else self._look_up(self.registry.by_name, name)
 
     def admits_key(self, probe_key: str) -> bool:
-        """For ZAP: the copy, else the registry itself, so that a tenant just added gets in at once."""
-        return probe_key in self._by_probe_key or self._look_up(self.registry.by_probe_key, probe_key) is not None
+        """For ZAP: the copy, else the registry itself, so that a tenant just added gets in at once; it
+        is then in the copy at once too, so that the gate files the connection's first report under it
+        rather than dropping it until the next refresh (and the probe's deltas after it)."""
+        if probe_key in self._by_probe_key:
+            return True
+        tenant = self._look_up(self.registry.by_probe_key, probe_key)
+        if tenant is None:
+            return False
+        self._apply([*(t for t in self.tenants.values() if t.name != tenant.name), tenant])
+        return True
 
     def _look_up(self, lookup: Callable[[str], Tenant | None], value: str) -> Tenant | None:
         try:
