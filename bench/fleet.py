@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import tornado.httpclient
 import tornado.websocket
 
 from bench.host_e2e import cpu_seconds, rss_mib
@@ -203,16 +204,24 @@ class Requests:
     ws_error: str = ""
 
 
-def get(url: str, timeout: float) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def get(url: str, timeout: float, token: str | None = None) -> bytes:
+    """GET `url`; with `token`, as its holder (a tenant's user token, for the multi-tenant service)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body: bytes = response.read()
         return body
 
 
 def poll(
-    app: App, timeout: float, until: Callable[[], bool], requests: Requests, measuring: Callable[[], bool]
+    app: App,
+    timeout: float,
+    until: Callable[[], bool],
+    requests: Requests,
+    measuring: Callable[[], bool],
+    token: str | None = None,
 ) -> None:
-    """Ask for the containers view (at most 10/s) and the hosts view (1/s) until `until()`."""
+    """Ask for the containers view (at most 10/s) and the hosts view (1/s) until `until()` (as the holder
+    of `token`, when given)."""
     next_hosts = 0.0
     while not until():
         started = time.monotonic()
@@ -222,7 +231,7 @@ def poll(
         for view in views:
             begin = time.monotonic()
             try:
-                body = get(f"{app.url}/api/topology/{view}", timeout)
+                body = get(f"{app.url}/api/topology/{view}", timeout, token)
             except (OSError, urllib.error.URLError):
                 if measuring():
                     requests.errors += 1
@@ -236,11 +245,17 @@ def poll(
         time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
 
-def watch(app: App, until: Callable[[], bool], requests: Requests, connect_timeout: float) -> None:
-    """Read the containers view's websocket until `until()`, noting when each marked name first shows."""
+def watch(
+    app: App, until: Callable[[], bool], requests: Requests, connect_timeout: float, token: str | None = None
+) -> None:
+    """Read the containers view's websocket until `until()`, noting when each marked name first shows (as
+    the holder of `token`, when given)."""
 
     async def read() -> None:
-        url = f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws"
+        url = tornado.httpclient.HTTPRequest(
+            f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+        )
         ws = await asyncio.wait_for(tornado.websocket.websocket_connect(url, max_message_size=1 << 30), connect_timeout)
         try:
             while not until():
@@ -264,9 +279,9 @@ def watch(app: App, until: Callable[[], bool], requests: Requests, connect_timeo
         requests.ws_error = f"{type(exc).__name__}: {exc}"
 
 
-def hosts_in_view(app: App, timeout: float) -> int:
+def hosts_in_view(app: App, timeout: float, token: str | None = None) -> int:
     try:
-        view = json.loads(get(f"{app.url}/api/topology/hosts", timeout))
+        view = json.loads(get(f"{app.url}/api/topology/hosts", timeout, token))
     except (OSError, urllib.error.URLError, ValueError):
         return -1
     return sum(1 for node_id in view.get("nodes", {}) if node_id.endswith(";<host>"))

@@ -2,6 +2,7 @@
 load on one app without Redis.
 
     python -m bench.replicas --probes 150 [--replicas 3] [--seconds 60] [--profile real|synthetic]
+    python -m bench.replicas --probes 200 --tenants 20 [--replicas 3]    # the multi-tenant service
 
 The fake probes are bench/fleet_probes.py's (one ZeroMQ PUB connection per probe, wire v2 deltas, a
 full report every 10 messages), in R processes: process k's probes publish to replica k, so every
@@ -20,18 +21,32 @@ and wrote to Redis, per second, all replicas together) and what each replica app
 (its own share plus everyone else's). The baseline row is one app, no `--store`, all R sender processes
 publishing to it. A rate shows nan where an app did not answer its /metrics in time (saturated). Figures
 are noisy on a shared machine: run it more than once.
+
+With `--tenants T`: the apps are `scope app --multitenant` (with `--store`: the registry in Redis too),
+the T tenants added to the registry before they start, one state directory (the service's key pair)
+for every replica, and the fake probes publish over CurveZMQ with their tenant's token, probe i as
+tenant i modulo T. Hosts seen are summed over the tenants' views; the views measured are tenant 0's
+(probe 0, which makes the marked changes, is tenant 0's), read with its user token; the per-app applied
+rate is every tenant's `/api/stats` summed, and the baseline's ingest rate that of its one app.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fleet import (
     REPO,
@@ -39,6 +54,7 @@ from bench.fleet import (
     Sampler,
     Senders,
     fresh,
+    get,
     hosts_in_view,
     latency,
     phase,
@@ -46,11 +62,51 @@ from bench.fleet import (
     start_senders,
     watch,
 )
+from scope_app.tenancy.registry import new_token, token_hash
+from scope_app.tenancy.service import open_service
+from scope_common.curve import probe_keys, service_keys
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.scope import App
 
 #: Per-source limits off: every fake probe connects from 127.0.0.1.
 LIMITS = ["--max-probes-per-source=100000", "--max-nodes-per-source=100000000", "--max-nodes=100000000"]
+#: A tenant's byte rate, out of the way: the bench measures the service's capacity, not its limits.
+TENANT_BYTES_PER_SECOND = 64 * 1024 * 1024
+
+
+@dataclass
+class Tenants:
+    """The tenants of a multi-tenant run: their tokens, and the state directory with the service's key
+    pair that every replica is given (as an operator copies it)."""
+
+    state: Path
+    probe_tokens: list[str]
+    user_tokens: list[str]
+    service_key: str
+
+    @classmethod
+    def make(cls, count: int) -> Tenants:
+        state = Path(tempfile.mkdtemp(prefix="scope-bench-replicas-"))
+        probe_tokens = [new_token() for _ in range(count)]
+        (state / "probe-tokens.json").write_text(json.dumps(probe_tokens))
+        return cls(state, probe_tokens, [new_token() for _ in range(count)], service_keys(state).public)
+
+    def register(self, store: str | None) -> None:
+        """Add the tenants to the registry in `store` (Redis), or in the state directory (SQLite)."""
+        service = open_service(self.state, store=store)
+        for n, (probe_token, user_token) in enumerate(zip(self.probe_tokens, self.user_tokens, strict=True)):
+            service.registry.add(f"tenant-{n}", token_hash(user_token), probe_keys(probe_token).public)
+
+    def app_flags(self, probes: int) -> list[str]:
+        return [
+            "--multitenant",
+            f"--state-dir={self.state}",
+            f"--tenant-max-probes={-(-probes // len(self.probe_tokens))}",
+            f"--tenant-max-bytes-per-second={TENANT_BYTES_PER_SECOND}",
+        ]
+
+    def sender_flags(self) -> list[str]:
+        return [f"--service-tokens={self.state / 'probe-tokens.json'}", f"--service-key={self.service_key}"]
 
 
 @dataclass
@@ -69,16 +125,55 @@ class Row:
     fresh_ws: list[float] = field(default_factory=list)
     marks_ws: int = 0
     sent_rate: float = 0.0
+    #: With --tenants: what each app's collectors and gate left out over the run, every tenant's, by reason.
+    dropped: list[dict[str, int]] = field(default_factory=list)
+    #: With Redis: each replica's messages never written for the others, failed store commands, joins.
+    link: list[list[float]] = field(default_factory=list)
     note: str = ""
 
 
-def counter(app: App, name: str) -> float:
-    """A counter of the app's /metrics; NaN when the app does not answer in time (a saturated app),
-    so that a rate computed from it says so rather than counting from zero."""
+def counter(app: App, name: str, token: str | None = None) -> float:
+    """A counter of the app's /metrics (read as the holder of `token`, when given); NaN when the app does
+    not answer in time (a saturated app), so that a rate computed from it says so rather than counting
+    from zero."""
     try:
-        return app.metrics().get(name, 0.0)
+        text = get(f"{app.url}/metrics", 10.0, token).decode()
     except OSError:
         return math.nan
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    return 0.0
+
+
+def applied(app: App, tenants: Tenants | None) -> float:
+    """Reports the app applied so far (its own bus's and, with replicas, every other's): every tenant's
+    together with --tenants; NaN when it does not answer in time (three tries)."""
+    if tenants is None:
+        return counter(app, "scope_app_reports_applied_total")
+    for _ in range(3):
+        with contextlib.suppress(OSError):
+            return float(
+                sum(json.loads(get(f"{app.url}/api/stats", 10.0, t))["reports_applied"] for t in tenants.user_tokens)
+            )
+    return math.nan
+
+
+def dropped(app: App, tenants: Tenants) -> dict[str, int]:
+    """Messages the app left out so far (its gate's and its collectors' refusals), every tenant's, by reason."""
+    found: Counter[str] = Counter()
+    for token in tenants.user_tokens:
+        with contextlib.suppress(OSError, ValueError):
+            found.update(json.loads(get(f"{app.url}/api/stats", 10.0, token))["reports_dropped"])
+    return dict(found)
+
+
+def hosts_seen(app: App, timeout: float, tenants: Tenants | None) -> int:
+    """Hosts in the app's hosts view; with --tenants, in every tenant's together."""
+    if tenants is None:
+        return hosts_in_view(app, timeout)
+    return sum(max(0, hosts_in_view(app, timeout, token)) for token in tenants.user_tokens)
 
 
 def redis_cpu_seconds(server: RedisServer) -> float:
@@ -87,21 +182,35 @@ def redis_cpu_seconds(server: RedisServer) -> float:
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
 
-def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
+def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenants | None = None) -> Row:
     count = args.replicas if store is not None else 1
     extra = [*LIMITS, *([f"--store={store.url}"] if store is not None else [])]
+    if tenants is not None:
+        tenants.register(store.url if store is not None else None)
+        extra += tenants.app_flags(args.probes)
+    token = tenants.user_tokens[0] if tenants is not None else None
     apps = [App(window=args.window, extra=extra) for _ in range(count)]
-    row = Row("replicas over Redis" if store is not None else "one app, no Redis", count, args.probes)
+    name = "replicas over Redis" if store is not None else "one app, no Redis"
+    if tenants is not None:
+        name += f", {len(tenants.user_tokens)} tenants"
+    row = Row(name, count, args.probes)
     samplers = [Sampler(app.pid) for app in apps]
     for sampler in samplers:
         sampler.start()
     senders: Senders | None = None
     try:
-        senders = start_senders(args, args.probes, [app.bus for app in apps], str(REPO), count=args.replicas)
+        senders = start_senders(
+            args,
+            args.probes,
+            [app.bus for app in apps],
+            str(REPO),
+            extra=tenants.sender_flags() if tenants is not None else (),
+            count=args.replicas,
+        )
         warmup = args.warmup + args.probes * 0.1
         deadline = time.monotonic() + warmup
         while time.monotonic() < deadline:
-            row.hosts_seen = [hosts_in_view(app, args.timeout) for app in apps]
+            row.hosts_seen = [hosts_seen(app, args.timeout, tenants) for app in apps]
             if min(row.hosts_seen) >= args.probes:
                 break
             time.sleep(args.interval)
@@ -112,35 +221,49 @@ def measure(args: argparse.Namespace, store: RedisServer | None) -> Row:
 
         watched = apps[-1]
         start = time.monotonic()
-        published = [counter(app, "scope_app_replica_published_total") for app in apps]
+        published = [counter(app, "scope_app_replica_published_total", token) for app in apps]
         received = counter(apps[0], "scope_app_reports_received_total")
-        applied = [counter(app, "scope_app_reports_applied_total") for app in apps]
+        applied_before = [applied(app, tenants) for app in apps]
         redis_start = redis_cpu_seconds(store) if store is not None else 0.0
         memory = Sampling(store)
         half: float = args.seconds / 2
         requests = Requests()
         ws_start, _, ws_marks = phase(
-            senders, half, requests.ws_seen, lambda until, _: watch(watched, until, requests, half)
+            senders, half, requests.ws_seen, lambda until, _: watch(watched, until, requests, half, token)
         )
         phase(
             senders,
             half,
             requests.api_seen,
-            lambda until, measuring: poll(watched, args.timeout, until, requests, measuring),
+            lambda until, measuring: poll(watched, args.timeout, until, requests, measuring, token),
         )
         elapsed = time.monotonic() - start
         memory.stop()
         if store is not None:
             row.redis_cpu = (redis_cpu_seconds(store) - redis_start) / elapsed * 100
             row.redis_mib = memory.peak / (1 << 20)
-            now_published = sum(counter(app, "scope_app_replica_published_total") for app in apps)
+            now_published = sum(counter(app, "scope_app_replica_published_total", token) for app in apps)
             row.ingest_rate = (now_published - sum(published)) / elapsed
-        else:
-            row.ingest_rate = (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
         row.applied_rate = [
-            (counter(app, "scope_app_reports_applied_total") - before) / elapsed
-            for app, before in zip(apps, applied, strict=True)
+            (applied(app, tenants) - before) / elapsed for app, before in zip(apps, applied_before, strict=True)
         ]
+        if store is None:
+            # One app: what its bus accepted (single-tenant: received, dropped included, as before).
+            row.ingest_rate = (
+                row.applied_rate[0]
+                if tenants is not None
+                else (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
+            )
+        if tenants is not None:
+            row.dropped = [dropped(app, tenants) for app in apps]
+        if store is not None:
+            row.link = [
+                [
+                    counter(app, f"scope_app_replica_{name}_total", token)
+                    for name in ("publish_dropped", "store_errors", "joins")
+                ]
+                for app in apps
+            ]
         row.cpu = [sampler.cpu(start, start + elapsed, args.interval) for sampler in samplers]
         row.rss = [sampler.rss() for sampler in samplers]
         row.containers = requests.latency["containers"]
@@ -202,6 +325,17 @@ def report(rows: list[Row]) -> str:
             + f"\n  containers view (last app) med/p90 {latency(r.containers)}; "
             f"change to websocket of the last app: median {fresh(r.fresh_ws, r.marks_ws)}"
             + (f", max {max(r.fresh_ws):.2f}s" if r.fresh_ws else "")
+            + (f"\n  left out per app (whole run): {r.dropped}" if r.dropped else "")
+            + (
+                "\n  per replica (whole run): not written for the others "
+                + figures([counts[0] for counts in r.link])
+                + ", store errors "
+                + figures([counts[1] for counts in r.link])
+                + ", joins "
+                + figures([counts[2] for counts in r.link])
+                if r.link
+                else ""
+            )
             + (f"\n  note: {r.note}" if r.note else "")
         )
     return "\n".join(lines)
@@ -219,17 +353,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=90.0, help="longest wait for all hosts in every view")
     parser.add_argument("--window", default="15s", help="the apps' --window")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-app run")
+    parser.add_argument("--tenants", type=int, default=0, help="run the multi-tenant service with this many tenants")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = str(REPO)
+    tenants = Tenants.make(args.tenants) if args.tenants > 0 else None
     rows = []
     store = RedisServer()
     try:
-        rows.append(measure(args, store))
+        rows.append(measure(args, store, tenants))
         print(report(rows[-1:]), file=sys.stderr, flush=True)
     finally:
         store.close()
     if not args.no_baseline:
-        rows.append(measure(args, None))
+        rows.append(measure(args, None, tenants))
     print(report(rows))
     if rows and rows[0].fresh_ws:
         print(f"freshness across replicas: median {statistics.median(rows[0].fresh_ws):.2f}s")

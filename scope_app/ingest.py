@@ -16,8 +16,9 @@ is the probe's CURVE key, which the ZAP authenticator admitted (scope_app.tenanc
 registry maps to a tenant now (a revoked tenant's connections stay open, their messages are dropped).
 Without --multitenant there is no ZAP, and every message is the one implicit tenant's.
 
-With replicas (scope_app.replicas), each message the store accepts from this bus goes to `relay` with
-its tenant, as it arrived, and what other replicas accepted comes back through `handle(..., relay=False)`
+With replicas (scope_app.replicas), each message the store accepts from this bus (or takes into its
+probe's sequence while refusing it, as a delta after a lost one) goes to `relay` with its tenant, as it
+arrived, and what other replicas accepted comes back through `handle(..., relay=False)`
 with the tenant it was filed under there.
 """
 
@@ -148,7 +149,9 @@ class BusReceiver:
 
         A message counts as received when it is applied or dropped, in the same step: the counts
         always add up (`received = applied + dropped`), whenever they are read."""
-        if self._gate is not None:
+        if self._gate is not None and tenant is None:
+            # Another replica's messages were admitted by the replica that took them off its bus, and
+            # counted in their tenant's byte rate there (across replicas): not a second time here.
             admitted = [m for m in messages if self._admit(m)]
             self.received += len(messages) - len(admitted)
             messages = admitted
@@ -212,10 +215,21 @@ class BusReceiver:
         for reason, count in result.rejected.items():
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count
             self._log.log(f"node:{reason}", logging.WARNING, "left out nodes of probe %s (%s)", result.probe_id, reason)
+        before = self._sequence(tenant, result.probe_id, arrival.source)
         started = time.perf_counter()
         accepted = self._store.add(tenant, result, arrival.source)
         self._metrics.apply_seconds.observe(time.perf_counter() - started)
+        if not accepted and self.relay is not None:
+            # Refused, but taken into the probe's sequence (a delta after a lost message, a report over
+            # the node limit): the other replicas must take it too, or they would hear nothing of the
+            # probe until its next full report and let it expire while this replica keeps it.
+            accepted = before != result.seq == self._sequence(tenant, result.probe_id, arrival.source)
         return (tenant, result) if accepted else None
+
+    def _sequence(self, tenant: str, probe_id: str, source: str) -> int | None:
+        """The last message of `probe_id` from `source` its report has taken in; None: no such probe."""
+        record = self._store.probes(tenant).get(probe_id) if self.relay is not None else None
+        return record.nodes.seq if record is not None and record.source == source else None
 
     def close(self) -> None:
         self._socket.close(linger=0)

@@ -32,12 +32,14 @@ from scope_app.metrics import AppMetrics, ServiceMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.replicas import ReplicaLink, ReplicaMetrics
-from scope_app.replicas.link import store_url
+from scope_app.replicas.link import store_arg, tenant_channel
 from scope_app.tenancy import SINGLE_TENANT
-from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.directory import REFRESH_INTERVAL, TenantDirectory
 from scope_app.tenancy.http import RevocableWebSocket, TenantAuth, operator_rules, tenant_rules
 from scope_app.tenancy.limits import TenantGate, TenantLimits
+from scope_app.tenancy.registry import RegistryError, RegistryUnavailable
 from scope_app.tenancy.service import Service, add_state_dir_flag, open_service
+from scope_app.tenancy.shared import FleetBytes, redacted
 from scope_app.tenancy.store import InProcessReports
 from scope_app.tenancy.zap import ZapHandler
 from scope_app.websocket import FeedHub, TopologyWebSocket
@@ -197,10 +199,14 @@ class ScopeApp:
         self.directory: TenantDirectory | None = None
         self.gate: TenantGate | None = None
         self.zap: ZapHandler | None = None
+        # The service's replicas (--multitenant --store) count each tenant's bytes together.
+        self.fleet_bytes = (
+            FleetBytes(store, self.app_id, service.limits.max_bytes_per_second) if service and store else None
+        )
         try:
             if service is not None:
                 self.directory = TenantDirectory(service.registry, self._revoked)
-                self.gate = TenantGate(self.directory.tenant_of_key, service.limits)
+                self.gate = TenantGate(self.directory.tenant_of_key, service.limits, budget=self.fleet_bytes)
                 # Bound before the sockets it guards; they would refuse every probe without it anyway.
                 self.zap = ZapHandler(self._zmq, self.directory.admits_key)
             self.receiver = BusReceiver(self.store, self._zmq, bus, self.metrics, keys=keys, gate=self.gate)
@@ -217,11 +223,16 @@ class ScopeApp:
             raise
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
-        # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas);
-        # single-tenant only for now (serve refuses --store with --multitenant).
+        # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas).
+        # Controls cross replicas for the implicit tenant only: a tenant's control reaches the probes
+        # whose control channels the replica it asks holds.
         self.replicas = ReplicaLink(store, self.app_id, window) if store else None
         if self.replicas is not None:
-            self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
+            if self.directory is None:
+                self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
+            else:
+                self.replicas.attach_service(self.receiver, self._channel_of)
+                self._follow_tenants()
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.web_settings: dict[str, Any] = {
             "websocket_ping_interval": WEBSOCKET_PING_INTERVAL,
@@ -277,9 +288,32 @@ class ScopeApp:
         view = self.views[tenant] = TenantView(self, tenant, limits)
         return view
 
+    def _channel_of(self, name: str) -> str | None:
+        """Where the tenant of that name now shares its messages across replicas; None: no such tenant."""
+        tenant = self.directory.tenants.get(name) if self.directory is not None else None
+        return tenant_channel(name, tenant.probe_key) if tenant is not None else None
+
+    def _follow_tenants(self) -> None:
+        """Follow every tenant of the registry across replicas, and no other (--multitenant --store)."""
+        assert self.replicas is not None and self.directory is not None
+        known = self.directory.tenants
+        for name in known:
+            channel = self._channel_of(name)
+            if channel is not None:
+                self.replicas.follow_tenant(name, channel)
+        for name in self.replicas.tenants.keys() - known.keys():
+            self.replicas.unfollow_tenant(name)
+
+    async def _follow_tenants_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL)
+            self._follow_tenants()
+
     def _revoked(self, tenant: str) -> None:
         """A tenant was revoked: its open pipes and websockets close, its probes vanish, its controls end,
         its views go. At once: a token is checked when a websocket or pipe opens, not afterwards."""
+        if self.replicas is not None:
+            self.replicas.unfollow_tenant(tenant)  # first: nothing of it is applied again
         why = "its tenant was revoked"
         for pipe in [pipe for pipe in self.pipes.pipes.values() if pipe.tenant == tenant]:
             self.pipes.close(pipe, why)
@@ -309,6 +343,10 @@ class ScopeApp:
         self.supervisor.start("pipe-collector", self.pipes.collect_forever)
         if self.replicas is not None:
             self.replicas.start(self.supervisor)
+            if self.directory is not None:
+                self.supervisor.start("replica-tenants", self._follow_tenants_forever)
+        if self.fleet_bytes is not None:
+            self.supervisor.start("tenant-byte-rates", self.fleet_bytes.sync_forever)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -316,6 +354,8 @@ class ScopeApp:
         await self.supervisor.stop()
         if self.replicas is not None:
             await self.replicas.close()
+        if self.fleet_bytes is not None:
+            await self.fleet_bytes.close()
         self.pipes.close_all()
         self.router.close()
         self.receiver.close()
@@ -347,8 +387,9 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
         group,
         "--store",
         default="",
-        type=_store_url,
-        help="Redis URL (redis://HOST:PORT/DB, rediss://...) shared with other replicas; empty: this process only",
+        type=store_arg,
+        help="Redis URL (redis://HOST:PORT/DB, rediss://...) shared with other replicas; empty: this process only. "
+        "With --multitenant the tenant registry is there too (`scope tenants --store`)",
     )
     env_flag(
         group,
@@ -395,13 +436,6 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         help="probes one source address may report as (more from behind one NAT address)",
     )
-
-
-def _store_url(text: str) -> str:
-    try:
-        return store_url(text) if text else ""
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -472,14 +506,11 @@ async def serve(args: argparse.Namespace) -> None:
         max_probes_per_source=args.max_probes_per_source,
     )
     service = None
-    if args.multitenant and args.store:
-        # The replicas' stream carries messages by tenant, but the service's per-tenant state is not yet
-        # followed across replicas: refuse rather than serve tenants half a picture.
-        raise SystemExit("scope app: --store cannot be combined with --multitenant yet")
     if args.multitenant:
         service = open_service(
             args.state_dir,
             TenantLimits(args.tenant_max_probes, args.tenant_max_nodes, args.tenant_max_bytes_per_second),
+            store=args.store or None,
         )
         token, generated = None, False
     else:
@@ -509,11 +540,13 @@ async def serve(args: argparse.Namespace) -> None:
         " (read-only: refused)" if args.read_only else "",
     )
     page = f"http://{socket.gethostname() if listen_host in ('0.0.0.0', '::') else listen_host}:{listen_port}/"
-    if service is not None:
+    if service is not None and app.directory is not None:
         log.info(
-            "multi-tenant service: state in %s, %d tenants, service key %s (probes pin it: --service-key); /metrics %s",
+            "multi-tenant service: state in %s%s, %d tenants, service key %s (probes pin it: --service-key); "
+            "/metrics %s",
             args.state_dir,
-            len(service.registry.list()),
+            f", tenants and replicas in {redacted(args.store)}" if args.store else "",
+            len(app.directory.tenants),
             service.keys.public,
             "for the metrics token alone" if args.metrics_token else "off (no --metrics-token)",
         )
@@ -539,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         asyncio.run(serve(args))
-    except (OSError, zmq.ZMQError, sqlite3.Error) as exc:
+    except (OSError, zmq.ZMQError, sqlite3.Error, RegistryError, RegistryUnavailable) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

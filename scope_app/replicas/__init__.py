@@ -20,7 +20,14 @@ costs the view; views are rendered only for open websockets and requests (`FeedH
 replica with no browser on a tenant spends nothing on its views, and no replica ever waits for another
 to render. Moving rendered views through Redis would cost more bytes than the messages they come from.
 
-Layout in Redis, per tenant T (the `{T}` is a Redis Cluster hash tag: one tenant's keys share a slot):
+The multi-tenant service (--multitenant) shares each tenant's messages the same way, in a channel of
+its own (`tenant_channel`: the name and a fingerprint of the tenant's probe key), and every replica
+follows every tenant of the registry (scope_app.tenancy.shared.RedisRegistry, also in Redis). A message
+is admitted (ZAP, the tenant's limits counted across replicas) by the replica whose bus it reached;
+the others apply it under the tenant it was filed under there, to that tenant's collector only.
+
+Layout in Redis, per tenant T (without --multitenant the one implicit tenant, ""; with it, the tenant's
+channel; the `{T}` is a Redis Cluster hash tag: one tenant's keys share a slot):
 - `scope:{T}:reports`: a stream of every accepted message (fields: r replica id, s source address,
   p probe id, f full, m message), trimmed to the window (MINID), expiring when no one writes to it.
 - `scope:{T}:full:PROBE`: the probe's latest full report (fields s, m), expiring after the window, so

@@ -16,6 +16,7 @@ replica does not hear of expire after the window, as they would on the bus.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import logging
@@ -33,6 +34,7 @@ from redis.exceptions import RedisError
 from scope_app.controls import ControlRouter
 from scope_app.ingest import Arrival, BusReceiver
 from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
+from scope_app.tenancy.shared import redacted
 from scope_common import wire
 from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog, Supervisor
@@ -76,12 +78,27 @@ def full_key(tenant: str, probe_id: str) -> str:
     return f"scope:{{{tenant}}}:full:{probe_id}"
 
 
+def tenant_channel(tenant: str, probe_key: str) -> str:
+    """Where a tenant of the service shares its messages: its name and a fingerprint of its probe key,
+    so that a tenant revoked and added again under the same name (another customer, perhaps) never
+    joins what the old one left in the store (which expires within the window)."""
+    return f"{tenant}.{probe_key[:16]}"
+
+
 def store_url(text: str) -> str:
     """A `--store` value: a Redis URL the client understands (raises ValueError otherwise)."""
     if not text.startswith(SCHEMES):
         raise ValueError(f"{text!r} is not a Redis URL ({', '.join(SCHEMES)})")
     redis.asyncio.connection.parse_url(text)  # raises ValueError for what the client would refuse
     return text
+
+
+def store_arg(text: str) -> str:
+    """`--store` for argparse: a Redis URL, or empty for none."""
+    try:
+        return store_url(text) if text else ""
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +125,9 @@ class ReplicaLink:
             url, socket_connect_timeout=2.0, socket_timeout=READ_BLOCK_SECONDS + 5.0, retry_on_timeout=False
         )
         self._followed: dict[str, Apply] = {}
+        #: --multitenant: the bus receiver, and the channel each tenant's messages are shared in.
+        self._receiver: BusReceiver | None = None
+        self._channels: dict[str, str] = {}
         #: The stream id each followed tenant has been read up to; absent: not joined yet.
         self._positions: dict[str, bytes] = {}
         self._outgoing: collections.deque[Outgoing] = collections.deque(maxlen=MAX_PENDING)
@@ -140,6 +160,47 @@ class ReplicaLink:
         self.follow(tenant, apply)
         if router is not None:
             self.controls.attach(tenant, router)
+
+    def attach_service(self, receiver: BusReceiver, channel_of: Callable[[str], str | None]) -> None:
+        """--multitenant: share what `receiver` accepts in the channel of its tenant now (`channel_of`,
+        None for a tenant revoked meanwhile: not shared), following that tenant from then on if it was
+        not yet; feed `receiver` what the other replicas accepted for each tenant followed."""
+        self._receiver = receiver
+
+        def relay(tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
+            channel = channel_of(tenant)
+            if channel is None:
+                self.publish_dropped += 1
+                return
+            self.follow_tenant(tenant, channel)  # a tenant just added: its first report is shared too
+            self.publish(channel, source, envelope, message)
+
+        receiver.relay = relay
+
+    def follow_tenant(self, tenant: str, channel: str) -> None:
+        """Follow `tenant`'s messages in `channel` (`tenant_channel`), in place of any channel before."""
+        if self._channels.get(tenant) == channel:
+            return
+        self.unfollow_tenant(tenant)
+        receiver = self._receiver
+        assert receiver is not None, "attach_service first"
+        self._channels[tenant] = channel
+
+        async def apply(messages: Messages) -> None:
+            await receiver.handle([Arrival("", source, data) for source, data in messages], relay=False, tenant=tenant)
+
+        self.follow(channel, apply)
+
+    def unfollow_tenant(self, tenant: str) -> None:
+        """Stop following `tenant` (revoked): nothing more of it is applied or shared."""
+        channel = self._channels.pop(tenant, None)
+        if channel is not None:
+            self.unfollow(channel)
+
+    @property
+    def tenants(self) -> dict[str, str]:
+        """The tenants followed (--multitenant), and their channels."""
+        return dict(self._channels)
 
     def follow(self, tenant: str, apply: Apply) -> None:
         """Hand what other replicas ingest for `tenant` to `apply`, starting with all they hold now."""
@@ -303,8 +364,7 @@ class ReplicaLink:
         )
 
     def _redacted_url(self) -> str:
-        """The store's URL without a password."""
-        return re.sub(r"//[^@/]*@", "//***@", self.url)
+        return redacted(self.url)
 
 
 def _glob_escape(text: str) -> str:

@@ -1,6 +1,7 @@
-"""`scope tenants --state-dir DIR add NAME | list [--json] | revoke NAME`: the service's tenants.
+"""`scope tenants --state-dir DIR [--store URL] add NAME | list [--json] | revoke NAME`: the service's tenants.
 
-Run beside the service (or before its first start): the registry is a file both use, and the service
+Run beside the service (or before its first start): the registry is a file both use (or, with
+`--store`, the Redis the service's replicas share, from any machine that reaches it), and the service
 sees a change within a second. `add` prints the new tenant's tokens once; only their hashes are kept.
 """
 
@@ -13,8 +14,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from scope_app.tenancy.registry import RegistryError, new_token, token_hash
+from scope_app.replicas.link import store_arg
+from scope_app.tenancy.registry import RegistryError, RegistryUnavailable, new_token, token_hash
 from scope_app.tenancy.service import add_state_dir_flag, open_service
+from scope_common.config import env_flag
 from scope_common.curve import probe_keys
 
 
@@ -23,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scope tenants", description="Add, list and revoke the tenants of `scope app --multitenant`."
     )
     add_state_dir_flag(parser)
+    env_flag(
+        parser,
+        "--store",
+        default="",
+        type=store_arg,
+        help="Redis URL of the replicas of `scope app --multitenant --store`: the registry is there "
+        "(--state-dir then holds only the service's key pair, the same on every replica)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{add,list,revoke}")
     add = commands.add_parser(
         "add",
@@ -39,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        service = open_service(args.state_dir)
+        service = open_service(args.state_dir, store=args.store or None)
         if args.command == "add":
             probe_token, user_token = new_token(), new_token()
             tenant = service.registry.add(args.name, token_hash(user_token), probe_keys(probe_token).public)
@@ -63,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             service.registry.revoke(args.name)
             print(f"revoked tenant {args.name}: its tokens stop working within a second")
-    except RegistryError as exc:
+    except (RegistryError, RegistryUnavailable) as exc:
         print(f"scope tenants: {exc}", file=sys.stderr)
         return 1
     except (OSError, sqlite3.Error) as exc:

@@ -9,7 +9,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from scope_app.tenancy.registry import Tenant, TenantRegistry
+from scope_app.tenancy.registry import RegistryUnavailable, Tenant, TenantRegistry
+from scope_common.supervise import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,15 @@ class TenantDirectory:
         #: that shows it (or shows it revoked). Without it, a probe of a tenant added within the last
         #: second would get in, and its first reports, the full one above all, be dropped as no tenant's.
         self._admitted: dict[str, tuple[Tenant, float]] = {}
+        self._log = RateLimitedLog(log)
         self.refresh()
 
     def refresh(self) -> None:
-        self._apply(self.registry.list(), time.monotonic())
+        read_at = time.monotonic()
+        try:
+            self._apply(self.registry.list(), read_at)
+        except RegistryUnavailable as exc:
+            self._unavailable(exc)
 
     def _apply(self, listed: list[Tenant], read_at: float) -> None:
         """Take `listed`, the registry as read from `read_at` on."""
@@ -53,28 +59,48 @@ class TenantDirectory:
             await asyncio.sleep(REFRESH_INTERVAL)
             read_at = time.monotonic()
             # SQLite reads block: off the loop, so that a slow disk never stalls requests.
-            self._apply(await asyncio.to_thread(self.registry.list), read_at)
+            try:
+                self._apply(await asyncio.to_thread(self.registry.list), read_at)
+            except RegistryUnavailable as exc:
+                self._unavailable(exc)
+
+    def _unavailable(self, exc: RegistryUnavailable) -> None:
+        """The registry cannot be read (its store, shared by replicas, is away or lost its data): the
+        tenants known before stay, rather than all of them being cut off as revoked."""
+        self._log.log("unavailable", logging.ERROR, "%s; going on with the %d tenants known", exc, len(self.tenants))
 
     def by_user_token_hash(self, user_token_hash: str) -> Tenant | None:
         """From the copy; a token the copy does not know yet is looked up in the registry itself, so that
         a tenant just added can log in at once (one indexed read, only for tokens the copy lacks)."""
         found = self._by_user_token_hash.get(user_token_hash)
-        return found if found is not None else self.registry.by_user_token_hash(user_token_hash)
+        return found if found is not None else self._look_up(self.registry.by_user_token_hash, user_token_hash)
 
     def by_name(self, name: str) -> Tenant | None:
         """As `by_user_token_hash`, for a session cookie, which names its tenant."""
         found = self.tenants.get(name)
-        return found if found is not None else self.registry.by_name(name)
+        return found if found is not None else self._look_up(self.registry.by_name, name)
 
     def admits_key(self, probe_key: str) -> bool:
         """For ZAP: read from the registry itself, so that a tenant just added gets in at once (and
-        its connection's messages are its, before the copy has it)."""
-        tenant = self.registry.by_probe_key(probe_key)
+        its connection's messages are its, before the copy has it); while the registry cannot be read,
+        the keys of the tenants known before."""
+        try:
+            tenant = self.registry.by_probe_key(probe_key)
+        except RegistryUnavailable as exc:
+            self._unavailable(exc)
+            return probe_key in self._by_probe_key
         if tenant is None:
             return False
         if probe_key not in self._by_probe_key:
             self._admitted[probe_key] = (tenant, time.monotonic())
         return True
+
+    def _look_up(self, lookup: Callable[[str], Tenant | None], value: str) -> Tenant | None:
+        try:
+            return lookup(value)
+        except RegistryUnavailable as exc:
+            self._unavailable(exc)
+            return None
 
     def tenant_of_key(self, probe_key: str) -> str | None:
         """The tenant whose probes hold `probe_key` (a connection's User-Id), now. A tenant revoked

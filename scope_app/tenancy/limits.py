@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from scope_app import collector
 from scope_common.supervise import RateLimitedLog
@@ -39,22 +40,55 @@ class TenantLimits:
 BURST_SECONDS = 5.0
 
 
+class ByteBudget(Protocol):
+    """Each tenant's report bytes a second: `TokenBuckets` in this process, or counted across the
+    replicas of the service (scope_app.tenancy.shared.FleetBytes)."""
+
+    def take(self, tenant: str, size: int) -> bool:
+        """Whether `tenant` may send `size` bytes more now (then they are counted)."""
+        ...
+
+    def forget(self, tenant: str) -> None: ...
+
+
+class TokenBuckets:
+    """A token bucket a tenant: `rate` bytes a second, bursts of BURST_SECONDS of it."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = float(rate)
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (bytes available, when)
+
+    def take(self, tenant: str, size: int) -> bool:
+        now = self._clock()
+        available, when = self._buckets.get(tenant, (self.rate * BURST_SECONDS, now))
+        available = min(self.rate * BURST_SECONDS, available + (now - when) * self.rate)
+        if size > available:
+            self._buckets[tenant] = (available, now)
+            return False
+        self._buckets[tenant] = (available - size, now)
+        return True
+
+    def forget(self, tenant: str) -> None:
+        self._buckets.pop(tenant, None)
+
+
 class TenantGate:
     """Admits each message of a probe's connection, by its User-Id (the probe's key), or says why not:
     the key is no tenant's now (revoked since the connection was made), or its tenant is over its byte
-    rate (a token bucket a tenant). Refusals are counted per tenant (`refused`; "?" for no tenant) and
-    logged once per tenant and reason per interval."""
+    rate (`budget`: by default a token bucket a tenant in this process). Refusals are counted per tenant
+    (`refused`; "?" for no tenant) and logged once per tenant and reason per interval."""
 
     def __init__(
         self,
         tenant_of_key: Callable[[str], str | None],
         limits: TenantLimits,
         clock: Callable[[], float] = time.monotonic,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.tenant_of = tenant_of_key
         self.limits = limits
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (bytes available, when)
+        self.budget = budget if budget is not None else TokenBuckets(limits.max_bytes_per_second, clock)
         #: Refused messages by tenant, then reason.
         self.refused: dict[str, dict[str, int]] = {}
         self._log = RateLimitedLog(log)
@@ -64,18 +98,12 @@ class TenantGate:
         tenant = self.tenant_of(user_id)
         if tenant is None:
             return self._refuse("?", "revoked_tenant", source)
-        rate = float(self.limits.max_bytes_per_second)
-        now = self._clock()
-        available, when = self._buckets.get(tenant, (rate * BURST_SECONDS, now))
-        available = min(rate * BURST_SECONDS, available + (now - when) * rate)
-        if size > available:
-            self._buckets[tenant] = (available, now)
+        if not self.budget.take(tenant, size):
             return self._refuse(tenant, "over_byte_rate", source)
-        self._buckets[tenant] = (available - size, now)
         return None
 
     def forget(self, tenant: str) -> None:
-        self._buckets.pop(tenant, None)
+        self.budget.forget(tenant)
         self.refused.pop(tenant, None)
 
     def _refuse(self, tenant: str, reason: str, source: str) -> str:

@@ -28,6 +28,11 @@ class RegistryError(Exception):
     """A tenant that cannot be added (a bad or taken name) or revoked (an unknown one)."""
 
 
+class RegistryUnavailable(Exception):
+    """The registry cannot be read now (its store does not answer, or lost its data): the service goes
+    on with the tenants it knew (`TenantDirectory`)."""
+
+
 @dataclass(frozen=True)
 class Tenant:
     name: str

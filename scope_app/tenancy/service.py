@@ -8,6 +8,7 @@ from pathlib import Path
 
 from scope_app.tenancy.limits import TenantLimits
 from scope_app.tenancy.registry import SqliteRegistry, TenantRegistry
+from scope_app.tenancy.shared import RedisRegistry
 from scope_common.config import env_flag
 from scope_common.curve import KeyPair, service_keys
 
@@ -22,11 +23,19 @@ class Service:
     limits: TenantLimits = field(default_factory=TenantLimits)
 
 
-def open_service(state_dir: Path, limits: TenantLimits | None = None) -> Service:
-    """The service kept in `state_dir`, made there on first use (the key pair, an empty registry)."""
+def open_service(state_dir: Path, limits: TenantLimits | None = None, store: str | None = None) -> Service:
+    """The service kept in `state_dir`, made there on first use (the key pair, an empty registry); with
+    `store` (a Redis URL, the replicas'), its registry is there, and its key pair must be the one the
+    other replicas pinned (RegistryError otherwise; RegistryUnavailable if the store does not answer)."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = service_keys(state_dir)
-    return Service(SqliteRegistry(state_dir / REGISTRY_FILE), keys, limits or TenantLimits())
+    registry: TenantRegistry
+    if store:
+        registry = shared = RedisRegistry(store)
+        shared.pin_service_key(keys.public)
+    else:
+        registry = SqliteRegistry(state_dir / REGISTRY_FILE)
+    return Service(registry, keys, limits or TenantLimits())
 
 
 def add_state_dir_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -24,7 +24,7 @@ from scope_common import ids, wire
 from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
 from tests.fixtures.docker import Containers
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.scope import App, Scope, loopback_source, wait_for
+from tests.fixtures.scope import App, ReportSender, Scope, loopback_source, wait_for
 
 WINDOW = 5.0
 
@@ -365,3 +365,23 @@ def test_a_bad_entry_in_the_store_is_left_out_and_the_others_stand(scope: Scope,
         assert apps[1].get_status("/api/topology/containers")[0] == 200
     finally:
         feeder.close()
+
+
+def test_a_probe_waiting_for_a_full_report_stays_on_every_replica(scope: Scope, redis_server: RedisServer) -> None:
+    """Deltas after a lost message are refused (the replica waits for the probe's next full report) but
+    say the probe is alive: the replica they reach shares them, so no other lets the probe expire."""
+    apps = replicas(scope, redis_server, count=2)
+    sender = ReportSender(apps[0], probe_id="gappy", host_id="gappy-host")
+    try:
+        sender.send_until(container_report("gappy"), lambda: shows(apps[1], ["gappy"]), timeout=20)
+        seq = 1_000
+        deadline = time.monotonic() + 2.5 * WINDOW
+        while time.monotonic() < deadline:
+            seq += 2  # one lost before each
+            delta = wire.Envelope("gappy", "gappy-host", seq, time.time(), Report(), full=False, base_seq=seq - 1)
+            sender.send_raw(wire.encode(delta))
+            time.sleep(0.5)
+        for app in apps:
+            assert [p["id"] for p in app.get("/api/probes")] == ["gappy"], app.url
+    finally:
+        sender.close()

@@ -1,0 +1,270 @@
+"""The multi-tenant service on replicas: `scope app --multitenant --store`, the tenant registry in Redis.
+
+A real redis-server (tests.fixtures.redis), real `scope app` replicas sharing it and one state
+directory (the service's key pair), tenants added and revoked with `scope tenants --store`, and real
+probes feeding the replicas over CurveZMQ with their tenants' tokens, spread across the replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tornado.httpclient
+import tornado.websocket
+import zmq
+
+from scope_app.tenancy.directory import TenantDirectory
+from scope_app.tenancy.registry import RegistryError, RegistryUnavailable, token_hash
+from scope_app.tenancy.shared import FleetBytes, RedisRegistry
+from scope_common.curve import probe_keys
+from scope_probe.publisher import Publisher
+from scope_probe.service import ServiceCredentials
+from tests.fixtures.ports import free_port, free_port_pair
+from tests.fixtures.redis import RedisServer
+from tests.fixtures.scope import App, Scope
+from tests.fixtures.service import TenantTokens, tenants
+from tests.fixtures.waiting import wait_for
+
+#: Every probe runs on this machine: pointed at no Docker engine, none reports the test run's containers.
+NO_ENGINE = "--docker-url=unix:///nonexistent/docker.sock"
+WINDOW = 10.0
+
+
+def add_tenant(state_dir: Path, store: RedisServer, name: str) -> TenantTokens:
+    done = tenants(state_dir, f"--store={store.url}", "add", name)
+    assert done.returncode == 0, done.stderr
+    return TenantTokens(**json.loads(done.stdout))
+
+
+def get(app: App, token: str | None, path: str) -> tuple[int, Any]:
+    """GET `path` on `app` as the holder of `token`; (status, decoded JSON body or None)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(app.url + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, None
+
+
+def hostnames(app: App, token: str) -> set[str]:
+    status, probes = get(app, token, "/api/probes")
+    return {p["hostname"] for p in probes} if status == 200 else set()
+
+
+def hosts_of(app: App, token: str, topology: str) -> set[str]:
+    """The hosts of the real nodes of `topology` as the holder of `token` sees them on `app`."""
+    status, body = get(app, token, f"/api/topology/{topology}")
+    assert status == 200, body
+    return {node["id"].split(";")[0] for node in body["nodes"].values() if not node.get("pseudo")}
+
+
+async def websocket_hosts(app: App, token: str) -> set[str]:
+    """The hosts the first message of `app`'s hosts-view websocket names, for the holder of `token`."""
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{app.http_port}/api/topology/hosts/ws", headers={"Authorization": f"Bearer {token}"}
+    )
+    ws = await tornado.websocket.websocket_connect(request)
+    try:
+        message = await asyncio.wait_for(ws.read_message(), 10)
+        assert isinstance(message, str)
+        return {node["label_major"] for node in json.loads(message)["add"]}
+    finally:
+        ws.close()
+
+
+def replicas(scope: Scope, state_dir: Path, store: RedisServer, count: int = 3) -> list[App]:
+    return [
+        scope.app(window=f"{WINDOW:g}s", extra=["--multitenant", f"--state-dir={state_dir}", f"--store={store.url}"])
+        for _ in range(count)
+    ]
+
+
+def probe(scope: Scope, app: App, tokens: TenantTokens, hostname: str) -> None:
+    scope.probe(
+        [],
+        hostname=hostname,
+        extra=[
+            f"--service-host={app.bus}",
+            f"--service-key={tokens.service_key}",
+            "--conntrack=off",
+            "--conn-tracer=off",
+            NO_ENGINE,
+        ],
+        env={"SCOPE_SERVICE_TOKEN": tokens.probe_token},
+    )
+
+
+def test_every_replica_shows_each_tenant_exactly_its_own_picture(
+    redis_server: RedisServer, scope: Scope, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    apps = replicas(scope, state, redis_server)
+    # Added after the replicas started, through the store: every replica knows them at once.
+    alpha, beta = add_tenant(state, redis_server, "alpha"), add_tenant(state, redis_server, "beta")
+    own = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
+    # Each tenant's probes on different replicas; replica 0 ingests one probe of each tenant.
+    probe(scope, apps[0], alpha, "alpha-1")
+    probe(scope, apps[1], alpha, "alpha-2")
+    probe(scope, apps[2], beta, "beta-1")
+    probe(scope, apps[0], beta, "beta-2")
+
+    for app in apps:
+        for token, hosts in own.items():
+            wait_for(lambda app=app, token=token, hosts=hosts: hostnames(app, token) == hosts, 60, what="the probes")  # type: ignore[misc]
+    for app in apps:
+        for token, hosts in own.items():
+            wait_for(lambda app=app, token=token, hosts=hosts: hosts_of(app, token, "hosts") == hosts, 20, what="hosts")  # type: ignore[misc]
+            assert hosts_of(app, token, "processes") == hosts
+            assert asyncio.run(websocket_hosts(app, token)) == hosts
+            assert hostnames(app, token) == hosts
+        # Another tenant's ids answer exactly as ids that do not exist, on every replica.
+        for token, other in ((beta.user_token, "alpha-1"), (alpha.user_token, "beta-1")):
+            path = f"/api/topology/hosts/{urllib.parse.quote(f'{other};<host>', safe='')}"
+            assert get(app, token, path)[0] == 404
+            assert get(app, token, "/api/topology/hosts/no-such%3B%3Chost%3E")[0] == 404
+        assert get(app, alpha.user_token, "/api/topology/hosts/alpha-2%3B%3Chost%3E")[0] == 200
+
+    # Revoked through the store: refused by every replica within about a second.
+    done = tenants(state, f"--store={redis_server.url}", "revoke", "alpha")
+    assert done.returncode == 0, done.stderr
+    for app in apps:
+        wait_for(lambda app=app: get(app, alpha.user_token, "/api/probes")[0] == 401, 5, what="alpha refused")  # type: ignore[misc]
+    # Added again under its name, with new tokens: its old probes do not come back on any replica,
+    # neither from their connections nor from what the old alpha left in the store.
+    again = add_tenant(state, redis_server, "alpha")
+    time.sleep(4)
+    for app in apps:
+        assert hostnames(app, again.user_token) == set()
+        assert hostnames(app, beta.user_token) == {"beta-1", "beta-2"}
+        assert app.process.poll() is None and "Traceback" not in app.log()
+
+
+def test_a_replica_with_another_service_key_refuses_to_start(redis_server: RedisServer, tmp_path: Path) -> None:
+    add_tenant(tmp_path / "first", redis_server, "alpha")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scope_app",
+            f"--listen=127.0.0.1:{free_port()}",
+            f"--bus=127.0.0.1:{free_port_pair()}",
+            "--multitenant",
+            f"--state-dir={tmp_path / 'other'}",
+            f"--store={redis_server.url}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "is not the one the other replicas" in result.stderr and "service.key" in result.stderr
+    assert tenants(tmp_path / "other", f"--store={redis_server.url}", "list").returncode == 1
+
+
+def test_the_registry_in_the_store(redis_server: RedisServer) -> None:
+    registry = RedisRegistry(redis_server.url)
+    with pytest.raises(RegistryUnavailable):
+        registry.list()  # nothing added yet: no registry, which is not a registry without tenants
+    alpha = registry.add("alpha", token_hash("alpha user"), "aa" * 32)
+    registry.add("beta", token_hash("beta user"), "bb" * 32)
+    with pytest.raises(RegistryError):
+        registry.add("alpha", token_hash("other"), "cc" * 32)
+    with pytest.raises(RegistryError):
+        registry.add("gamma", token_hash("alpha user"), "cc" * 32)
+    assert [t.name for t in registry.list()] == ["alpha", "beta"]
+    assert registry.by_user_token_hash(token_hash("alpha user")) == alpha
+    assert registry.by_probe_key("aa" * 32) == alpha
+    assert registry.by_name("beta") is not None
+    revoked: list[str] = []
+    directory = TenantDirectory(registry, revoked.append)
+    registry.revoke("beta")
+    with pytest.raises(RegistryError):
+        registry.revoke("beta")
+    assert registry.by_probe_key("bb" * 32) is None and registry.by_user_token_hash(token_hash("beta user")) is None
+    directory.refresh()
+    assert revoked == ["beta"]
+    # A Redis that comes back empty is not every tenant revoked: the directory keeps what it knew.
+    redis_server.restart()
+    directory.refresh()
+    assert set(directory.tenants) == {"alpha"} and revoked == ["beta"]
+    assert directory.by_user_token_hash(token_hash("alpha user")) == alpha
+    redis_server.stop()
+    directory.refresh()
+    assert directory.admits_key("aa" * 32) and not directory.admits_key("cc" * 32)
+    registry.close()
+
+
+def test_a_tenant_byte_rate_is_counted_across_replicas(redis_server: RedisServer) -> None:
+    """Two replicas' budgets for one tenant of 1,000 bytes a second (5,000 over the window): what one
+    admitted, the other refuses once they have synced; a second tenant is not charged; the window slides."""
+    now = [1_000_000.0]
+
+    async def scenario() -> list[bool]:
+        first, second = (FleetBytes(redis_server.url, name, 1_000, clock=lambda: now[0]) for name in ("a", "b"))
+        seen = [first.take("t", 3_000), second.take("t", 3_000)]  # neither knows of the other yet
+        await first.sync()
+        await second.sync()
+        await first.sync()
+        seen += [first.take("t", 100), second.take("t", 100), second.take("other", 4_000)]
+        now[0] += 5  # past the window
+        await first.sync()
+        seen += [first.take("t", 4_000)]
+        await first.close()
+        await second.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, False, False, True, True]
+
+
+def test_a_tenant_spread_over_replicas_gets_its_byte_rate_once(
+    redis_server: RedisServer, scope: Scope, tmp_path: Path
+) -> None:
+    """A tenant allowed 10,000 bytes a second sends 6,000 a second to each of three replicas: each alone
+    would let all of it in (bursts of 50,000 pass), the replicas together refuse what is past the rate."""
+    state = tmp_path / "state"
+    alpha = add_tenant(state, redis_server, "alpha")
+    apps = [
+        scope.app(
+            window=f"{WINDOW:g}s",
+            extra=[
+                "--multitenant",
+                f"--state-dir={state}",
+                f"--store={redis_server.url}",
+                "--tenant-max-bytes-per-second=10000",
+            ],
+        )
+        for _ in range(3)
+    ]
+    credentials = ServiceCredentials(probe_keys(alpha.probe_token), alpha.service_key)
+    publishers = [Publisher(zmq.Context.instance(), credentials) for _ in apps]
+    try:
+        for publisher, app in zip(publishers, apps, strict=True):
+            publisher.set_apps({f"tcp://{app.bus}"})
+        # Bytes the gate counts before decoding: what they are does not matter (they are dropped after).
+        for _ in range(6 * 15):
+            for publisher in publishers:
+                publisher.new_subscribers()
+                publisher.send(b"x" * 1_000)
+            time.sleep(1 / 6)
+        refused = [
+            get(app, alpha.user_token, "/api/stats")[1]["reports_dropped"].get("over_byte_rate", 0) for app in apps
+        ]
+        sent = sum(publisher.sent for publisher in publishers)
+        # 90,000 bytes every 5 s against 50,000 allowed: after the burst, about 4 messages in 9 are refused.
+        assert sum(refused) > sent // 5, (refused, sent)
+        assert sum(refused) < sent * 2 // 3, (refused, sent)
+    finally:
+        for publisher in publishers:
+            publisher.close()
