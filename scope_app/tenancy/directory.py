@@ -25,9 +25,10 @@ class TenantDirectory:
         self.tenants: dict[str, Tenant] = {}
         self._by_user_token_hash: dict[str, Tenant] = {}
         self._by_probe_key: dict[str, Tenant] = {}
-        #: Keys ZAP admitted from the registry itself, with when: their tenant until a listing read after
-        #: that shows it (or shows it revoked). Without it, a probe of a tenant added within the last
-        #: second would get in, and its first reports, the full one above all, be dropped as no tenant's.
+        #: Keys ZAP admitted from the registry itself, with when: their tenant stays in the copy until a
+        #: listing read after that shows it (or shows it revoked). Without it, a probe of a tenant added
+        #: within the last second would get in, its first reports (the full one above all) be dropped as no
+        #: tenant's, and a listing read before the add would take the tenant out again.
         self._admitted: dict[str, tuple[Tenant, float]] = {}
         self._log = RateLimitedLog(log)
         self.refresh()
@@ -40,9 +41,14 @@ class TenantDirectory:
             self._unavailable(exc)
 
     def _apply(self, listed: list[Tenant], read_at: float) -> None:
-        """Take `listed`, the registry as read from `read_at` on."""
+        """Take `listed`, the registry as read from `read_at` on: tenants ZAP admitted after that stay."""
         self._admitted = {key: entry for key, entry in self._admitted.items() if entry[1] > read_at}
         tenants = {tenant.name: tenant for tenant in listed}
+        for tenant, _ in self._admitted.values():
+            tenants.setdefault(tenant.name, tenant)
+        self._take(tenants)
+
+    def _take(self, tenants: dict[str, Tenant]) -> None:
         gone = [name for name in self.tenants if name not in tenants]
         added = [name for name in tenants if name not in self.tenants]
         self.tenants = tenants
@@ -92,7 +98,10 @@ class TenantDirectory:
         if tenant is None:
             return False
         if probe_key not in self._by_probe_key:
+            # In the copy at once, so that its connection's first report (the full one) is filed under it
+            # and shared with the other replicas; kept there until a listing read after now shows it.
             self._admitted[probe_key] = (tenant, time.monotonic())
+            self._take({**{name: t for name, t in self.tenants.items() if name != tenant.name}, tenant.name: tenant})
         return True
 
     def _look_up(self, lookup: Callable[[str], Tenant | None], value: str) -> Tenant | None:
@@ -106,7 +115,4 @@ class TenantDirectory:
         """The tenant whose probes hold `probe_key` (a connection's User-Id), now. A tenant revoked
         and added again under its name has new tokens: the old key is no tenant's."""
         tenant = self._by_probe_key.get(probe_key)
-        if tenant is None:
-            admitted = self._admitted.get(probe_key)
-            tenant = admitted[0] if admitted is not None else None
         return tenant.name if tenant is not None else None
