@@ -42,7 +42,14 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
         ]
     )
     alone = {
-        "app": {"multitenant", "state_dir", "tenant_max_probes", "tenant_max_nodes", "tenant_max_bytes_per_second"},
+        "app": {
+            "multitenant",
+            "state_dir",
+            "metrics_token",
+            "tenant_max_probes",
+            "tenant_max_nodes",
+            "tenant_max_bytes_per_second",
+        },
         "probe": {"service_token", "service_host", "service_key"},
     }
     for name, child in (("app", app_main.build_parser()), ("probe", probe_main.build_parser())):
