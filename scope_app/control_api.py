@@ -98,7 +98,7 @@ class ControlHandler(tornado.web.RequestHandler):
         if control not in found.templates:
             return refuse(400, f"there is no control {control[:60]!r}")
         try:
-            response = await self.router.request(probe_id, node_id, control, args)
+            response = await self.router.request(probe_id, node_id, control, args, self.tenant)
         except ProbeNotConnected:
             return refuse(404, f"probe {probe_id[:40]!r} is not connected")
         except ProbeBusy:

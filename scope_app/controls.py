@@ -71,22 +71,23 @@ GoneListener = Callable[[str], None]
 
 
 class RemoteControls(Protocol):
-    """Probes whose control channel another replica holds (scope_app.replicas)."""
+    """Probes whose control channel another replica holds (scope_app.replicas), each asked for as a probe
+    of a tenant: a tenant reaches only its own probes on other replicas, as here."""
 
-    def connected(self, probe_id: str) -> bool: ...
+    def connected(self, tenant: str, probe_id: str) -> bool: ...
 
-    async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message: ...
+    async def request(self, tenant: str, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message: ...
 
-    def send(self, probe_id: str, raw: bytes) -> bool:
+    def send(self, tenant: str, probe_id: str, raw: bytes) -> bool:
         """Carry a pipe message to the probe through the replica holding it."""
         ...
 
-    def from_probe(self, probe_id: str, message: rpc.Message) -> bool:
+    def from_probe(self, tenant: str, probe_id: str, message: rpc.Message) -> bool:
         """Carry a pipe message of a probe connected here to the replica whose browser has the pipe;
         False when the pipe is not another replica's."""
         ...
 
-    def gone(self, probe_id: str) -> None:
+    def gone(self, tenant: str, probe_id: str) -> None:
         """A probe connected here went away: the pipes other replicas have through it end."""
         ...
 
@@ -125,12 +126,16 @@ class ControlRouter:
         self.full_reports_asked = 0
 
     def connected(self, probe_id: str, tenant: str = SINGLE_TENANT) -> bool:
-        """Whether `probe_id` is connected now, as a probe of `tenant`: here, or (single-tenant replicas)
-        to another replica."""
+        """Whether `probe_id` is connected now, as a probe of `tenant`: here, or to another replica."""
         link = self.probes.get(probe_id)
         if link is not None:
             return link.tenant == tenant
-        return tenant == SINGLE_TENANT and self.remote is not None and self.remote.connected(probe_id)
+        return self.remote is not None and self.remote.connected(tenant, probe_id)
+
+    def holds(self, probe_id: str, tenant: str) -> bool:
+        """Whether `probe_id` is connected to this app, as a probe of `tenant`."""
+        link = self.probes.get(probe_id)
+        return link is not None and link.tenant == tenant
 
     async def run(self) -> None:
         while True:
@@ -184,7 +189,7 @@ class ControlRouter:
             del self._pending[message.number("id")]
             if not pending[1].done():
                 pending[1].set_result(message)
-        elif self.remote is not None and self.remote.from_probe(identity, message):
+        elif self.remote is not None and self.remote.from_probe(tenant, identity, message):
             pass  # a pipe of another replica's browser
         elif self.on_pipe is not None:
             self.on_pipe(identity, message)
@@ -224,13 +229,13 @@ class ControlRouter:
         if len(self._asked_full) >= MAX_PROBES:  # probes of other replicas are never forgotten here
             self._asked_full = {p: at for p, at in self._asked_full.items() if now - at < FULL_REPORT_ASK_EVERY}
         self._asked_full[probe_id] = now
-        if not self.send(probe_id, rpc.Message.make(rpc.FULL_REPORT)):
+        if not self.send(probe_id, rpc.Message.make(rpc.FULL_REPORT), tenant):
             return False
         self.full_reports_asked += 1
         return True
 
     def _forget(self, probe_id: str, why: str) -> None:
-        self.probes.pop(probe_id, None)
+        link = self.probes.pop(probe_id, None)
         self._asked_full.pop(probe_id, None)
         log.info("probe %s control channel: %s", probe_id, why)
         for request_id, (owner, future) in list(self._pending.items()):
@@ -238,19 +243,19 @@ class ControlRouter:
                 del self._pending[request_id]
                 if not future.done():
                     future.set_exception(TimeoutError(f"probe {probe_id} {why}"))
-        if self.remote is not None:
-            self.remote.gone(probe_id)
+        if self.remote is not None and link is not None:
+            self.remote.gone(link.tenant, probe_id)
         if self.on_gone is not None:
             self.on_gone(probe_id)
 
-    def send(self, probe_id: str, message: rpc.Message) -> bool:
-        return self.send_raw(probe_id, rpc.encode(message))
+    def send(self, probe_id: str, message: rpc.Message, tenant: str = SINGLE_TENANT) -> bool:
+        return self.send_raw(probe_id, rpc.encode(message), tenant)
 
-    def send_raw(self, probe_id: str, raw: bytes) -> bool:
-        """Queue `raw` for the probe; False if it is not connected (or its queue is full). A probe another
-        replica holds gets it through that replica (pipes opened by a browser here)."""
-        if probe_id not in self.probes and self.remote is not None and self.remote.connected(probe_id):
-            return self.remote.send(probe_id, raw)
+    def send_raw(self, probe_id: str, raw: bytes, tenant: str = SINGLE_TENANT) -> bool:
+        """Queue `raw` for the probe; False if it is not connected (or its queue is full). A probe of
+        `tenant` another replica holds gets it through that replica (pipes opened by a browser here)."""
+        if probe_id not in self.probes and self.remote is not None and self.remote.connected(tenant, probe_id):
+            return self.remote.send(tenant, probe_id, raw)
         # The asyncio socket reports a failed send in the future it returns, not by raising: with NOBLOCK
         # that future is done at once (unread, its exception would be logged as never retrieved).
         try:
@@ -268,11 +273,14 @@ class ControlRouter:
             return False
         return True
 
-    async def request(self, probe_id: str, node_id: str, control: str, args: str = "") -> rpc.Message:
+    async def request(
+        self, probe_id: str, node_id: str, control: str, args: str = "", tenant: str = SINGLE_TENANT
+    ) -> rpc.Message:
         """Ask `probe_id` to perform `control` on `node_id`; its response. Raises ProbeNotConnected,
-        ProbeBusy, or TimeoutError when no answer comes within rpc.REQUEST_TIMEOUT."""
-        if probe_id not in self.probes and self.remote is not None and self.remote.connected(probe_id):
-            return await self.remote.request(probe_id, node_id, control, args)
+        ProbeBusy, or TimeoutError when no answer comes within rpc.REQUEST_TIMEOUT. A probe not connected
+        here is asked through the replica holding it, if that is a probe of `tenant`."""
+        if probe_id not in self.probes and self.remote is not None and self.remote.connected(tenant, probe_id):
+            return await self.remote.request(tenant, probe_id, node_id, control, args)
         if probe_id not in self.probes:
             raise ProbeNotConnected(probe_id)
         if sum(1 for owner, _ in self._pending.values() if owner == probe_id) >= MAX_PENDING_PER_PROBE:

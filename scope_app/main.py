@@ -224,14 +224,13 @@ class ScopeApp:
         self.pipes = PipeHub(self.router)
         self.allowed_hosts = allowed_hosts or AllowedHosts()
         # Replicas (--store): this app's bus shared with the others' through Redis (scope_app.replicas).
-        # Controls cross replicas for the implicit tenant only: a tenant's control reaches the probes
-        # whose control channels the replica it asks holds.
+        # Controls and pipes cross replicas too, each tenant's to its own probes only.
         self.replicas = ReplicaLink(store, self.app_id, window) if store else None
         if self.replicas is not None:
             if self.directory is None:
                 self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
             else:
-                self.replicas.attach_service(self.receiver, self._channel_of)
+                self.replicas.attach_service(self.receiver, self._channel_of, self.router)
                 self._follow_tenants()
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.web_settings: dict[str, Any] = {

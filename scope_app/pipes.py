@@ -70,7 +70,7 @@ class PipeHub:
         per_probe = sum(1 for p in self.pipes.values() if p.probe_id == probe_id)
         per_client = sum(1 for p in self.pipes.values() if p.client == client)
         if per_probe >= MAX_PIPES_PER_PROBE or per_client >= MAX_PIPES_PER_CLIENT or pipe_id in self.pipes:
-            self._router.send(probe_id, rpc.Message.make(rpc.PIPE_CLOSE, pipe=pipe_id, reason="too many pipes"))
+            self._router.send(probe_id, rpc.Message.make(rpc.PIPE_CLOSE, pipe=pipe_id, reason="too many pipes"), tenant)
             return False
         self.pipes[pipe_id] = AppPipe(pipe_id, probe_id, client, tenant)
         return True
@@ -78,7 +78,7 @@ class PipeHub:
     def attach(self, pipe: AppPipe, socket: PipeWebSocket) -> None:
         """The browser connected: let the probe send."""
         pipe.socket = socket
-        self._router.send(pipe.probe_id, rpc.Message.make(rpc.PIPE_CREDIT, pipe=pipe.id, bytes=rpc.PIPE_WINDOW_BYTES))
+        self._send(pipe, rpc.Message.make(rpc.PIPE_CREDIT, pipe=pipe.id, bytes=rpc.PIPE_WINDOW_BYTES))
 
     # ------------------------------------------------------------------ probe -> browser
 
@@ -113,7 +113,7 @@ class PipeHub:
         pipe.unwritten -= size
         pipe.uncredited += size
         if not pipe.closed and (pipe.uncredited >= CREDIT_BATCH or pipe.unwritten == 0):
-            self._router.send(pipe.probe_id, rpc.Message.make(rpc.PIPE_CREDIT, pipe=pipe.id, bytes=pipe.uncredited))
+            self._send(pipe, rpc.Message.make(rpc.PIPE_CREDIT, pipe=pipe.id, bytes=pipe.uncredited))
             pipe.uncredited = 0
 
     # ------------------------------------------------------------------ browser -> probe
@@ -129,11 +129,15 @@ class PipeHub:
             if pipe.closed:
                 return
             pipe.unacked_to_probe += len(chunk)
-            self._router.send(pipe.probe_id, rpc.Message.make(rpc.PIPE_DATA, chunk, pipe=pipe.id))
+            self._send(pipe, rpc.Message.make(rpc.PIPE_DATA, chunk, pipe=pipe.id))
             view = view[len(chunk) :]
 
     def resize(self, pipe: AppPipe, cols: int, rows: int) -> None:
-        self._router.send(pipe.probe_id, rpc.Message.make(rpc.PIPE_RESIZE, pipe=pipe.id, cols=cols, rows=rows))
+        self._send(pipe, rpc.Message.make(rpc.PIPE_RESIZE, pipe=pipe.id, cols=cols, rows=rows))
+
+    def _send(self, pipe: AppPipe, message: rpc.Message) -> None:
+        """To the pipe's probe, as a probe of the pipe's tenant (through the replica holding it, if another)."""
+        self._router.send(pipe.probe_id, message, pipe.tenant)
 
     # ------------------------------------------------------------------ ends
 
@@ -145,7 +149,7 @@ class PipeHub:
         pipe.credit.set()  # wakes a writer waiting for credit
         self.pipes.pop(pipe.id, None)
         if tell_probe:
-            self._router.send(pipe.probe_id, rpc.Message.make(rpc.PIPE_CLOSE, pipe=pipe.id, reason=reason[:200]))
+            self._send(pipe, rpc.Message.make(rpc.PIPE_CLOSE, pipe=pipe.id, reason=reason[:200]))
         if pipe.socket is not None:
             pipe.socket.close(1000, reason.encode()[:120].decode(errors="ignore"))
         log.info("pipe %s of probe %s closed: %s", pipe.id, pipe.probe_id, reason)

@@ -1,13 +1,14 @@
 """Controls across replicas: a browser on replica B controls a probe whose control channel replica A holds.
 
 Every REFRESH seconds each replica writes which probes' control channels it holds (one key per tenant
-and replica, expiring after a few refreshes, so a replica that died stops being named within seconds)
-and reads what the others wrote. `ControlRouter.request` for a probe held elsewhere comes here
-(`ControlRouter.remote`): the request goes by pub/sub to the holder's channel, the holder performs it
-on its own router (same limits, same timeout) and publishes the probe's response to the requester's
-channel. The requesting replica has already checked the node and control against its merged report,
-which is the same on every replica. A holder nobody listens for (PUBLISH reaches no one) is a probe not
-connected, at once rather than after the timeout.
+and replica, the tenant by its name or, in the service, by its channel; expiring after a few refreshes,
+so a replica that died stops being named within seconds) and reads what the others wrote.
+`ControlRouter.request` for a probe held elsewhere comes here (`ControlRouter.remote`): the request goes
+by pub/sub to the holder's channel, the holder performs it on its own router (same limits, same timeout)
+and publishes the probe's response to the requester's channel. The requesting replica has already
+checked the node and control against its merged report, which is the same on every replica. A holder
+nobody listens for (PUBLISH reaches no one) is a probe not connected, at once rather than after the
+timeout.
 
 Pipes cross replicas the same way. A forwarded control whose response opens a pipe (exec, attach, logs)
 leaves a route at the holder: that pipe of that probe belongs to the requesting replica, whose browser
@@ -88,40 +89,28 @@ def channel(replica_id: str) -> str:
     return f"scope:replica:{replica_id}"
 
 
-class TenantControls:
-    """One tenant's view of the probes other replicas hold: what `ControlRouter.remote` asks."""
-
-    def __init__(self, controls: ReplicaControls, tenant: str) -> None:
-        self._controls = controls
-        self._tenant = tenant
-
-    def connected(self, probe_id: str) -> bool:
-        return self._controls.holder(self._tenant, probe_id) is not None
-
-    async def request(self, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message:
-        return await self._controls.request(self._tenant, probe_id, node_id, control, args)
-
-    def send(self, probe_id: str, raw: bytes) -> bool:
-        return self._controls.to_probe(self._tenant, probe_id, raw)
-
-    def from_probe(self, probe_id: str, message: rpc.Message) -> bool:
-        return self._controls.from_probe(self._tenant, probe_id, message)
-
-    def gone(self, probe_id: str) -> None:
-        self._controls.probe_gone(self._tenant, probe_id)
-
-
 class ReplicaControls:
+    """The probes other replicas hold, by tenant: `ControlRouter.remote`, for every tenant attached.
+
+    Each tenant is known across replicas by its key: its name alone for the implicit tenant, its channel
+    (`tenant_channel`: name and key fingerprint) for a tenant of the service, as its stream is. The holders'
+    keys, the requests and the pipe messages carry that key, so a tenant added again under the same name
+    never reaches what the old one left, and a tenant's request only ever finds its own probes."""
+
     def __init__(self, client: redis.asyncio.Redis, replica_id: str, trouble: Trouble) -> None:
         self._redis = client
         self.replica_id = replica_id
         self._trouble = trouble
+        #: By tenant key: the router its probes connect to, and the tenant's name there.
         self._routers: dict[str, ControlRouter] = {}
-        #: By tenant: the replica holding each probe's control channel, as last read.
+        self._names: dict[str, str] = {}
+        #: Each tenant's key, by name.
+        self._keys: dict[str, str] = {}
+        #: By tenant key: the replica holding each probe's control channel, as last read.
         self._holders: dict[str, dict[str, str]] = {}
         self._pending: dict[int, asyncio.Future[tuple[str, bytes]]] = {}
         self._serving: set[asyncio.Task[None]] = set()
-        #: Pipes of probes held here that other replicas' browsers have: (tenant, probe, pipe) -> replica.
+        #: Pipes of probes held here that other replicas' browsers have: (tenant key, probe, pipe) -> replica.
         self._routes: dict[tuple[str, str, str], str] = {}
         #: Pipe messages on their way out, in order: (channel, message).
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque()
@@ -137,12 +126,67 @@ class ReplicaControls:
         self.pipe_sent = 0
         self.pipe_received = 0
 
-    def attach(self, tenant: str, router: ControlRouter) -> None:
-        self._routers[tenant] = router
-        router.remote = TenantControls(self, tenant)
+    def attach(self, tenant: str, router: ControlRouter, key: str | None = None) -> None:
+        """Reach `tenant`'s probes other replicas hold, and let them reach those connected to `router`,
+        under `key` across replicas (default: the tenant's name), in place of any key before."""
+        key = key or tenant
+        if self._keys.get(tenant) == key:
+            return
+        self.detach(tenant)
+        self._keys[tenant], self._names[key], self._routers[key] = key, tenant, router
+        router.remote = self
 
-    def holder(self, tenant: str, probe_id: str) -> str | None:
-        return self._holders.get(tenant, {}).get(probe_id)
+    def detach(self, tenant: str) -> None:
+        """Stop reaching `tenant`'s probes across replicas (revoked): its routes end with it."""
+        key = self._keys.pop(tenant, None)
+        if key is None:
+            return
+        self._names.pop(key, None)
+        self._routers.pop(key, None)
+        self._holders.pop(key, None)
+        for route in [route for route in self._routes if route[0] == key]:
+            del self._routes[route]
+
+    # -------------------------------------------------- what ControlRouter asks (RemoteControls)
+
+    def connected(self, tenant: str, probe_id: str) -> bool:
+        key = self._keys.get(tenant)
+        return key is not None and self._holder(key, probe_id) is not None
+
+    def send(self, tenant: str, probe_id: str, raw: bytes) -> bool:
+        """Send a message to `probe_id` through the replica holding it (a pipe message: this replica's
+        browser has the pipe; or an ask for a full report: this replica missed a delta of the probe's);
+        False when no replica holds it as a probe of `tenant`."""
+        key = self._keys.get(tenant)
+        holder = self._holder(key, probe_id) if key is not None else None
+        if key is None or holder is None:
+            return False
+        return self._queue(holder, [TO_PROBE, key, self.replica_id, probe_id, raw])
+
+    def from_probe(self, tenant: str, probe_id: str, message: rpc.Message) -> bool:
+        """Pass a pipe message of a probe connected here to the replica whose browser has the pipe; False
+        when the pipe is not routed to another replica."""
+        key = self._keys.get(tenant)
+        route = (key or "", probe_id, message.text("pipe"))
+        owner = self._routes.get(route) if key is not None else None
+        if key is None or owner is None:
+            return False
+        if message.kind == rpc.PIPE_CLOSE:
+            del self._routes[route]
+        self._queue(owner, [FROM_PROBE, key, self.replica_id, probe_id, rpc.encode(message)])
+        return True
+
+    def gone(self, tenant: str, probe_id: str) -> None:
+        """The probe left this replica: tell the replicas with pipes through it that those pipes ended."""
+        key = self._keys.get(tenant)
+        for route, owner in list(self._routes.items()):
+            if key is not None and route[:2] == (key, probe_id):
+                del self._routes[route]
+                close = rpc.Message.make(rpc.PIPE_CLOSE, pipe=route[2], reason="the probe went away")
+                self._queue(owner, [FROM_PROBE, key, self.replica_id, probe_id, rpc.encode(close)])
+
+    def _holder(self, key: str, probe_id: str) -> str | None:
+        return self._holders.get(key, {}).get(probe_id)
 
     async def refresh_forever(self) -> None:
         while True:
@@ -154,69 +198,43 @@ class ReplicaControls:
 
     async def _refresh(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for tenant, router in self._routers.items():
-                held = msgpack.packb(sorted(router.probes), use_bin_type=True)
-                pipe.set(holders_key(tenant, self.replica_id), held, px=int(HOLDER_TTL * 1000))
+            for key, router in self._routers.items():
+                held = sorted(p for p, link in router.probes.items() if link.tenant == self._names[key])
+                packed = msgpack.packb(held, use_bin_type=True)
+                pipe.set(holders_key(key, self.replica_id), packed, px=int(HOLDER_TTL * 1000))
             await pipe.execute()
-        for tenant in list(self._routers):
-            pattern = holders_key(re.sub(r"([*?\[\]\\])", r"\\\1", tenant), "*")
-            keys = [key async for key in self._redis.scan_iter(match=pattern)]
-            values = await self._redis.mget(keys) if keys else []
+        for key in list(self._routers):
+            pattern = holders_key(re.sub(r"([*?\[\]\\])", r"\\\1", key), "*")
+            found = [name async for name in self._redis.scan_iter(match=pattern)]
+            values = await self._redis.mget(found) if found else []
             holders: dict[str, str] = {}
             live = {self.replica_id}
-            for key, value in zip(keys, values, strict=True):
-                replica = key.decode(errors="replace").rpartition(":")[2]
+            for name, value in zip(found, values, strict=True):
+                replica = name.decode(errors="replace").rpartition(":")[2]
                 if replica == self.replica_id or not isinstance(value, bytes):
                     continue
                 live.add(replica)
                 for probe_id in _strings(value):
                     holders[probe_id] = replica
-            before, self._holders[tenant] = self._holders.get(tenant, {}), holders
-            self._end_orphans(tenant, live, before, holders)
+            if key not in self._routers:
+                continue  # detached (revoked) meanwhile
+            before, self._holders[key] = self._holders.get(key, {}), holders
+            self._end_orphans(key, live, before, holders)
 
-    def _end_orphans(self, tenant: str, live: set[str], before: dict[str, str], now: dict[str, str]) -> None:
+    def _end_orphans(self, key: str, live: set[str], before: dict[str, str], now: dict[str, str]) -> None:
         """Close the pipes whose other end's replica is gone: routes to a replica that no longer says it
         is there (the probe is told), and pipes to probes whose holder changed (the browser is told)."""
-        router = self._routers[tenant]
+        router, tenant = self._routers[key], self._names[key]
         for route, owner in list(self._routes.items()):
-            if route[0] == tenant and owner not in live:
+            if route[0] == key and owner not in live:
                 del self._routes[route]
                 close = rpc.Message.make(rpc.PIPE_CLOSE, pipe=route[2], reason="the app holding the browser went away")
-                router.send(route[1], close)
+                router.send(route[1], close, tenant)
         for probe_id, holder in before.items():
-            if now.get(probe_id) != holder and probe_id not in router.probes and router.on_gone is not None:
+            if now.get(probe_id) != holder and not router.holds(probe_id, tenant) and router.on_gone is not None:
                 router.on_gone(probe_id)
 
     # ------------------------------------------------------------------ pipes
-
-    def to_probe(self, tenant: str, probe_id: str, raw: bytes) -> bool:
-        """Send a message to `probe_id` through the replica holding it (a pipe message: this replica's
-        browser has the pipe; or an ask for a full report: this replica missed a delta of the probe's);
-        False when no replica holds it."""
-        holder = self.holder(tenant, probe_id)
-        if holder is None:
-            return False
-        return self._queue(holder, [TO_PROBE, tenant, self.replica_id, probe_id, raw])
-
-    def from_probe(self, tenant: str, probe_id: str, message: rpc.Message) -> bool:
-        """Pass a pipe message of a probe connected here to the replica whose browser has the pipe; False
-        when the pipe is not routed to another replica."""
-        route = (tenant, probe_id, message.text("pipe"))
-        owner = self._routes.get(route)
-        if owner is None:
-            return False
-        if message.kind == rpc.PIPE_CLOSE:
-            del self._routes[route]
-        self._queue(owner, [FROM_PROBE, tenant, self.replica_id, probe_id, rpc.encode(message)])
-        return True
-
-    def probe_gone(self, tenant: str, probe_id: str) -> None:
-        """The probe left this replica: tell the replicas with pipes through it that those pipes ended."""
-        for route, owner in list(self._routes.items()):
-            if route[:2] == (tenant, probe_id):
-                del self._routes[route]
-                close = rpc.Message.make(rpc.PIPE_CLOSE, pipe=route[2], reason="the probe went away")
-                self._queue(owner, [FROM_PROBE, tenant, self.replica_id, probe_id, rpc.encode(close)])
 
     def _queue(self, replica: str, fields: list[Any]) -> bool:
         if len(self._outbox) >= MAX_OUTBOX:
@@ -246,9 +264,9 @@ class ReplicaControls:
                     continue
                 self.pipe_sent += len(batch)
 
-    def _pipe_message(self, kind: str, tenant: str, sender: str, probe_id: str, raw: bytes) -> None:
+    def _pipe_message(self, kind: str, key: str, sender: str, probe_id: str, raw: bytes) -> None:
         """A pipe message another replica sent: for a probe held here, or from one it holds."""
-        router = self._routers.get(tenant)
+        router, tenant = self._routers.get(key), self._names.get(key, "")
         accept = TO_PROBE_KINDS if kind == TO_PROBE else FROM_PROBE_KINDS
         try:
             message = rpc.decode(raw, accept)
@@ -259,16 +277,16 @@ class ReplicaControls:
             if router is not None:  # the holder asks, at most as often as it would for itself
                 router.ask_full_report(probe_id, tenant)
             return
-        route = (tenant, probe_id, message.text("pipe"))
+        route = (key, probe_id, message.text("pipe"))
         if kind == TO_PROBE:
             if router is None or self._routes.get(route) != sender:
                 self._drops.add("unknown_pipe", f"from {sender[:40]} for a pipe not routed to it")
                 return
             if message.kind == rpc.PIPE_CLOSE:
                 del self._routes[route]
-            router.send_raw(probe_id, raw)
+            router.send_raw(probe_id, raw, tenant)
         else:
-            if router is None or self.holder(tenant, probe_id) != sender or router.on_pipe is None:
+            if router is None or self._holder(key, probe_id) != sender or router.on_pipe is None:
                 self._drops.add("unknown_pipe", f"from {sender[:40]}, which does not hold probe {probe_id[:40]}")
                 return
             router.on_pipe(probe_id, message)
@@ -317,21 +335,22 @@ class ReplicaControls:
             self._drops.add("malformed", "not a request or an answer")
 
     async def _serve(
-        self, tenant: str, reply_to: str, request_id: int, probe_id: str, node_id: str, control: str, args: str
+        self, key: str, reply_to: str, request_id: int, probe_id: str, node_id: str, control: str, args: str
     ) -> None:
-        """Perform a request another replica forwarded, if this one holds the probe; answer it."""
-        router = self._routers.get(tenant)
+        """Perform a request another replica forwarded, if this one holds the probe as one of that
+        tenant's (another tenant's probe is as one not connected); answer it."""
+        router, tenant = self._routers.get(key), self._names.get(key, "")
         raw = b""
-        if router is None or probe_id not in router.probes:
+        if router is None or not router.holds(probe_id, tenant):
             status = NOT_CONNECTED
         else:
             try:
-                response = await router.request(probe_id, node_id, control, args)
+                response = await router.request(probe_id, node_id, control, args, tenant)
                 raw = rpc.encode(response)
                 status = OK
                 pipe = response.text("pipe")
                 if pipe and len(self._routes) < MAX_ROUTES:
-                    self._routes[(tenant, probe_id, pipe)] = reply_to
+                    self._routes[(key, probe_id, pipe)] = reply_to
                 elif pipe:
                     self._drops.add("too_many_routes", f"pipe {pipe[:40]} of probe {probe_id[:40]}")
             except ProbeNotConnected:
@@ -348,15 +367,16 @@ class ReplicaControls:
             self._trouble("controls answer", exc)
 
     async def request(self, tenant: str, probe_id: str, node_id: str, control: str, args: str) -> rpc.Message:
-        """Have the replica holding `probe_id` perform the control; the probe's response. Raises what
-        `ControlRouter.request` raises."""
-        holder = self.holder(tenant, probe_id)
-        if holder is None:
+        """Have the replica holding `probe_id` as a probe of `tenant` perform the control; the probe's
+        response. Raises what `ControlRouter.request` raises."""
+        key = self._keys.get(tenant)
+        holder = self._holder(key, probe_id) if key is not None else None
+        if key is None or holder is None:
             raise ProbeNotConnected(probe_id)
         request_id = next(self._ids)
         future: asyncio.Future[tuple[str, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        message = [REQUEST, tenant, self.replica_id, request_id, probe_id, node_id, control, args]
+        message = [REQUEST, key, self.replica_id, request_id, probe_id, node_id, control, args]
         try:
             try:
                 listeners = await self._redis.publish(channel(holder), msgpack.packb(message, use_bin_type=True))

@@ -127,6 +127,7 @@ class ReplicaLink:
         self._followed: dict[str, Apply] = {}
         #: --multitenant: the bus receiver, and the channel each tenant's messages are shared in.
         self._receiver: BusReceiver | None = None
+        self._router: ControlRouter | None = None
         self._channels: dict[str, str] = {}
         #: The stream id each followed tenant has been read up to; absent: not joined yet.
         self._positions: dict[str, bytes] = {}
@@ -161,11 +162,16 @@ class ReplicaLink:
         if router is not None:
             self.controls.attach(tenant, router)
 
-    def attach_service(self, receiver: BusReceiver, channel_of: Callable[[str], str | None]) -> None:
+    def attach_service(
+        self, receiver: BusReceiver, channel_of: Callable[[str], str | None], router: ControlRouter | None = None
+    ) -> None:
         """--multitenant: share what `receiver` accepts in the channel of its tenant now (`channel_of`,
         None for a tenant revoked meanwhile: not shared), following that tenant from then on if it was
-        not yet; feed `receiver` what the other replicas accepted for each tenant followed."""
+        not yet; feed `receiver` what the other replicas accepted for each tenant followed. With `router`
+        (every tenant's), each tenant followed reaches its own probes whose control channels other replicas
+        hold, under its channel as its stream is, and they reach its probes connected to `router`."""
         self._receiver = receiver
+        self._router = router
 
         def relay(tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
             channel = channel_of(tenant)
@@ -185,6 +191,8 @@ class ReplicaLink:
         receiver = self._receiver
         assert receiver is not None, "attach_service first"
         self._channels[tenant] = channel
+        if self._router is not None:
+            self.controls.attach(tenant, self._router, channel)
 
         async def apply(messages: Messages) -> None:
             await receiver.handle([Arrival("", source, data) for source, data in messages], relay=False, tenant=tenant)
@@ -196,6 +204,7 @@ class ReplicaLink:
         channel = self._channels.pop(tenant, None)
         if channel is not None:
             self.unfollow(channel)
+            self.controls.detach(tenant)
 
     @property
     def tenants(self) -> dict[str, str]:

@@ -29,6 +29,7 @@ from scope_app.tenancy.shared import FleetBytes, RedisRegistry
 from scope_common.curve import probe_keys
 from scope_probe.publisher import Publisher
 from scope_probe.service import ServiceCredentials
+from tests.app.test_multitenant import _echo
 from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.scope import App, Scope
@@ -46,16 +47,17 @@ def add_tenant(state_dir: Path, store: RedisServer, name: str) -> TenantTokens:
     return TenantTokens(**json.loads(done.stdout))
 
 
-def get(app: App, token: str | None, path: str) -> tuple[int, Any]:
-    """GET `path` on `app` as the holder of `token`; (status, decoded JSON body or None)."""
+def get(app: App, token: str | None, path: str, body: bytes | None = None) -> tuple[int, Any]:
+    """GET `path` on `app` as the holder of `token` (POST `body`, as JSON); (status, decoded JSON body or None)."""
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    request = urllib.request.Request(app.url + path, headers=headers)
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(app.url + path, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
-        exc.read()
-        return exc.code, None
+        return exc.code, json.loads(exc.read() or b"null") if body is not None else None
 
 
 def hostnames(app: App, token: str) -> set[str]:
@@ -148,6 +150,54 @@ def test_every_replica_shows_each_tenant_exactly_its_own_picture(
     for app in apps:
         assert hostnames(app, again.user_token) == set()
         assert hostnames(app, beta.user_token) == {"beta-1", "beta-2"}
+        assert app.process.poll() is None and "Traceback" not in app.log()
+
+
+def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another(
+    redis_server: RedisServer, scope: Scope, tmp_path: Path
+) -> None:
+    """Alpha's and beta's probes send to replica A alone; alpha's user asks replica B for a shell on
+    alpha's host (host_exec): B forwards it to A, which holds the probe's control channel, and the shell
+    echoes through B. Beta's user asking for alpha's probe gets 404 on either replica, as for no probe."""
+    state = tmp_path / "state"
+    holder, asked = replicas(scope, state, redis_server, 2)
+    alpha, beta = add_tenant(state, redis_server, "alpha"), add_tenant(state, redis_server, "beta")
+    probe(scope, holder, alpha, "alpha-1")
+    probe(scope, holder, beta, "beta-1")
+    for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
+        wait_for(lambda token=token, host=host: hostnames(asked, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
+    alpha_probe = get(asked, alpha.user_token, "/api/probes")[1][0]["id"]
+    beta_probe = get(asked, beta.user_token, "/api/probes")[1][0]["id"]
+    node = urllib.parse.quote("alpha-1;<host>", safe="")
+    shell = f"/api/control/{alpha_probe}/{node}/host_exec"
+
+    def opened() -> Any:
+        # 404 until the holder has said, through Redis, that it holds alpha's probe.
+        status, body = get(asked, alpha.user_token, shell, b"{}")
+        return body if status == 200 else None
+
+    answer = wait_for(opened, 20, what="alpha's shell asked on B")
+    assert answer["pipe"], answer
+
+    async def session() -> None:
+        request = tornado.httpclient.HTTPRequest(
+            f"ws://127.0.0.1:{asked.http_port}/api/pipe/{answer['pipe']}",
+            headers={"Authorization": f"Bearer {alpha.user_token}"},
+        )
+        ws = await tornado.websocket.websocket_connect(request)
+        try:
+            await _echo(ws)
+        finally:
+            ws.close()
+
+    asyncio.run(session())
+    # Another tenant's probe is no probe, on the replica holding it and on the other; its own still answers.
+    for app in (asked, holder):
+        status, body = get(app, beta.user_token, shell, b"{}")
+        assert status == 404 and "is not connected" in body["error"], (status, body)
+        status, body = get(app, beta.user_token, f"/api/control/{beta_probe}/{node}/host_exec", b"{}")
+        assert status == 400, (status, body)  # beta's probe is there, and reports no alpha-1
+    for app in (asked, holder):
         assert app.process.poll() is None and "Traceback" not in app.log()
 
 
