@@ -183,8 +183,17 @@ def redacted(url: str) -> str:
     return re.sub(r"//[^@/]*@", "//***@", url)
 
 
+#: A tenant's record is its name, a time and two 64-digit hex strings: anything longer is no record.
+MAX_RECORD_BYTES = 1024
+HEX_64 = re.compile(r"[0-9a-f]{64}")
+
+
 def _tenant(record: bytes) -> Tenant | None:
-    """A tenant's JSON record; None when it is not one (the store is shared: checked as network input)."""
+    """A tenant's JSON record; None when it is not one (the store is shared: checked as network input,
+    its size before parsing, its fields' kinds and forms after)."""
+    if len(record) > MAX_RECORD_BYTES:
+        log.warning("left out a tenant record of the store of %d bytes (at most %d)", len(record), MAX_RECORD_BYTES)
+        return None
     try:
         fields = json.loads(record)
         tenant = Tenant(
@@ -196,7 +205,11 @@ def _tenant(record: bytes) -> Tenant | None:
     except (ValueError, TypeError, KeyError):
         log.warning("left out a tenant record of the store that is not one: %r", record[:80])
         return None
-    return tenant if NAME.fullmatch(tenant.name) else None
+    hexes = (tenant.user_token_hash, tenant.probe_key)
+    if not NAME.fullmatch(tenant.name) or not all(HEX_64.fullmatch(value) for value in hexes):
+        log.warning("left out a tenant record of the store whose fields are not a tenant's: %r", record[:80])
+        return None
+    return tenant
 
 
 #: How often a replica writes the bytes it admitted and reads what the others did: the longest the

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import tornado.httpclient
 import tornado.websocket
 import zmq
 
 from scope_app.tenancy.directory import TenantDirectory
 from scope_app.tenancy.registry import RegistryError, RegistryUnavailable, token_hash
-from scope_app.tenancy.shared import FleetBytes, RedisRegistry
+from scope_app.tenancy.shared import TENANTS, FleetBytes, RedisRegistry
 from scope_common.curve import probe_keys
 from scope_probe.publisher import Publisher
 from scope_probe.service import ServiceCredentials
@@ -234,6 +235,15 @@ def test_the_registry_in_the_store(redis_server: RedisServer) -> None:
     with pytest.raises(RegistryError):
         registry.add("gamma", token_hash("alpha user"), "cc" * 32)
     assert [t.name for t in registry.list()] == ["alpha", "beta"]
+    # The store is shared: records that are not a tenant's (too big, a bad key, not JSON) are left out, the others kept.
+    raw = redis.Redis.from_url(redis_server.url)
+    record = {"name": "mallory", "created": 1.0, "user_token_hash": token_hash("m"), "probe_key": "dd" * 32}
+    raw.hset(TENANTS, "huge", json.dumps({**record, "name": "huge", "probe_key": "ee" * 32, "pad": "x" * 100_000}))
+    raw.hset(TENANTS, "badkey", json.dumps({**record, "name": "badkey", "probe_key": "not hex"}))
+    raw.hset(TENANTS, "junk", b"\xff{")
+    assert [t.name for t in registry.list()] == ["alpha", "beta"]
+    raw.hdel(TENANTS, "huge", "badkey", "junk")
+    raw.close()
     assert registry.by_user_token_hash(token_hash("alpha user")) == alpha
     assert registry.by_probe_key("aa" * 32) == alpha
     assert registry.by_name("beta") is not None
