@@ -32,14 +32,15 @@ from scope_app.metrics import AppMetrics, ServiceMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.replicas import ReplicaLink, ReplicaMetrics
-from scope_app.replicas.link import store_arg, tenant_channel
+from scope_app.replicas.link import tenant_channel
+from scope_app.replicas.store import redacted, store_arg
 from scope_app.tenancy import SINGLE_TENANT
 from scope_app.tenancy.directory import REFRESH_INTERVAL, TenantDirectory
 from scope_app.tenancy.http import RevocableWebSocket, TenantAuth, operator_rules, tenant_rules
 from scope_app.tenancy.limits import TenantGate, TenantLimits
 from scope_app.tenancy.registry import RegistryError, RegistryUnavailable
 from scope_app.tenancy.service import Service, add_state_dir_flag, open_service
-from scope_app.tenancy.shared import FleetBytes, redacted
+from scope_app.tenancy.shared import FleetBytes
 from scope_app.tenancy.store import InProcessReports
 from scope_app.tenancy.zap import ZapHandler
 from scope_app.websocket import FeedHub, TopologyWebSocket
@@ -387,7 +388,8 @@ def add_app_flags(parser: argparse.ArgumentParser) -> None:
         "--store",
         default="",
         type=store_arg,
-        help="Redis URL (redis://HOST:PORT/DB, rediss://...) shared with other replicas; empty: this process only. "
+        help="Redis URL (redis://HOST:PORT/DB, rediss://..., redis+sentinel://HOST:PORT/SERVICE/DB) shared with "
+        "other replicas; empty: this process only. "
         "With --multitenant the tenant registry is there too (`scope tenants --store`)",
     )
     env_flag(

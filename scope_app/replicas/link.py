@@ -16,7 +16,6 @@ replica does not hear of expire after the window, as they would on the bus.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import logging
@@ -26,7 +25,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PrometheusCollector
 from redis.exceptions import RedisError
@@ -34,7 +32,7 @@ from redis.exceptions import RedisError
 from scope_app.controls import ControlRouter
 from scope_app.ingest import Arrival, BusReceiver
 from scope_app.replicas.controls import MAX_BACKOFF, MIN_BACKOFF, ReplicaControls
-from scope_app.tenancy.shared import redacted
+from scope_app.replicas.store import async_client, redacted
 from scope_common import wire
 from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog, Supervisor
@@ -51,8 +49,6 @@ Apply = Callable[[Messages], Awaitable[None]]
 #: client's own annotations are looser than what it returns for these commands.
 Entry = tuple[bytes, dict[bytes, bytes]]
 
-#: URL schemes the client connects with (TLS for rediss).
-SCHEMES = ("redis://", "rediss://", "unix://")
 #: Messages waiting for the writer while Redis is slow or away; past it the oldest are dropped: a newer
 #: message of the same probe is on its way, and its next full report repairs what a lost one carried.
 MAX_PENDING = 10_000
@@ -85,22 +81,6 @@ def tenant_channel(tenant: str, probe_key: str) -> str:
     return f"{tenant}.{probe_key[:16]}"
 
 
-def store_url(text: str) -> str:
-    """A `--store` value: a Redis URL the client understands (raises ValueError otherwise)."""
-    if not text.startswith(SCHEMES):
-        raise ValueError(f"{text!r} is not a Redis URL ({', '.join(SCHEMES)})")
-    redis.asyncio.connection.parse_url(text)  # raises ValueError for what the client would refuse
-    return text
-
-
-def store_arg(text: str) -> str:
-    """`--store` for argparse: a Redis URL, or empty for none."""
-    try:
-        return store_url(text) if text else ""
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """A message this replica's bus accepted, on its way to Redis."""
@@ -121,7 +101,7 @@ class ReplicaLink:
         self.window = window
         # Every command bounded in time (a Redis that stopped answering is one that went away); the
         # blocking read gets its own wait on top.
-        self._redis = redis.asyncio.from_url(
+        self._redis = async_client(
             url, socket_connect_timeout=2.0, socket_timeout=READ_BLOCK_SECONDS + 5.0, retry_on_timeout=False
         )
         self._followed: dict[str, Apply] = {}

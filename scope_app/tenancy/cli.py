@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from scope_app.replicas.link import store_arg
+from scope_app.replicas.store import store_arg
 from scope_app.tenancy.registry import RegistryError, RegistryUnavailable, new_token, token_hash
 from scope_app.tenancy.service import add_state_dir_flag, open_service
 from scope_common.config import env_flag

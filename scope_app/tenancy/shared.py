@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
-import redis
-import redis.asyncio
 from redis.exceptions import RedisError
 
+from scope_app.replicas.store import async_client, redacted, sync_client
 from scope_app.tenancy.limits import BURST_SECONDS
 from scope_app.tenancy.registry import NAME, RegistryError, RegistryUnavailable, Tenant
 from scope_common.supervise import RateLimitedLog
@@ -82,7 +81,7 @@ class RedisRegistry:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._redis = redis.Redis.from_url(
+        self._redis = sync_client(
             url, socket_connect_timeout=COMMAND_TIMEOUT, socket_timeout=COMMAND_TIMEOUT, retry_on_timeout=False
         )
         self._add = self._redis.register_script(_ADD)
@@ -178,11 +177,6 @@ class RedisRegistry:
         return redacted(self.url)
 
 
-def redacted(url: str) -> str:
-    """A Redis URL without its password, for logs and messages."""
-    return re.sub(r"//[^@/]*@", "//***@", url)
-
-
 #: A tenant's record is its name, a time and two 64-digit hex strings: anything longer is no record.
 MAX_RECORD_BYTES = 1024
 HEX_64 = re.compile(r"[0-9a-f]{64}")
@@ -246,7 +240,7 @@ class FleetBytes:
         self.budget = rate * seconds
         self.seconds = seconds
         self._clock = clock
-        self._redis = redis.asyncio.from_url(
+        self._redis = async_client(
             url, socket_connect_timeout=2.0, socket_timeout=COMMAND_TIMEOUT + 1.0, retry_on_timeout=False
         )
         #: By tenant then second: bytes admitted here; of those, not yet written; the others' as last read.

@@ -23,7 +23,7 @@ from scope_app.replicas.link import stream_key
 from scope_common import ids, wire
 from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
 from tests.fixtures.docker import Containers
-from tests.fixtures.redis import RedisServer
+from tests.fixtures.redis import RedisSentinel, RedisServer
 from tests.fixtures.scope import App, ReportSender, Scope, loopback_source, wait_for
 
 WINDOW = 5.0
@@ -385,3 +385,48 @@ def test_a_probe_waiting_for_a_full_report_stays_on_every_replica(scope: Scope, 
             assert [p["id"] for p in app.get("/api/probes")] == ["gappy"], app.url
     finally:
         sender.close()
+
+
+def test_replicas_on_a_store_kept_by_sentinel_follow_its_failover(scope: Scope, redis_sentinel: RedisSentinel) -> None:
+    """`--store redis+sentinel://…`: the replicas find the primary through the sentinel, and when the primary
+    dies and the sentinel promotes its replica, they reach the new one and the map is whole again."""
+    apps = [scope.app(window=f"{WINDOW}s", extra=[f"--store={redis_sentinel.url}"]) for _ in range(2)]
+    names = ["s0", "s1"]
+    feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
+    try:
+        for app in apps:
+            wait_for(lambda app=app: shows(app, names), 20, what="every replica to show every probe")  # type: ignore[misc]
+        redis_sentinel.primary.stop()
+        wait_for(
+            lambda: redis_sentinel.primary_port() == redis_sentinel.replica.port,
+            30,
+            what=f"the sentinel to promote the replica:\n{redis_sentinel.log()}",
+        )
+        after = Feeder("after-failover", apps[0])
+        try:
+            for app in apps:
+                wait_for(
+                    lambda app=app: shows(app, [*names, "after-failover"]),  # type: ignore[misc]
+                    2 * WINDOW,
+                    what="a probe of one replica on the other through the new primary",
+                )
+        finally:
+            after.close()
+        for app in apps:
+            assert app.process.poll() is None, app.log()
+            assert app.metrics()["scope_app_replica_store_connected"] == 1
+            assert "Traceback" not in app.log()
+    finally:
+        for feeder in feeders:
+            feeder.close()
+
+
+def test_a_sentinel_store_url_without_a_service_is_refused_at_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "scope_app", "--store=redis+sentinel://127.0.0.1:26379"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "SERVICE" in result.stderr
