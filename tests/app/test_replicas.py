@@ -430,3 +430,33 @@ def test_a_sentinel_store_url_without_a_service_is_refused_at_start() -> None:
     )
     assert result.returncode == 2
     assert "SERVICE" in result.stderr
+
+
+def test_replicas_on_a_tls_store_share_the_map_and_one_that_cannot_verify_it_stays_away(scope: Scope) -> None:
+    """`--store rediss://…`: replicas reach a Redis that speaks TLS only, verifying its certificate against
+    the CA they are given; a replica not given that CA refuses the store (a store it cannot verify is not
+    the operator's), keeps running and says why."""
+    server = RedisServer(tls=True)
+    try:
+        apps = [scope.app(window=f"{WINDOW}s", extra=[f"--store={server.url}"]) for _ in range(2)]
+        names = ["t0", "t1"]
+        feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
+        try:
+            for app in apps:
+                wait_for(lambda app=app: shows(app, names), 20, what="every replica to show every probe")  # type: ignore[misc]
+            unverified = scope.app(window=f"{WINDOW}s", extra=[f"--store=rediss://127.0.0.1:{server.port}/0"])
+            wait_for(
+                lambda: unverified.metrics()["scope_app_replica_store_errors_total"] > 0,
+                20,
+                what="the replica without the CA to fail to reach the store",
+            )
+            metrics = unverified.metrics()
+            assert metrics["scope_app_replica_store_connected"] == 0
+            assert metrics["scope_app_replica_received_total"] == 0
+            assert "certificate verify failed" in unverified.log()
+            assert unverified.process.poll() is None
+        finally:
+            for feeder in feeders:
+                feeder.close()
+    finally:
+        server.close()
