@@ -8,43 +8,25 @@ moved to another replica is a probe failing over, seen from the same host addres
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 import threading
 import time
 from typing import Any
 
-import tornado.websocket
 import zmq
 
 from scope_app.replicas import ReplicaLink
 from scope_app.replicas.link import stream_key
-from scope_common import ids, wire
-from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
+from scope_common import wire
+from scope_common.report import Report
 from tests.fixtures.docker import Containers
 from tests.fixtures.redis import RedisSentinel, RedisServer
+from tests.fixtures.replicas import View, replicas
+from tests.fixtures.reports import container_id, containers_report
 from tests.fixtures.scope import App, ReportSender, Scope, loopback_source, wait_for
 
 WINDOW = 5.0
-
-
-def container_id(name: str) -> str:
-    return ids.container_id(name.ljust(64, "0"))
-
-
-def container_report(name: str) -> Report:
-    report = Report()
-    container = name.ljust(64, "0")
-    report.add(
-        Node.build(
-            ids.container_id(container),
-            "container",
-            timestamp=time.time(),
-            latest={CONTAINER_ID: container, CONTAINER_NAME: name, IMAGE_NAME: "img", CONTAINER_STATE: "running"},
-        )
-    )
-    return report
 
 
 class Feeder:
@@ -81,7 +63,7 @@ class Feeder:
                     socket.connect(f"tcp://{self.source}:0;{connected}")
                 if not self._paused and socket is not None:
                     seq += 1
-                    report = container_report(self.name)
+                    report = containers_report(self.name)
                     socket.send(wire.encode(wire.Envelope(f"probe-{self.name}", self.name, seq, time.time(), report)))
                 self._stop.wait(0.5)
         finally:
@@ -92,46 +74,6 @@ class Feeder:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
-
-
-class View:
-    """A websocket on one replica's containers view, read on a thread of its own: the node ids it shows
-    now, and every id it was ever told to remove."""
-
-    def __init__(self, app: App) -> None:
-        self.shown: set[str] = set()
-        self.removed: set[str] = set()
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._ws: tornado.websocket.WebSocketClientConnection | None = None
-        self._thread = threading.Thread(target=self._run, args=(app,), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10), "the websocket did not open"
-
-    def _run(self, app: App) -> None:
-        self._loop.run_until_complete(self._read(app))
-
-    async def _read(self, app: App) -> None:
-        self._ws = await tornado.websocket.websocket_connect(
-            f"ws://127.0.0.1:{app.http_port}/api/topology/containers/ws"
-        )
-        self._ready.set()
-        while (message := await self._ws.read_message()) is not None:
-            update: dict[str, Any] = json.loads(message)
-            if update.get("reset"):
-                self.shown.clear()
-            self.shown |= {node["id"] for node in update.get("add") or []}
-            self.shown -= set(update.get("remove") or [])
-            self.removed |= set(update.get("remove") or [])
-
-    def close(self) -> None:
-        if self._ws is not None:
-            self._loop.call_soon_threadsafe(self._ws.close)
-        self._thread.join(10)
-
-
-def replicas(scope: Scope, redis_server: RedisServer, count: int = 3, window: float = WINDOW) -> list[App]:
-    return [scope.app(window=f"{window}s", extra=[f"--store={redis_server.url}"]) for _ in range(count)]
 
 
 def shows(app: App, names: list[str]) -> bool:
@@ -283,7 +225,7 @@ def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) ->
     reaches the other's apply function for that tenant only, live and when joining; a tenant whose name
     is a pattern matches no other tenant's keys."""
     messages = {
-        tenant: wire.encode(wire.Envelope(f"probe-{tenant}", "host", 1, time.time(), container_report(tenant)))
+        tenant: wire.encode(wire.Envelope(f"probe-{tenant}", "host", 1, time.time(), containers_report(tenant)))
         for tenant in ("t1", "t2")
     }
 
@@ -373,7 +315,7 @@ def test_a_probe_waiting_for_a_full_report_stays_on_every_replica(scope: Scope, 
     apps = replicas(scope, redis_server, count=2)
     sender = ReportSender(apps[0], probe_id="gappy", host_id="gappy-host")
     try:
-        sender.send_until(container_report("gappy"), lambda: shows(apps[1], ["gappy"]), timeout=20)
+        sender.send_until(containers_report("gappy"), lambda: shows(apps[1], ["gappy"]), timeout=20)
         seq = 1_000
         deadline = time.monotonic() + 2.5 * WINDOW
         while time.monotonic() < deadline:

@@ -16,16 +16,13 @@ import msgpack
 
 from scope_common import rpc
 from tests.app.test_pipes import PipeClient, _open_pipe, _running_execs
-from tests.app.test_replicas import View, replicas
 from tests.fixtures.docker import Containers
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.scope import App, Scope, wait_for
+from tests.fixtures.replicas import View, replicas
+from tests.fixtures.scope import Scope, wait_for
+from tests.fixtures.service import hostnames
 
 WINDOW = 10.0
-
-
-def _hostnames(app: App) -> set[str]:
-    return {probe["hostname"] for probe in app.get("/api/probes")}
 
 
 def test_an_exec_pipe_opened_on_one_replica_echoes_through_the_probe_on_another(
@@ -110,7 +107,7 @@ def test_a_probe_given_every_replica_moves_to_another_when_its_own_is_killed(
         [app.bus for app in apps], hostname="mobile-host", extra=["--publish-to=one", "--conntrack=off"]
     )
     for app in apps:
-        wait_for(lambda app=app: _hostnames(app) == {"mobile-host"}, 30, what="the probe on every replica")  # type: ignore[misc]
+        wait_for(lambda app=app: hostnames(app.url, None) == {"mobile-host"}, 30, what="the probe on every replica")  # type: ignore[misc]
     host = "mobile-host;<host>"
     container = f"{containers.run(['sleep', '600'], name='mobile').id};<container>"
     for app in apps:

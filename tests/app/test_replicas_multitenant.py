@@ -33,8 +33,9 @@ from scope_probe.service import ServiceCredentials
 from tests.app.test_multitenant import _echo
 from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.replicas import multitenant_replicas
 from tests.fixtures.scope import App, Scope
-from tests.fixtures.service import TenantTokens, tenants
+from tests.fixtures.service import TenantTokens, add_tenant, hostnames, request, service_probe, tenants
 from tests.fixtures.waiting import wait_for
 
 #: Every probe runs on this machine: pointed at no Docker engine, none reports the test run's containers.
@@ -42,33 +43,9 @@ NO_ENGINE = "--docker-url=unix:///nonexistent/docker.sock"
 WINDOW = 10.0
 
 
-def add_tenant(state_dir: Path, store: RedisServer, name: str) -> TenantTokens:
-    done = tenants(state_dir, f"--store={store.url}", "add", name)
-    assert done.returncode == 0, done.stderr
-    return TenantTokens(**json.loads(done.stdout))
-
-
-def get(app: App, token: str | None, path: str, body: bytes | None = None) -> tuple[int, Any]:
-    """GET `path` on `app` as the holder of `token` (POST `body`, as JSON); (status, decoded JSON body or None)."""
-    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(app.url + path, data=body, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null") if body is not None else None
-
-
-def hostnames(app: App, token: str) -> set[str]:
-    status, probes = get(app, token, "/api/probes")
-    return {p["hostname"] for p in probes} if status == 200 else set()
-
-
 def hosts_of(app: App, token: str, topology: str) -> set[str]:
     """The hosts of the real nodes of `topology` as the holder of `token` sees them on `app`."""
-    status, body = get(app, token, f"/api/topology/{topology}")
+    status, body = request(app.url, token, f"/api/topology/{topology}")
     assert status == 200, body
     return {node["id"].split(";")[0] for node in body["nodes"].values() if not node.get("pseudo")}
 
@@ -88,25 +65,11 @@ async def websocket_hosts(app: App, token: str) -> set[str]:
 
 
 def replicas(scope: Scope, state_dir: Path, store: RedisServer, count: int = 3) -> list[App]:
-    return [
-        scope.app(window=f"{WINDOW:g}s", extra=["--multitenant", f"--state-dir={state_dir}", f"--store={store.url}"])
-        for _ in range(count)
-    ]
+    return multitenant_replicas(scope, state_dir, store.url, count, WINDOW)
 
 
 def probe(scope: Scope, app: App, tokens: TenantTokens, hostname: str) -> None:
-    scope.probe(
-        [],
-        hostname=hostname,
-        extra=[
-            f"--service-host={app.bus}",
-            f"--service-key={tokens.service_key}",
-            "--conntrack=off",
-            "--conn-tracer=off",
-            NO_ENGINE,
-        ],
-        env={"SCOPE_SERVICE_TOKEN": tokens.probe_token},
-    )
+    service_probe(scope, [app.bus], tokens.probe_token, tokens.service_key, hostname=hostname, extra=[NO_ENGINE])
 
 
 def test_every_replica_shows_each_tenant_exactly_its_own_picture(
@@ -115,7 +78,7 @@ def test_every_replica_shows_each_tenant_exactly_its_own_picture(
     state = tmp_path / "state"
     apps = replicas(scope, state, redis_server)
     # Added after the replicas started, through the store: every replica knows them at once.
-    alpha, beta = add_tenant(state, redis_server, "alpha"), add_tenant(state, redis_server, "beta")
+    alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
     own = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
     # Each tenant's probes on different replicas; replica 0 ingests one probe of each tenant.
     probe(scope, apps[0], alpha, "alpha-1")
@@ -125,32 +88,32 @@ def test_every_replica_shows_each_tenant_exactly_its_own_picture(
 
     for app in apps:
         for token, hosts in own.items():
-            wait_for(lambda app=app, token=token, hosts=hosts: hostnames(app, token) == hosts, 60, what="the probes")  # type: ignore[misc]
+            wait_for(lambda url=app.url, token=token, hosts=hosts: hostnames(url, token) == hosts, 60, what="probes")  # type: ignore[misc]
     for app in apps:
         for token, hosts in own.items():
             wait_for(lambda app=app, token=token, hosts=hosts: hosts_of(app, token, "hosts") == hosts, 20, what="hosts")  # type: ignore[misc]
             assert hosts_of(app, token, "processes") == hosts
             assert asyncio.run(websocket_hosts(app, token)) == hosts
-            assert hostnames(app, token) == hosts
+            assert hostnames(app.url, token) == hosts
         # Another tenant's ids answer exactly as ids that do not exist, on every replica.
         for token, other in ((beta.user_token, "alpha-1"), (alpha.user_token, "beta-1")):
             path = f"/api/topology/hosts/{urllib.parse.quote(f'{other};<host>', safe='')}"
-            assert get(app, token, path)[0] == 404
-            assert get(app, token, "/api/topology/hosts/no-such%3B%3Chost%3E")[0] == 404
-        assert get(app, alpha.user_token, "/api/topology/hosts/alpha-2%3B%3Chost%3E")[0] == 200
+            assert request(app.url, token, path)[0] == 404
+            assert request(app.url, token, "/api/topology/hosts/no-such%3B%3Chost%3E")[0] == 404
+        assert request(app.url, alpha.user_token, "/api/topology/hosts/alpha-2%3B%3Chost%3E")[0] == 200
 
     # Revoked through the store: refused by every replica within about a second.
     done = tenants(state, f"--store={redis_server.url}", "revoke", "alpha")
     assert done.returncode == 0, done.stderr
     for app in apps:
-        wait_for(lambda app=app: get(app, alpha.user_token, "/api/probes")[0] == 401, 5, what="alpha refused")  # type: ignore[misc]
+        wait_for(lambda app=app: request(app.url, alpha.user_token, "/api/probes")[0] == 401, 5, what="alpha refused")  # type: ignore[misc]
     # Added again under its name, with new tokens: its old probes do not come back on any replica,
     # neither from their connections nor from what the old alpha left in the store.
-    again = add_tenant(state, redis_server, "alpha")
+    again = add_tenant(state, "alpha", f"--store={redis_server.url}")
     time.sleep(4)
     for app in apps:
-        assert hostnames(app, again.user_token) == set()
-        assert hostnames(app, beta.user_token) == {"beta-1", "beta-2"}
+        assert hostnames(app.url, again.user_token) == set()
+        assert hostnames(app.url, beta.user_token) == {"beta-1", "beta-2"}
         assert app.process.poll() is None and "Traceback" not in app.log()
 
 
@@ -162,19 +125,19 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
     echoes through B. Beta's user asking for alpha's probe gets 404 on either replica, as for no probe."""
     state = tmp_path / "state"
     holder, asked = replicas(scope, state, redis_server, 2)
-    alpha, beta = add_tenant(state, redis_server, "alpha"), add_tenant(state, redis_server, "beta")
+    alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
     probe(scope, holder, alpha, "alpha-1")
     probe(scope, holder, beta, "beta-1")
     for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
-        wait_for(lambda token=token, host=host: hostnames(asked, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
-    alpha_probe = get(asked, alpha.user_token, "/api/probes")[1][0]["id"]
-    beta_probe = get(asked, beta.user_token, "/api/probes")[1][0]["id"]
+        wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
+    alpha_probe = request(asked.url, alpha.user_token, "/api/probes")[1][0]["id"]
+    beta_probe = request(asked.url, beta.user_token, "/api/probes")[1][0]["id"]
     node = urllib.parse.quote("alpha-1;<host>", safe="")
     shell = f"/api/control/{alpha_probe}/{node}/host_exec"
 
     def opened() -> Any:
         # 404 until the holder has said, through Redis, that it holds alpha's probe.
-        status, body = get(asked, alpha.user_token, shell, b"{}")
+        status, body = request(asked.url, alpha.user_token, shell, body=b"{}")
         return body if status == 200 else None
 
     answer = wait_for(opened, 20, what="alpha's shell asked on B")
@@ -194,16 +157,16 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
     asyncio.run(session())
     # Another tenant's probe is no probe, on the replica holding it and on the other; its own still answers.
     for app in (asked, holder):
-        status, body = get(app, beta.user_token, shell, b"{}")
+        status, body = request(app.url, beta.user_token, shell, body=b"{}")
         assert status == 404 and "is not connected" in body["error"], (status, body)
-        status, body = get(app, beta.user_token, f"/api/control/{beta_probe}/{node}/host_exec", b"{}")
+        status, body = request(app.url, beta.user_token, f"/api/control/{beta_probe}/{node}/host_exec", body=b"{}")
         assert status == 400, (status, body)  # beta's probe is there, and reports no alpha-1
     for app in (asked, holder):
         assert app.process.poll() is None and "Traceback" not in app.log()
 
 
 def test_a_replica_with_another_service_key_refuses_to_start(redis_server: RedisServer, tmp_path: Path) -> None:
-    add_tenant(tmp_path / "first", redis_server, "alpha")
+    add_tenant(tmp_path / "first", "alpha", f"--store={redis_server.url}")
     result = subprocess.run(
         [
             sys.executable,
@@ -294,7 +257,7 @@ def test_a_tenant_spread_over_replicas_gets_its_byte_rate_once(
     """A tenant allowed 10,000 bytes a second sends 6,000 a second to each of three replicas: each alone
     would let all of it in (bursts of 50,000 pass), the replicas together refuse what is past the rate."""
     state = tmp_path / "state"
-    alpha = add_tenant(state, redis_server, "alpha")
+    alpha = add_tenant(state, "alpha", f"--store={redis_server.url}")
     apps = [
         scope.app(
             window=f"{WINDOW:g}s",
@@ -318,9 +281,8 @@ def test_a_tenant_spread_over_replicas_gets_its_byte_rate_once(
                 publisher.new_subscribers()
                 publisher.send(b"x" * 1_000)
             time.sleep(1 / 6)
-        refused = [
-            get(app, alpha.user_token, "/api/stats")[1]["reports_dropped"].get("over_byte_rate", 0) for app in apps
-        ]
+        stats = [request(app.url, alpha.user_token, "/api/stats")[1] for app in apps]
+        refused = [each["reports_dropped"].get("over_byte_rate", 0) for each in stats]
         sent = sum(publisher.sent for publisher in publishers)
         # 90,000 bytes every 5 s against 50,000 allowed: after the burst, about 4 messages in 9 are refused.
         assert sum(refused) > sent // 5, (refused, sent)

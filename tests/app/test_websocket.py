@@ -11,24 +11,8 @@ import pytest
 import tornado.httpclient
 import tornado.websocket
 
-from scope_common import ids
-from scope_common.report import CONTAINER_ID, CONTAINER_NAME, CONTAINER_STATE, IMAGE_NAME, Node, Report
+from tests.fixtures.reports import container_id, containers_report
 from tests.fixtures.scope import App, ReportSender, Scope
-
-
-def _report(*names: str) -> Report:
-    report = Report()
-    for name in names:
-        container = name.ljust(64, "0")
-        report.add(
-            Node.build(
-                ids.container_id(container),
-                "container",
-                timestamp=time.time(),
-                latest={CONTAINER_ID: container, CONTAINER_NAME: name, IMAGE_NAME: "img", CONTAINER_STATE: "running"},
-            )
-        )
-    return report
 
 
 async def _connect(app: App, path: str, origin: str | None = None) -> tornado.websocket.WebSocketClientConnection:
@@ -47,7 +31,7 @@ async def _next(ws: tornado.websocket.WebSocketClientConnection, timeout: float 
 def test_reset_then_add_update_remove(scope: Scope) -> None:
     app = scope.app()
     sender = ReportSender(app)
-    sender.send_until(_report("alpha"), lambda: app.nodes("containers"))
+    sender.send_until(containers_report("alpha"), lambda: app.nodes("containers"))
 
     async def scenario() -> None:
         ws = await _connect(app, "/api/topology/containers/ws")
@@ -56,15 +40,15 @@ def test_reset_then_add_update_remove(scope: Scope) -> None:
         assert [n["label_major"] for n in first["add"]] == ["alpha"]
 
         started = time.monotonic()
-        sender.send(_report("alpha", "beta"))
+        sender.send(containers_report("alpha", "beta"))
         delta = await _next(ws)
         assert [n["label_major"] for n in delta["add"]] == ["beta"]
         assert delta["remove"] == []
         assert time.monotonic() - started < 2.0, "a change is pushed at once, not on a timer"
 
-        sender.send(_report("beta"))
+        sender.send(containers_report("beta"))
         delta = await _next(ws)
-        assert delta["remove"] == [ids.container_id("alpha".ljust(64, "0"))]
+        assert delta["remove"] == [container_id("alpha")]
         ws.close()
 
     try:
@@ -120,12 +104,12 @@ def test_a_browser_that_does_not_read_gets_no_backlog_then_one_fresh_view() -> N
         feed = hub.feed("containers", ViewOptions())
         feed.add(Watcher(send))
         for version, names in enumerate([("a",), ("a", "b"), ("a", "b", "c"), ("b", "c"), ("c",)], start=1):
-            renderer.update(_report(*names), version)
+            renderer.update(containers_report(*names), version)
             hub.changed()
         assert len(sent) == MAX_UNSENT, "nothing more is queued for a browser that does not read"
         for future, _ in sent:
             future.set_result(None)
-        renderer.update(_report("c", "d"), 99)
+        renderer.update(containers_report("c", "d"), 99)
         hub.changed()
         fresh = sent[-1][1]
         assert fresh["reset"] is True
@@ -200,6 +184,6 @@ def test_a_websocket_whose_opening_fails_leaves_nothing_registered() -> None:
     with pytest.raises(RuntimeError):
         hub.join("127.0.0.1", "containers", ViewOptions(), broken)
     assert (hub.feed_count, hub.watcher_count) == (0, 0)
-    renderer.update(_report("a"), 1)
+    renderer.update(containers_report("a"), 1)
     hub.changed()  # nothing left to push to, nothing to fail
     assert hub.refused == {}

@@ -8,11 +8,7 @@ one the probe chose.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,8 +19,8 @@ from scope_probe.failover import Failover
 from scope_probe.main import build_parser, service_hosts
 from tests.fixtures.dns import WEAVE_NAME, DnsServer
 from tests.fixtures.ports import free_port, free_port_pair
-from tests.fixtures.scope import App, Scope, ScopeProcess, scrape_metrics, start_probe, wait_for
-from tests.fixtures.service import TenantTokens, tenants
+from tests.fixtures.scope import App, Scope, ScopeProcess, scrape_metrics, wait_for
+from tests.fixtures.service import TenantTokens, add_tenant, hostnames, request, service_probe
 
 #: The apps' window: a probe silent this long is dropped from the map.
 WINDOW = 15.0
@@ -33,59 +29,25 @@ WINDOW = 15.0
 class Replicas:
     """Two service processes on one state directory, and the probes started against them."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, scope: Scope, state_dir: Path) -> None:
+        self.scope = scope
         self.state_dir = state_dir
-        self.processes: list[ScopeProcess] = []
         # One after the other: the first creates the key pair the second then reads.
-        self.apps = [self._keep(App(window=f"{WINDOW:.0f}s", extra=self._flags())) for _ in range(2)]
-
-    def _flags(self) -> list[str]:
-        return ["--multitenant", f"--state-dir={self.state_dir}"]
-
-    def _keep(self, process: App) -> App:
-        self.processes.append(process)
-        return process
+        flags = ["--multitenant", f"--state-dir={state_dir}"]
+        self.apps = [scope.app(window=f"{WINDOW:.0f}s", extra=flags) for _ in range(2)]
 
     def add_tenant(self, name: str) -> TenantTokens:
-        done = tenants(self.state_dir, "add", name)
-        assert done.returncode == 0, done.stderr
-        return TenantTokens(**json.loads(done.stdout))
+        return add_tenant(self.state_dir, name)
 
     def probe(
         self, token: str, service_key: str, hosts: list[str], hostname: str, extra: list[str] | None = None
     ) -> ScopeProcess:
-        flags = [*(f"--service-host={host}" for host in hosts), f"--service-key={service_key}", "--conntrack=off"]
-        probe = start_probe(
-            [],
-            hostname=hostname,
-            extra=[*flags, *(extra or [])],
-            env={"SCOPE_SERVICE_TOKEN": token},
-        )
-        self.processes.append(probe)
-        return probe
-
-    def close(self) -> None:
-        for process in reversed(self.processes):
-            process.terminate()
+        return service_probe(self.scope, hosts, token, service_key, hostname=hostname, extra=extra)
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    running = Replicas(tmp_path / "state")
-    try:
-        yield running
-    finally:
-        running.close()
-
-
-def hostnames(app: App, user_token: str) -> set[str]:
-    """The hosts of the probes the tenant of `user_token` sees on `app` (none when it does not answer)."""
-    request = urllib.request.Request(app.url + "/api/probes", headers={"Authorization": f"Bearer {user_token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return {probe["hostname"] for probe in json.load(response)}
-    except (urllib.error.URLError, OSError):
-        return set()
+def replicas(scope: Scope, tmp_path: Path) -> Replicas:
+    return Replicas(scope, tmp_path / "state")
 
 
 def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(replicas: Replicas) -> None:
@@ -102,17 +64,19 @@ def test_a_service_probe_publishes_to_one_replica_and_moves_when_it_is_killed(re
     )
 
     def holder() -> App | None:
-        holding = [app for app in replicas.apps if hostnames(app, tenant.user_token) == {"mover"}]
+        holding = [app for app in replicas.apps if hostnames(app.url, tenant.user_token) == {"mover"}]
         return holding[0] if len(holding) == 1 else None
 
     held = wait_for(holder, 30, what="the probe on one replica")
     other = second if held is first else first
     time.sleep(3)  # several publishes: the probe still reports to that one alone
-    assert hostnames(other, tenant.user_token) == set(), "the probe published to both replicas"
+    assert hostnames(other.url, tenant.user_token) == set(), "the probe published to both replicas"
 
     held.kill()
     killed = time.monotonic()
-    wait_for(lambda: hostnames(other, tenant.user_token) == {"mover"}, WINDOW, what="the probe on the other replica")
+    wait_for(
+        lambda: hostnames(other.url, tenant.user_token) == {"mover"}, WINDOW, what="the probe on the other replica"
+    )
     moved_after = time.monotonic() - killed
     wait_for(lambda: "mover;<host>" in _nodes(other, tenant.user_token), 5, what="its host in the map")
     print(f"the probe showed on the other replica {moved_after:.1f} s after its own was killed")
@@ -151,7 +115,7 @@ def test_a_wrong_token_or_key_is_said_for_each_replica_and_retried_with_a_back_o
     assert "is --service-key the service's key" in wrong_key.log()
     assert "tries again in 2 s" in wrong_token.log(), "the refusals are retried with a back-off"
     for app in replicas.apps:
-        assert hostnames(app, tenant.user_token) == set()
+        assert hostnames(app.url, tenant.user_token) == set()
     for probe in (wrong_token, wrong_key):
         assert probe.process.poll() is None, "a refused probe keeps trying, it does not exit"
         assert "Traceback" not in probe.log()
@@ -211,9 +175,8 @@ def test_a_probe_leaves_an_address_nobody_answers_at_and_keeps_the_one_that_take
 
 
 def _nodes(app: App, user_token: str) -> set[str]:
-    request = urllib.request.Request(app.url + "/api/topology/hosts", headers={"Authorization": f"Bearer {user_token}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return set(json.load(response)["nodes"])
+    status, body = request(app.url, user_token, "/api/topology/hosts")
+    return set(body["nodes"]) if status == 200 else set()
 
 
 def _next_move(failover: Failover, apps: set[str], clock: Clock) -> tuple[str, float]:
