@@ -22,8 +22,12 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.retry
 import redis.sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel://"
 #: URL schemes `--store` takes (TLS for rediss).
@@ -92,9 +96,24 @@ def store_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Times a command that found its connection broken is sent again at once, on a new connection.
+RETRIES_ON_A_BROKEN_CONNECTION = 1
+
+
 def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
     """An asyncio client of the store `url` names; `options` are the client's connection options
-    (timeouts), the same for the data nodes and the sentinels."""
+    (timeouts), the same for the data nodes and the sentinels.
+
+    A command that finds its pooled connection broken is sent once more at once, on a new connection:
+    after Redis restarted (or Sentinel's failover), every idle connection in the pool is dead, and
+    without it each client's first command fails although the store is back (the link's writer counted
+    that batch as dropped). A timeout is not retried (a Redis that stopped answering is one that went
+    away, and waiting twice as long says nothing more); a command that reached a Redis which broke the
+    connection before answering may then run twice, as any command a client resends after a crash."""
+    options = {
+        **options,
+        "retry": redis.asyncio.retry.Retry(NoBackoff(), RETRIES_ON_A_BROKEN_CONNECTION, (RedisConnectionError,)),
+    }
     if url.startswith(SENTINEL_SCHEME):
         target = parse_sentinel(url)
         sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, **options)  # type: ignore[no-untyped-call]
@@ -108,7 +127,12 @@ def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
 
 
 def sync_client(url: str, **options: Any) -> redis.Redis:
-    """A blocking client of the store `url` names (for the registry, which threads share)."""
+    """A blocking client of the store `url` names (for the registry, which threads share); a broken
+    connection is retried as in `async_client`."""
+    options = {
+        **options,
+        "retry": redis.retry.Retry(NoBackoff(), RETRIES_ON_A_BROKEN_CONNECTION, (RedisConnectionError,)),
+    }
     if url.startswith(SENTINEL_SCHEME):
         target = parse_sentinel(url)
         sentinel = redis.sentinel.Sentinel(target.sentinels, **options)  # type: ignore[no-untyped-call]

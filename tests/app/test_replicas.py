@@ -18,6 +18,7 @@ import zmq
 
 from scope_app.replicas import ReplicaLink
 from scope_app.replicas.link import stream_key
+from scope_app.replicas.store import async_client, sync_client
 from scope_common import wire
 from scope_common.report import Report
 from tests.fixtures.docker import Containers
@@ -273,6 +274,40 @@ def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) ->
     # collector refuses the copy as stale).
     assert got["late t2"] == [("10.0.0.2", messages["t2"])] * 2
     assert got["t*"] == []
+
+
+def test_after_redis_restarts_each_clients_first_command_goes_through(redis_server: RedisServer) -> None:
+    """Every idle pooled connection is dead once Redis restarted: the store's clients send a command that
+    finds its connection broken once more, on a new one, so a Redis that is back answers the first command,
+    asyncio or blocking, and the link's writer (pipelined) counts no batch as dropped."""
+    message = wire.encode(wire.Envelope("probe-w", "host", 1, time.time(), containers_report("w")))
+
+    async def scenario() -> tuple[list[Any], int, int]:
+        client = async_client(redis_server.url, socket_timeout=5.0)
+        link = ReplicaLink(redis_server.url, "writer", WINDOW)
+        writer = asyncio.create_task(link.write_forever())
+        answers: list[Any] = [await client.set("k", "v")]
+        link.publish("t", "10.0.0.1", wire.decode(message), message)
+        while link.published + link.publish_dropped < 1:
+            await asyncio.sleep(0.05)
+        # Here, not on a thread: the kernel stops redis-server when the thread that started it ends.
+        redis_server.restart()
+        answers.append(await client.get("k"))  # empty: nothing kept
+        link.publish("t", "10.0.0.1", wire.decode(message), message)
+        while link.published + link.publish_dropped < 2:
+            await asyncio.sleep(0.05)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await link.close()
+        await client.aclose()
+        return answers, link.published, link.publish_dropped
+
+    assert asyncio.run(scenario()) == ([True, None], 2, 0)
+    blocking = sync_client(redis_server.url, socket_timeout=5.0)
+    blocking.set("k", "v")
+    redis_server.restart()
+    assert blocking.get("k") is None
+    blocking.close()
 
 
 def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
