@@ -8,6 +8,7 @@ probes feeding the replicas over CurveZMQ with their tenants' tokens, spread acr
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,11 @@ from scope_common.curve import probe_keys
 from scope_probe.publisher import Publisher
 from scope_probe.service import ServiceCredentials
 from tests.app.test_multitenant import _echo
+from tests.fixtures.netns import Netns, NetnsHost
 from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.redis import RedisServer
-from tests.fixtures.replicas import multitenant_replicas
-from tests.fixtures.scope import App, Scope
+from tests.fixtures.replicas import View, multitenant_replicas
+from tests.fixtures.scope import App, Scope, ScopeProcess
 from tests.fixtures.service import TenantTokens, add_tenant, hostnames, request, service_probe, tenants
 from tests.fixtures.waiting import wait_for
 
@@ -70,6 +73,34 @@ def replicas(scope: Scope, state_dir: Path, store: RedisServer, count: int = 3) 
 
 def probe(scope: Scope, app: App, tokens: TenantTokens, hostname: str) -> None:
     service_probe(scope, [app.bus], tokens.probe_token, tokens.service_key, hostname=hostname, extra=[NO_ENGINE])
+
+
+def shell_echoes(asked: App, token: str, host: str) -> str:
+    """The holder of `token` asks `asked` for a shell on `host` (host_exec on its probe, wherever that
+    is held) and has it echo a line through `asked`; the control's path."""
+    probe_id = next(p["id"] for p in request(asked.url, token, "/api/probes")[1] if p["hostname"] == host)
+    shell = f"/api/control/{probe_id}/{urllib.parse.quote(f'{host};<host>', safe='')}/host_exec"
+
+    def opened() -> Any:
+        # 404 until the holder has said, through Redis, that it holds the probe.
+        status, body = request(asked.url, token, shell, body=b"{}")
+        return body if status == 200 else None
+
+    answer = wait_for(opened, 20, what=f"the shell on {host} asked on {asked.url}")
+    assert answer["pipe"], answer
+
+    async def session() -> None:
+        pipe = tornado.httpclient.HTTPRequest(
+            f"ws://127.0.0.1:{asked.http_port}/api/pipe/{answer['pipe']}", headers={"Authorization": f"Bearer {token}"}
+        )
+        ws = await tornado.websocket.websocket_connect(pipe)
+        try:
+            await _echo(ws)
+        finally:
+            ws.close()
+
+    asyncio.run(session())
+    return shell
 
 
 def test_every_replica_shows_each_tenant_exactly_its_own_picture(
@@ -130,31 +161,9 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
     probe(scope, holder, beta, "beta-1")
     for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
         wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
-    alpha_probe = request(asked.url, alpha.user_token, "/api/probes")[1][0]["id"]
+    shell = shell_echoes(asked, alpha.user_token, "alpha-1")
     beta_probe = request(asked.url, beta.user_token, "/api/probes")[1][0]["id"]
     node = urllib.parse.quote("alpha-1;<host>", safe="")
-    shell = f"/api/control/{alpha_probe}/{node}/host_exec"
-
-    def opened() -> Any:
-        # 404 until the holder has said, through Redis, that it holds alpha's probe.
-        status, body = request(asked.url, alpha.user_token, shell, body=b"{}")
-        return body if status == 200 else None
-
-    answer = wait_for(opened, 20, what="alpha's shell asked on B")
-    assert answer["pipe"], answer
-
-    async def session() -> None:
-        request = tornado.httpclient.HTTPRequest(
-            f"ws://127.0.0.1:{asked.http_port}/api/pipe/{answer['pipe']}",
-            headers={"Authorization": f"Bearer {alpha.user_token}"},
-        )
-        ws = await tornado.websocket.websocket_connect(request)
-        try:
-            await _echo(ws)
-        finally:
-            ws.close()
-
-    asyncio.run(session())
     # Another tenant's probe is no probe, on the replica holding it and on the other; its own still answers.
     for app in (asked, holder):
         status, body = request(app.url, beta.user_token, shell, body=b"{}")
@@ -163,6 +172,168 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
         assert status == 400, (status, body)  # beta's probe is there, and reports no alpha-1
     for app in (asked, holder):
         assert app.process.poll() is None and "Traceback" not in app.log()
+
+
+#: A probe's host of its own: a network namespace on the test's bridge, with its own processes too (a
+#: probe reads its host's connections through /proc; with one /proc, each would report all of them).
+OWN_PROCESSES = ["unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"]
+
+
+def host_probe(scope: Scope, host: NetnsHost, addresses: list[str], tokens: TenantTokens, name: str) -> ScopeProcess:
+    """A probe of the tenant of `tokens` on `host`, named `name`, given every replica's bus at `addresses`."""
+    prefix = host.argv(OWN_PROCESSES)
+    return service_probe(
+        scope, addresses, tokens.probe_token, tokens.service_key, hostname=name, prefix=prefix, extra=[NO_ENGINE]
+    )
+
+
+def exactly_their_own(apps: list[App], own: dict[str, set[str]]) -> bool:
+    """Whether every app shows the holder of each token exactly these hosts: its probes and its hosts view."""
+    return all(
+        hostnames(app.url, token) == hosts and hosts_of(app, token, "hosts") == hosts
+        for app in apps
+        for token, hosts in own.items()
+    )
+
+
+def host_nodes(hosts: set[str]) -> set[str]:
+    return {f"{host};<host>" for host in hosts}
+
+
+def test_a_probe_whose_replica_is_killed_moves_and_no_tenant_sees_it_gone(
+    redis_server: RedisServer, scope: Scope, netns: Netns, tmp_path: Path
+) -> None:
+    """Three replicas; every probe is given all three and takes the first, in order, that answers. The
+    replica listed first starts last: alpha-2 and beta's probes leave it for the next before it is up,
+    and alpha-1, started once it is, stays on it. Killing that replica moves alpha-1 to another: alpha's
+    map is whole again on both survivors within one window, alpha's websockets there never show one of
+    its hosts gone, and beta's see nothing happen, its own hosts and no other tenant's."""
+    state = tmp_path / "state"
+    hosts = [netns.create() for _ in range(4)]
+    ports: set[int] = set()
+    while len(ports) < 3:
+        ports.add(free_port_pair(netns.gateway))
+    # In the order the probes try them; the first is the one that is killed.
+    order = sorted(ports, key=lambda port: f"tcp://{netns.gateway}:{port}")
+    addresses = [f"{netns.gateway}:{port}" for port in order]
+    store = redis_server.url
+    survivors = multitenant_replicas(scope, state, store, window=WINDOW, bus_host=netns.gateway, bus_ports=order[1:])
+    alpha, beta = (add_tenant(state, name, f"--store={store}") for name in ("alpha", "beta"))
+    own = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
+    early = [
+        host_probe(scope, hosts[1], addresses, alpha, "alpha-2"),
+        host_probe(scope, hosts[2], addresses, beta, "beta-1"),
+        host_probe(scope, hosts[3], addresses, beta, "beta-2"),
+    ]
+    left_first = f"leaving the app at tcp://{addresses[0]}"
+    for probe in early:
+        wait_for(lambda probe=probe: left_first in probe.log(), 30, what="the probe to leave the first address")  # type: ignore[misc]
+    (doomed,) = multitenant_replicas(scope, state, store, window=WINDOW, bus_host=netns.gateway, bus_ports=order[:1])
+    mover = host_probe(scope, hosts[0], addresses, alpha, "alpha-1")
+    apps = [doomed, *survivors]
+    wait_for(lambda: exactly_their_own(apps, own), 60, what="each tenant's hosts on every replica")
+    views = {token: [View(app, "hosts", token) for app in survivors] for token in own}
+    seen_before_kill: dict[int, int] = {}
+    try:
+        for token, opened in views.items():
+            for view in opened:
+                wait_for(lambda v=view, t=token: v.shown >= host_nodes(own[t]), 10, what="the hosts on a websocket")  # type: ignore[misc]
+                seen_before_kill[id(view)] = len(view.messages)
+        assert "leaving the app at" not in mover.log()
+        doomed.kill()
+        killed = time.monotonic()
+        wait_for(lambda: left_first in mover.log(), WINDOW, what="alpha-1 to leave the killed replica")
+        # Past the window: what the survivors show of alpha-1 now, it reported after it moved.
+        time.sleep(max(0.0, killed + WINDOW + 2 - time.monotonic()))
+        assert exactly_their_own(survivors, own), "a tenant's map is not whole, or not its own, after the move"
+    finally:
+        for opened in views.values():
+            for view in opened:
+                view.close()
+    for token, opened in views.items():
+        mine = host_nodes(own[token])
+        for view in opened:
+            shown_hosts = {node for node in view.shown if node.endswith(";<host>")}
+            assert shown_hosts == mine, (token == alpha.user_token, shown_hosts)
+            assert not view.removed & mine, "an open websocket showed one of its tenant's hosts gone"
+            for message in view.messages:
+                added = {node["id"] for node in message.get("add") or [] if node["id"].endswith(";<host>")}
+                assert added <= mine, f"another tenant's host on a websocket: {added - mine}"
+    for view in views[beta.user_token]:
+        after = view.messages[seen_before_kill[id(view)] :]
+        changed = {node["id"] for message in after for node in message.get("add") or []}
+        changed |= {node for message in after for node in message.get("remove") or []}
+        assert not changed & host_nodes(own[beta.user_token]), "beta's hosts changed with alpha's probe moving"
+    for app in survivors:
+        assert app.process.poll() is None and "Traceback" not in app.log()
+
+
+@pytest.fixture
+def lasting_redis() -> Iterator[RedisServer]:
+    """A Redis that keeps its data on disk (append-only file) across a restart, as the service's must:
+    the tenant registry in it cannot be rebuilt (tests.fixtures.redis's plain one comes back empty)."""
+    server = RedisServer(["--appendonly", "yes"])
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def logged_in_hostnames(app: App, token: str) -> set[str]:
+    """Log in on `app`'s page with `token`, as a browser does; the hosts of the probes the session sees."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    with opener.open(f"{app.url}/?token={urllib.parse.quote(token, safe='')}", timeout=10) as response:
+        assert response.status == 200
+    with opener.open(f"{app.url}/api/probes", timeout=10) as response:
+        return {probe["hostname"] for probe in json.load(response)}
+
+
+def test_restarting_redis_under_multitenant_replicas_heals_each_tenants_map_controls_and_registry(
+    lasting_redis: RedisServer, scope: Scope, netns: Netns, tmp_path: Path
+) -> None:
+    """Redis restarts under three replicas and real probes of two tenants, every probe given every
+    replica (so all on the first in order): each replica reconnects; within one window each tenant's map
+    is whole and exactly its own again on every replica, from what came through the new connections; a
+    tenant's shell asked on another replica runs on its probe; users log in on every replica, a tenant
+    added after the restart reports; no replica dies or logs a traceback."""
+    state = tmp_path / "state"
+    hosts = [netns.create() for _ in range(5)]
+    store = lasting_redis.url
+    apps = multitenant_replicas(scope, state, store, window=WINDOW, bus_host=netns.gateway)
+    addresses = [f"{netns.gateway}:{app.bus_port}" for app in apps]
+    holder = min(apps, key=lambda app: f"tcp://{netns.gateway}:{app.bus_port}")
+    others = [app for app in apps if app is not holder]
+    alpha, beta = (add_tenant(state, name, f"--store={store}") for name in ("alpha", "beta"))
+    own = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
+    for host, (tokens, name) in zip(
+        hosts, [(alpha, "alpha-1"), (alpha, "alpha-2"), (beta, "beta-1"), (beta, "beta-2")], strict=False
+    ):
+        host_probe(scope, host, addresses, tokens, name)
+    wait_for(lambda: exactly_their_own(apps, own), 60, what="each tenant's hosts on every replica")
+
+    lasting_redis.restart()
+    restarted = time.monotonic()
+    wait_for(
+        lambda: all(app.log().count("connected to the replicas' store") >= 2 for app in apps),
+        WINDOW,
+        what="every replica to reconnect",
+    )
+    wait_for(lambda: exactly_their_own(apps, own), WINDOW, what="each tenant's map whole again")
+    # Past the window: every report each replica shows came through the store after the restart.
+    time.sleep(max(0.0, restarted + WINDOW + 2 - time.monotonic()))
+    assert exactly_their_own(apps, own), "a tenant's map is not whole, or not its own, after the restart"
+
+    shell_echoes(others[0], alpha.user_token, "alpha-1")
+    shell_echoes(others[1], beta.user_token, "beta-2")
+    for app in apps:
+        assert logged_in_hostnames(app, alpha.user_token) == own[alpha.user_token]
+    gamma = add_tenant(state, "gamma", f"--store={store}")
+    host_probe(scope, hosts[4], addresses, gamma, "gamma-1")
+    own[gamma.user_token] = {"gamma-1"}
+    wait_for(lambda: exactly_their_own(apps, own), 30, what="gamma's probe on every replica, and each its own")
+    for app in apps:
+        assert app.process.poll() is None, app.log()
+        assert "Traceback" not in app.log()
 
 
 def test_a_replica_with_another_service_key_refuses_to_start(redis_server: RedisServer, tmp_path: Path) -> None:
