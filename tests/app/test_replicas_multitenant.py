@@ -75,9 +75,9 @@ def probe(scope: Scope, app: App, tokens: TenantTokens, hostname: str) -> None:
     service_probe(scope, [app.bus], tokens.probe_token, tokens.service_key, hostname=hostname, extra=[NO_ENGINE])
 
 
-def shell_echoes(asked: App, token: str, host: str) -> str:
-    """The holder of `token` asks `asked` for a shell on `host` (host_exec on its probe, wherever that
-    is held) and has it echo a line through `asked`; the control's path."""
+def open_shell(asked: App, token: str, host: str) -> tuple[str, str]:
+    """The holder of `token` asks `asked` for a shell on `host` (host_exec on its probe, wherever that is
+    held); the control's path and the shell's pipe."""
     probe_id = next(p["id"] for p in request(asked.url, token, "/api/probes")[1] if p["hostname"] == host)
     shell = f"/api/control/{probe_id}/{urllib.parse.quote(f'{host};<host>', safe='')}/host_exec"
 
@@ -88,12 +88,23 @@ def shell_echoes(asked: App, token: str, host: str) -> str:
 
     answer = wait_for(opened, 20, what=f"the shell on {host} asked on {asked.url}")
     assert answer["pipe"], answer
+    return shell, answer["pipe"]
+
+
+async def pipe_websocket(app: App, token: str, pipe: str) -> tornado.websocket.WebSocketClientConnection:
+    """The browser's end of `pipe` on `app`, as the holder of `token`."""
+    request = tornado.httpclient.HTTPRequest(
+        f"ws://127.0.0.1:{app.http_port}/api/pipe/{pipe}", headers={"Authorization": f"Bearer {token}"}
+    )
+    return await tornado.websocket.websocket_connect(request)
+
+
+def shell_echoes(asked: App, token: str, host: str) -> str:
+    """A shell on `host` asked on `asked` echoes a line through it; the control's path."""
+    shell, pipe = open_shell(asked, token, host)
 
     async def session() -> None:
-        pipe = tornado.httpclient.HTTPRequest(
-            f"ws://127.0.0.1:{asked.http_port}/api/pipe/{answer['pipe']}", headers={"Authorization": f"Bearer {token}"}
-        )
-        ws = await tornado.websocket.websocket_connect(pipe)
+        ws = await pipe_websocket(asked, token, pipe)
         try:
             await _echo(ws)
         finally:
@@ -170,6 +181,45 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
         assert status == 404 and "is not connected" in body["error"], (status, body)
         status, body = request(app.url, beta.user_token, f"/api/control/{beta_probe}/{node}/host_exec", body=b"{}")
         assert status == 400, (status, body)  # beta's probe is there, and reports no alpha-1
+    for app in (asked, holder):
+        assert app.process.poll() is None and "Traceback" not in app.log()
+
+
+def test_revoking_a_tenant_closes_its_pipe_through_another_replica_with_the_reason(
+    redis_server: RedisServer, scope: Scope, tmp_path: Path
+) -> None:
+    """Alpha's and beta's probes send to replica A alone; each user has a shell open through replica B.
+    Alpha revoked: B closes alpha's pipe itself, saying why, within a few seconds (it does not wait for
+    A, which drops alpha's routes); beta's shell through B echoes on."""
+    state = tmp_path / "state"
+    holder, asked = replicas(scope, state, redis_server, 2)
+    alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
+    probe(scope, holder, alpha, "alpha-1")
+    probe(scope, holder, beta, "beta-1")
+    for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
+        wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
+    _, alpha_pipe = open_shell(asked, alpha.user_token, "alpha-1")
+    _, beta_pipe = open_shell(asked, beta.user_token, "beta-1")
+
+    async def across_the_revocation() -> None:
+        alpha_shell = await pipe_websocket(asked, alpha.user_token, alpha_pipe)
+        beta_shell = await pipe_websocket(asked, beta.user_token, beta_pipe)
+        await _echo(alpha_shell)
+        await _echo(beta_shell)
+        done = await asyncio.to_thread(tenants, state, f"--store={redis_server.url}", "revoke", "alpha")
+        assert done.returncode == 0, done.stderr
+        revoked = time.monotonic()
+        # Each read waits 10 s at most: the shell is idle, so what comes is the close.
+        while await asyncio.wait_for(alpha_shell.read_message(), 10) is not None:
+            pass
+        print(f"alpha's pipe through B closed {time.monotonic() - revoked:.2f} s after `scope tenants revoke`")
+        assert alpha_shell.close_reason is not None and "its tenant was revoked" in alpha_shell.close_reason, (
+            alpha_shell.close_reason
+        )
+        await _echo(beta_shell)
+        beta_shell.close()
+
+    asyncio.run(across_the_revocation())
     for app in (asked, holder):
         assert app.process.poll() is None and "Traceback" not in app.log()
 
