@@ -30,6 +30,10 @@ class TenantDirectory:
         #: within the last second would get in, its first reports (the full one above all) be dropped as no
         #: tenant's, and a listing read before the add would take the tenant out again.
         self._admitted: dict[str, tuple[Tenant, float]] = {}
+        #: The registry's making as last read (`TenantRegistry.made`; None: not read yet), and the tenants
+        #: known when it was found made anew, kept beside the new registry's (see `_apply`).
+        self._made: str | None = None
+        self._orphans: dict[str, Tenant] = {}
         self._log = RateLimitedLog(log)
         self.refresh()
 
@@ -43,7 +47,20 @@ class TenantDirectory:
     def _apply(self, listed: list[Tenant], read_at: float) -> None:
         """Take `listed`, the registry as read from `read_at` on: tenants ZAP admitted after that stay."""
         self._admitted = {key: entry for key, entry in self._admitted.items() if entry[1] > read_at}
-        tenants = {tenant.name: tenant for tenant in listed}
+        made = self.registry.made
+        if self._made is not None and made != self._made:
+            # The store lost its data and a tenant was added since (`scope tenants add` makes a registry
+            # where it finds none): the tenants known before are not revoked, no one revoked them. They
+            # stay until the registry is restored or the replica restarts; the new one's are taken too.
+            self._orphans = {**self._orphans, **self.tenants}
+            log.error(
+                "the tenant registry was made anew (its store lost its data, then a tenant was added): going on "
+                "with the %d tenants known before beside the new registry's; restore the registry from a backup, "
+                "or restart the replicas to take only the new one",
+                len(self._orphans),
+            )
+        self._made = made
+        tenants = {**self._orphans, **{tenant.name: tenant for tenant in listed}}
         for tenant, _ in self._admitted.values():
             tenants.setdefault(tenant.name, tenant)
         self._take(tenants)
@@ -96,7 +113,9 @@ class TenantDirectory:
             self._unavailable(exc)
             return probe_key in self._by_probe_key
         if tenant is None:
-            return False
+            # No tenant's in the registry; a tenant known before it was made anew is kept all the same.
+            known = self._by_probe_key.get(probe_key)
+            return known is not None and self._orphans.get(known.name) == known
         if probe_key not in self._by_probe_key:
             # In the copy at once, so that its connection's first report (the full one) is filed under it
             # and shared with the other replicas; kept there until a listing read after now shows it.

@@ -65,6 +65,12 @@ class TenantRegistry(Protocol):
         """Every tenant, oldest first."""
         ...
 
+    @property
+    def made(self) -> str:
+        """What tells this registry's making from another's, as of the last `list`: a registry made anew
+        (its store lost its data, then a tenant was added) reads as a new value."""
+        ...
+
     def revoke(self, name: str) -> None:
         """Remove a tenant: both its tokens stop working. RegistryError if there is none of that name."""
         ...
@@ -120,6 +126,10 @@ class SqliteRegistry:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM tenants ORDER BY created, name").fetchall()
         return [Tenant(*row) for row in rows]
+
+    @property
+    def made(self) -> str:
+        return ""  # one file, made once: a lost one is a service that starts anew
 
     def revoke(self, name: str) -> None:
         with self._connect() as db:

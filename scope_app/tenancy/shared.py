@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 TENANTS = "scope:{registry}:tenants"
 BY_USER_TOKEN = "scope:{registry}:by-user-token"
 BY_PROBE_KEY = "scope:{registry}:by-probe-key"
-#: Written by the first `add`: a registry without it is one Redis lost, not one without tenants.
+#: Written by the first `add` (its time): a registry without it is one Redis lost, not one without tenants;
+#: one with another value than before was made anew after that.
 MARKER = "scope:{registry}:made"
 SERVICE_KEY = "scope:{registry}:service-key"
 
@@ -86,6 +87,7 @@ class RedisRegistry:
         )
         self._add = self._redis.register_script(_ADD)
         self._revoke = self._redis.register_script(_REVOKE)
+        self._made = ""
 
     def add(self, name: str, user_token_hash: str, probe_key: str) -> Tenant:
         if not NAME.fullmatch(name):
@@ -105,12 +107,12 @@ class RedisRegistry:
         return tenant
 
     def list(self) -> list[Tenant]:
-        def read() -> tuple[int, dict[bytes, bytes]]:
+        def read() -> tuple[bytes | None, dict[bytes, bytes]]:
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.exists(MARKER)
+                pipe.get(MARKER)
                 pipe.hgetall(TENANTS)
                 made, records = pipe.execute()
-            return int(made), records
+            return made, records
 
         made, records = self._call(read)
         if not made:
@@ -118,8 +120,13 @@ class RedisRegistry:
                 f"the store {self._redacted_url()} holds no tenant registry: no tenant added yet, "
                 "or the store lost its data (run it with persistence)"
             )
+        self._made = made[:64].decode(errors="replace")
         tenants = [found for record in records.values() if (found := _tenant(record)) is not None]
         return sorted(tenants, key=lambda t: (t.created, t.name))
+
+    @property
+    def made(self) -> str:
+        return self._made
 
     def revoke(self, name: str) -> None:
         revoked = self._call(lambda: self._revoke(keys=[TENANTS, BY_USER_TOKEN, BY_PROBE_KEY], args=[name]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -405,7 +406,7 @@ def test_a_replica_with_another_service_key_refuses_to_start(redis_server: Redis
     assert tenants(tmp_path / "other", f"--store={redis_server.url}", "list").returncode == 1
 
 
-def test_the_registry_in_the_store(redis_server: RedisServer) -> None:
+def test_the_registry_in_the_store(redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     registry = RedisRegistry(redis_server.url)
     with pytest.raises(RegistryUnavailable):
         registry.list()  # nothing added yet: no registry, which is not a registry without tenants
@@ -441,6 +442,17 @@ def test_the_registry_in_the_store(redis_server: RedisServer) -> None:
     directory.refresh()
     assert set(directory.tenants) == {"alpha"} and revoked == ["beta"]
     assert directory.by_user_token_hash(token_hash("alpha user")) == alpha
+    # A tenant added then (`scope tenants add` makes a registry where it finds none) is no reason to cut
+    # alpha off: the directory takes the new registry's tenants beside the ones it knew, and says why.
+    registry.add("gamma", token_hash("gamma user"), "cc" * 32)
+    with caplog.at_level(logging.ERROR, logger="scope_app.tenancy.directory"):
+        directory.refresh()
+    assert set(directory.tenants) == {"alpha", "gamma"} and revoked == ["beta"]
+    assert "registry was made anew" in caplog.text
+    assert directory.admits_key("aa" * 32) and directory.admits_key("cc" * 32)
+    registry.revoke("gamma")  # the new registry's own revocations still cut off
+    directory.refresh()
+    assert set(directory.tenants) == {"alpha"} and revoked == ["beta", "gamma"]
     redis_server.stop()
     directory.refresh()
     assert directory.admits_key("aa" * 32) and not directory.admits_key("cc" * 32)
