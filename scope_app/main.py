@@ -318,12 +318,12 @@ class ScopeApp:
         return self.view(tenant)
 
     def _follow(self, tenant: str) -> None:
-        """Follow `tenant` across replicas if it is in the registry (a tenant just added may not be in
-        the copy yet: followed at the next refresh)."""
-        assert self.replicas is not None
-        channel = self._channel_of(tenant)
-        if channel is not None:
-            self.replicas.attach_tenant(tenant, channel)
+        """Follow `tenant` across replicas if it is in the registry (looked up there if the copy lacks it:
+        a tenant just added, whose user's token was looked up there too)."""
+        assert self.replicas is not None and self.directory is not None
+        found = self.directory.by_name(tenant)
+        if found is not None:
+            self.replicas.attach_tenant(tenant, tenant_channel(tenant, found.probe_key))
             self.replicas.follow_tenant(tenant)
 
     def _loading(self, tenant: str) -> Awaitable[None] | None:
