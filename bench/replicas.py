@@ -112,7 +112,11 @@ class Tenants:
         ]
 
     def sender_flags(self) -> list[str]:
-        return [f"--service-tokens={self.state / 'probe-tokens.json'}", f"--service-key={self.service_key}"]
+        return [
+            f"--service-tokens={self.state / 'probe-tokens.json'}",
+            f"--service-key={self.service_key}",
+            "--loopback-sources",  # the service caps a source's probes at 16 whatever the flags
+        ]
 
 
 @dataclass
@@ -220,7 +224,7 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
                 break
             time.sleep(args.interval)
         else:
-            row.note = f"warm-up: hosts seen {row.hosts_seen} of {args.probes} after {warmup:.0f} s"
+            row.note = f"warm-up: hosts seen {row.hosts_seen} of {expected} after {warmup:.0f} s"
         print(f"{row.name}: warm, hosts seen {row.hosts_seen}", file=sys.stderr, flush=True)
         time.sleep(args.interval)
 
