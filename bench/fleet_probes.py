@@ -192,7 +192,7 @@ class FakeProbe:
         configure_publisher(self.socket)
         if secure is not None:
             secure(self.socket)
-        self.socket.connect(f"tcp://{source};{bus}" if source else f"tcp://{bus}")
+        self.socket.connect(f"tcp://{source}:0;{bus}" if source else f"tcp://{bus}")
         probe_id = f"{self.host}-{os.getpid()}"
         self.encode: Encode
         self.probe_id = probe_id
