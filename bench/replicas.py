@@ -26,10 +26,12 @@ With `--tenants T`: the apps are `scope app --multitenant` (with `--store`: the 
 the T tenants added to the registry before they start, one state directory (the service's key pair)
 for every replica, and the fake probes publish over CurveZMQ with their tenant's token, probe i as
 tenant i modulo T. The views measured are tenant 0's (probe 0, which makes the marked changes, is
-tenant 0's), read with its user token. A replica decodes only the tenants its users watch: tenant 0 is
-watched on the last replica, and no other tenant anywhere (no request of theirs is made), so every other
-message is only relayed (`scope_app_reports_relayed_unapplied`); the warm-up waits for tenant 0's hosts
-on the last replica (every tenant's, summed, on the one app without Redis, which decodes everything).
+tenant 0's), read with its user token. A replica decodes only the tenants its users watch: with
+`--watched W` (default 1), tenants 0..W-1 are watched, tenant t on replica R-1-t modulo R (tenant 0 on the
+last), each on one replica only (a request of each every 10 s keeps it watched), and no other tenant
+anywhere, so their messages are only relayed (`scope_app_reports_relayed_unapplied`). The warm-up waits
+for each watched tenant's hosts on its replica (every tenant's, summed, on the one app without Redis,
+which decodes everything).
 Counts are read from the operator's /metrics (`--metrics-token`), which watches no tenant: the per-app
 applied rate, what each left out by reason (`missed_delta` above all), the tenants each follows.
 """
@@ -170,13 +172,34 @@ def dropped(app: App) -> dict[str, int]:
     return dict(found)
 
 
-def hosts_seen(app: App, timeout: float, tenants: Tenants | None, replicated: bool) -> int:
-    """Hosts in the app's hosts view; with --tenants, tenant 0's on replicas (the one tenant watched),
-    every tenant's together on one app."""
-    if tenants is None:
+def hosts_seen(app: App, timeout: float, tokens: list[str] | None) -> int:
+    """Hosts in the app's hosts view; with --tenants, in the views of the tenants of `tokens` together."""
+    if tokens is None:
         return hosts_in_view(app, timeout)
-    tokens = tenants.user_tokens[:1] if replicated else tenants.user_tokens
     return sum(max(0, hosts_in_view(app, timeout, token)) for token in tokens)
+
+
+def watched_tokens(args: argparse.Namespace, tenants: Tenants, replica: int, replicas: int) -> list[str]:
+    """The user tokens of the tenants watched on replica `replica` of `replicas` (see --watched)."""
+    return [
+        token for t, token in enumerate(tenants.user_tokens[: args.watched]) if (replicas - 1 - t) % replicas == replica
+    ]
+
+
+class KeepWatching(threading.Thread):
+    """A request of each watched tenant on its replica every 10 s, so that none is let go meanwhile."""
+
+    def __init__(self, watching: list[tuple[App, list[str]]], timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.watching = watching
+        self.timeout = timeout
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(10.0):
+            for app, tokens in self.watching:
+                hosts_seen(app, self.timeout, tokens)
 
 
 def redis_cpu_seconds(server: RedisServer) -> float:
@@ -203,6 +226,7 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
     for sampler in samplers:
         sampler.start()
     senders: Senders | None = None
+    keep: KeepWatching | None = None
     try:
         senders = start_senders(
             args,
@@ -214,17 +238,28 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
         )
         warmup = args.warmup + args.probes * 0.1
         deadline = time.monotonic() + warmup
-        # With tenants on replicas, only the last replica watches a tenant: tenant 0 (probes 0, T, 2T...).
-        warm_apps, expected = apps, args.probes
-        if tenants is not None and store is not None:
-            warm_apps, expected = apps[-1:], len(range(0, args.probes, len(tenants.user_tokens)))
+        # With tenants on replicas, each replica watches its share of the watched tenants (--watched); the
+        # tenant of probe i is tenant i modulo T.
+        watching: list[tuple[App, list[str] | None]] = [(app, None) for app in apps]
+        expected = [args.probes] * len(apps)
+        if tenants is not None:
+            count = len(tenants.user_tokens)
+            per_tenant = [len(range(t, args.probes, count)) for t in range(count)]
+            if store is None:
+                watching = [(apps[0], tenants.user_tokens)]
+            else:
+                watching = [(app, watched_tokens(args, tenants, k, len(apps))) for k, app in enumerate(apps)]
+                expected = [
+                    sum(per_tenant[tenants.user_tokens.index(t)] for t in tokens or []) for _, tokens in watching
+                ]
         while time.monotonic() < deadline:
-            row.hosts_seen = [hosts_seen(app, args.timeout, tenants, store is not None) for app in warm_apps]
-            if min(row.hosts_seen) >= expected:
+            row.hosts_seen = [hosts_seen(app, args.timeout, tokens) for app, tokens in watching]
+            if all(seen >= want for seen, want in zip(row.hosts_seen, expected, strict=True)):
                 break
             time.sleep(args.interval)
         else:
             row.note = f"warm-up: hosts seen {row.hosts_seen} of {expected} after {warmup:.0f} s"
+        keep = KeepWatching([(app, tokens) for app, tokens in watching if tokens], args.timeout)
         print(f"{row.name}: warm, hosts seen {row.hosts_seen}", file=sys.stderr, flush=True)
         time.sleep(args.interval)
 
@@ -292,6 +327,8 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
             if app.process.poll() is not None:
                 row.note = (row.note + "; " if row.note else "") + f"{app.url} exited ({app.process.returncode})"
     finally:
+        if keep is not None:
+            keep.done.set()
         for sampler in samplers:
             sampler.done.set()
         if senders is not None:
@@ -374,6 +411,9 @@ def main() -> None:
     parser.add_argument("--window", default="15s", help="the apps' --window")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-app run")
     parser.add_argument("--tenants", type=int, default=0, help="run the multi-tenant service with this many tenants")
+    parser.add_argument(
+        "--watched", type=int, default=1, help="with --tenants: tenants watched, each on one replica (see above)"
+    )
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = str(REPO)
     tenants = Tenants.make(args.tenants) if args.tenants > 0 else None

@@ -86,6 +86,16 @@ def test_a_replica_where_nobody_watches_a_tenant_decodes_none_of_it(
     assert watched['scope_app_tenant_probes{tenant="alpha"}'] == len(HOSTS)
     assert watched['scope_app_tenant_reports_applied_total{tenant="alpha"}'] > 2 * len(HOSTS)
 
+    # Watched on the ingesting replica too from now: complete at once, and the switch from sharing its
+    # probes' messages undecoded to decoding them loses none of their deltas.
+    assert hostnames(ingesting, alpha.user_token) == HOSTS
+    time.sleep(3)
+    switched = metrics(ingesting)
+    assert switched["scope_app_replica_tenants_followed"] == 1
+    assert switched['scope_app_tenant_probes{tenant="alpha"}'] == len(HOSTS)
+    assert switched['scope_app_tenant_reports_applied_total{tenant="alpha"}'] > 2 * len(HOSTS)
+    assert switched.get('scope_app_reports_dropped_total{reason="missed_delta"}', 0) == 0
+
 
 async def watch_hosts(app: App, token: str, added_later: str, ready: asyncio.Event) -> tuple[set[str], float]:
     """The hosts the first message of `app`'s hosts websocket names, and how long after it (`ready` set
