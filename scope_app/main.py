@@ -334,8 +334,11 @@ class ScopeApp:
             return None
 
         async def loaded() -> None:
-            assert replicas is not None
-            if not await replicas.wait_joined(tenant, JOIN_WAIT):
+            assert replicas is not None and self._watched is not None
+            joined = await replicas.wait_joined(tenant, JOIN_WAIT)
+            if tenant in self._watched:  # watched from when the request is served, not from when it came
+                self._watched[tenant] = time.monotonic()
+            if not joined:
                 log.warning(
                     "tenant %s: not loaded from the store within %g s; answering with what is here", tenant, JOIN_WAIT
                 )
@@ -348,6 +351,8 @@ class ScopeApp:
         assert self._watched is not None and self.replicas is not None
         del self._watched[tenant]
         self.replicas.unfollow_tenant(tenant)  # first: nothing of it is applied again
+        if self.directory is not None and tenant not in self.directory.tenants:
+            self.replicas.detach_tenant(tenant)  # revoked before the registry's copy ever had it
         view = self.views.pop(tenant, None)
         if view is not None:
             self.forgotten.add(view.collector)
@@ -364,7 +369,9 @@ class ScopeApp:
             channel = self._channel_of(name)
             if channel is not None:
                 self.replicas.attach_tenant(name, channel)
-        for name in self.replicas.tenants.keys() - known.keys():
+        # A tenant watched here may be missing from the copy for a moment (just added: its user's token was
+        # looked up in the registry itself); one revoked is detached by `_revoked`, or when let go.
+        for name in self.replicas.tenants.keys() - known.keys() - (self._watched or {}).keys():
             self.replicas.detach_tenant(name)
         if self._watched is None:
             return
@@ -372,8 +379,8 @@ class ScopeApp:
         for name, watched_at in list(self._watched.items()):
             view = self.views.get(name)
             if view is not None and view.websockets:
-                self._watched[name] = now
-            elif now - watched_at > self.watch_idle:
+                self._watched[name] = watched_at = now
+            if now - watched_at > self.watch_idle:
                 self._unwatch(name)
             elif name in known:
                 self.replicas.follow_tenant(name)

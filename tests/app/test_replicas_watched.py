@@ -141,7 +141,7 @@ def test_a_websocket_on_a_replica_that_did_not_follow_the_tenant_starts_complete
 def test_a_tenant_nobody_watches_any_more_is_let_go_and_loaded_again_when_watched(
     redis_server: RedisServer, scope: Scope, tmp_path: Path
 ) -> None:
-    _, serving, alpha = unwatched_tenant(scope, tmp_path, redis_server, idle="2s")
+    _, serving, alpha = unwatched_tenant(scope, tmp_path, redis_server, idle="3s")
     assert hostnames(serving, alpha.user_token) == HOSTS
     assert metrics(serving)["scope_app_replica_tenants_followed"] == 1
 
@@ -162,7 +162,7 @@ def test_a_tenant_nobody_watches_any_more_is_let_go_and_loaded_again_when_watche
         )
         ws = await tornado.websocket.websocket_connect(request)
         try:
-            await asyncio.sleep(6)
+            await asyncio.sleep(8)
             return metrics(serving)["scope_app_replica_tenants_followed"]
         finally:
             ws.close()
