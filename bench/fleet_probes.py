@@ -179,9 +179,11 @@ class FakeProbe:
         *,
         full_every: int = 20,
         control: bool = False,
+        source: str = "",
     ) -> None:
         """`full_every`: a full report every this many messages (FULL_REPORT_SECONDS over the interval);
-        `control`: open the control channel to the app, to be asked for full reports."""
+        `control`: open the control channel to the app, to be asked for full reports; `source`: the
+        address the bus connection comes from (empty: the system's choice)."""
         self.index = index
         self.host = host_name(index)
         self.rng = rng
@@ -190,7 +192,7 @@ class FakeProbe:
         configure_publisher(self.socket)
         if secure is not None:
             secure(self.socket)
-        self.socket.connect(f"tcp://{bus}")
+        self.socket.connect(f"tcp://{source}:0;{bus}" if source else f"tcp://{bus}")
         probe_id = f"{self.host}-{os.getpid()}"
         self.encode: Encode
         self.probe_id = probe_id
@@ -417,6 +419,12 @@ def main() -> None:
     parser.add_argument("--sender", type=int, default=0, help="which of them this is: probes i with i %% senders")
     parser.add_argument("--service-tokens", type=Path, help="JSON array of probe tokens: feed the service")
     parser.add_argument("--service-key", default="", help="the service's public key (with --service-tokens)")
+    parser.add_argument(
+        "--loopback-sources",
+        action="store_true",
+        help="each probe connects from a loopback address of its own (127.2.x.y), as hosts would: the service "
+        "caps the probes of one source address whatever its per-source flags",
+    )
     args = parser.parse_args()
     tokens: list[str] = json.loads(args.service_tokens.read_text()) if args.service_tokens else []
     signal.signal(signal.SIGTERM, _stop)
@@ -449,6 +457,7 @@ def main() -> None:
                     secure,
                     full_every=full_every(args.interval),
                     control=True,
+                    source=f"127.2.{i // 250 % 250}.{i % 250 + 1}" if args.loopback_sources else "",
                 )
             )
         kind = "delta" if delta is not None else "full"

@@ -25,9 +25,15 @@ are noisy on a shared machine: run it more than once.
 With `--tenants T`: the apps are `scope app --multitenant` (with `--store`: the registry in Redis too),
 the T tenants added to the registry before they start, one state directory (the service's key pair)
 for every replica, and the fake probes publish over CurveZMQ with their tenant's token, probe i as
-tenant i modulo T. Hosts seen are summed over the tenants' views; the views measured are tenant 0's
-(probe 0, which makes the marked changes, is tenant 0's), read with its user token; the per-app applied
-rate is every tenant's `/api/stats` summed, and the baseline's ingest rate that of its one app.
+tenant i modulo T. The views measured are tenant 0's (probe 0, which makes the marked changes, is
+tenant 0's), read with its user token. A replica decodes only the tenants its users watch: with
+`--watched W` (default 1), tenants 0..W-1 are watched, tenant t on replica R-1-t modulo R (tenant 0 on the
+last), each on one replica only (a request of each every 10 s keeps it watched), and no other tenant
+anywhere, so their messages are only relayed (`scope_app_reports_relayed_unapplied`). The warm-up waits
+for each watched tenant's hosts on its replica (every tenant's, summed, on the one app without Redis,
+which decodes everything).
+Counts are read from the operator's /metrics (`--metrics-token`), which watches no tenant: the per-app
+applied rate, what each left out by reason (`missed_delta` above all), the tenants each follows.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ from tests.fixtures.scope import App
 LIMITS = ["--max-probes-per-source=100000", "--max-nodes-per-source=100000000", "--max-nodes=100000000"]
 #: A tenant's byte rate, out of the way: the bench measures the service's capacity, not its limits.
 TENANT_BYTES_PER_SECOND = 64 * 1024 * 1024
+#: The operator's token for /metrics of the multi-tenant apps.
+METRICS_TOKEN = "bench-metrics-token"
 
 
 @dataclass
@@ -106,7 +114,11 @@ class Tenants:
         ]
 
     def sender_flags(self) -> list[str]:
-        return [f"--service-tokens={self.state / 'probe-tokens.json'}", f"--service-key={self.service_key}"]
+        return [
+            f"--service-tokens={self.state / 'probe-tokens.json'}",
+            f"--service-key={self.service_key}",
+            "--loopback-sources",  # the service caps a source's probes at 16 whatever the flags
+        ]
 
 
 @dataclass
@@ -127,53 +139,67 @@ class Row:
     sent_rate: float = 0.0
     #: With --tenants: what each app's collectors and gate left out over the run, every tenant's, by reason.
     dropped: list[dict[str, int]] = field(default_factory=list)
-    #: With Redis: each replica's messages never written for the others, failed store commands, joins.
+    #: With Redis: each replica's messages never written for the others, failed store commands, joins,
+    #: tenants followed at the end, messages relayed without being applied.
     link: list[list[float]] = field(default_factory=list)
     note: str = ""
 
 
 def counter(app: App, name: str, token: str | None = None) -> float:
-    """A counter of the app's /metrics (read as the holder of `token`, when given); NaN when the app does
-    not answer in time (a saturated app), so that a rate computed from it says so rather than counting
-    from zero."""
-    try:
-        text = get(f"{app.url}/metrics", 10.0, token).decode()
-    except OSError:
-        return math.nan
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and not sample.labels:
-                return float(sample.value)
-    return 0.0
-
-
-def applied(app: App, tenants: Tenants | None) -> float:
-    """Reports the app applied so far (its own bus's and, with replicas, every other's): every tenant's
-    together with --tenants; NaN when it does not answer in time (three tries)."""
-    if tenants is None:
-        return counter(app, "scope_app_reports_applied_total")
+    """A counter of the app's /metrics (read as the holder of `token`, the operator's metrics token of the
+    service, when given); NaN when the app does not answer in time (a saturated app, three tries), so that
+    a rate computed from it says so rather than counting from zero."""
     for _ in range(3):
         with contextlib.suppress(OSError):
-            return float(
-                sum(json.loads(get(f"{app.url}/api/stats", 10.0, t))["reports_applied"] for t in tenants.user_tokens)
-            )
+            text = get(f"{app.url}/metrics", 10.0, token).decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == name and not sample.labels:
+                        return float(sample.value)
+            return 0.0
     return math.nan
 
 
-def dropped(app: App, tenants: Tenants) -> dict[str, int]:
+def dropped(app: App) -> dict[str, int]:
     """Messages the app left out so far (its gate's and its collectors' refusals), every tenant's, by reason."""
     found: Counter[str] = Counter()
-    for token in tenants.user_tokens:
-        with contextlib.suppress(OSError, ValueError):
-            found.update(json.loads(get(f"{app.url}/api/stats", 10.0, token))["reports_dropped"])
+    with contextlib.suppress(OSError):
+        text = get(f"{app.url}/metrics", 10.0, METRICS_TOKEN).decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "scope_app_reports_dropped_total" and sample.value:
+                    found[sample.labels["reason"]] += int(sample.value)
     return dict(found)
 
 
-def hosts_seen(app: App, timeout: float, tenants: Tenants | None) -> int:
-    """Hosts in the app's hosts view; with --tenants, in every tenant's together."""
-    if tenants is None:
+def hosts_seen(app: App, timeout: float, tokens: list[str] | None) -> int:
+    """Hosts in the app's hosts view; with --tenants, in the views of the tenants of `tokens` together."""
+    if tokens is None:
         return hosts_in_view(app, timeout)
-    return sum(max(0, hosts_in_view(app, timeout, token)) for token in tenants.user_tokens)
+    return sum(max(0, hosts_in_view(app, timeout, token)) for token in tokens)
+
+
+def watched_tokens(args: argparse.Namespace, tenants: Tenants, replica: int, replicas: int) -> list[str]:
+    """The user tokens of the tenants watched on replica `replica` of `replicas` (see --watched)."""
+    return [
+        token for t, token in enumerate(tenants.user_tokens[: args.watched]) if (replicas - 1 - t) % replicas == replica
+    ]
+
+
+class KeepWatching(threading.Thread):
+    """A request of each watched tenant on its replica every 10 s, so that none is let go meanwhile."""
+
+    def __init__(self, watching: list[tuple[App, list[str]]], timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.watching = watching
+        self.timeout = timeout
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(10.0):
+            for app, tokens in self.watching:
+                hosts_seen(app, self.timeout, tokens)
 
 
 def redis_cpu_seconds(server: RedisServer) -> float:
@@ -189,7 +215,9 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
         tenants.register(store.url if store is not None else None)
         extra += tenants.app_flags(args.probes)
     token = tenants.user_tokens[0] if tenants is not None else None
-    apps = [App(window=args.window, extra=extra) for _ in range(count)]
+    operator = METRICS_TOKEN if tenants is not None else None
+    env = {"SCOPE_METRICS_TOKEN": METRICS_TOKEN} if tenants is not None else None
+    apps = [App(window=args.window, extra=extra, env=env) for _ in range(count)]
     name = "replicas over Redis" if store is not None else "one app, no Redis"
     if tenants is not None:
         name += f", {len(tenants.user_tokens)} tenants"
@@ -198,6 +226,7 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
     for sampler in samplers:
         sampler.start()
     senders: Senders | None = None
+    keep: KeepWatching | None = None
     try:
         senders = start_senders(
             args,
@@ -209,21 +238,36 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
         )
         warmup = args.warmup + args.probes * 0.1
         deadline = time.monotonic() + warmup
+        # With tenants on replicas, each replica watches its share of the watched tenants (--watched); the
+        # tenant of probe i is tenant i modulo T.
+        watching: list[tuple[App, list[str] | None]] = [(app, None) for app in apps]
+        expected = [args.probes] * len(apps)
+        if tenants is not None:
+            count = len(tenants.user_tokens)
+            per_tenant = [len(range(t, args.probes, count)) for t in range(count)]
+            if store is None:
+                watching = [(apps[0], tenants.user_tokens)]
+            else:
+                watching = [(app, watched_tokens(args, tenants, k, len(apps))) for k, app in enumerate(apps)]
+                expected = [
+                    sum(per_tenant[tenants.user_tokens.index(t)] for t in tokens or []) for _, tokens in watching
+                ]
         while time.monotonic() < deadline:
-            row.hosts_seen = [hosts_seen(app, args.timeout, tenants) for app in apps]
-            if min(row.hosts_seen) >= args.probes:
+            row.hosts_seen = [hosts_seen(app, args.timeout, tokens) for app, tokens in watching]
+            if all(seen >= want for seen, want in zip(row.hosts_seen, expected, strict=True)):
                 break
             time.sleep(args.interval)
         else:
-            row.note = f"warm-up: hosts seen {row.hosts_seen} of {args.probes} after {warmup:.0f} s"
+            row.note = f"warm-up: hosts seen {row.hosts_seen} of {expected} after {warmup:.0f} s"
+        keep = KeepWatching([(app, tokens) for app, tokens in watching if tokens], args.timeout)
         print(f"{row.name}: warm, hosts seen {row.hosts_seen}", file=sys.stderr, flush=True)
         time.sleep(args.interval)
 
         watched = apps[-1]
         start = time.monotonic()
-        published = [counter(app, "scope_app_replica_published_total", token) for app in apps]
-        received = counter(apps[0], "scope_app_reports_received_total")
-        applied_before = [applied(app, tenants) for app in apps]
+        published = [counter(app, "scope_app_replica_published_total", operator) for app in apps]
+        received = counter(apps[0], "scope_app_reports_received_total", operator)
+        applied_before = [counter(app, "scope_app_reports_applied_total", operator) for app in apps]
         redis_start = redis_cpu_seconds(store) if store is not None else 0.0
         memory = Sampling(store)
         half: float = args.seconds / 2
@@ -242,10 +286,11 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
         if store is not None:
             row.redis_cpu = (redis_cpu_seconds(store) - redis_start) / elapsed * 100
             row.redis_mib = memory.peak / (1 << 20)
-            now_published = sum(counter(app, "scope_app_replica_published_total", token) for app in apps)
+            now_published = sum(counter(app, "scope_app_replica_published_total", operator) for app in apps)
             row.ingest_rate = (now_published - sum(published)) / elapsed
         row.applied_rate = [
-            (applied(app, tenants) - before) / elapsed for app, before in zip(apps, applied_before, strict=True)
+            (counter(app, "scope_app_reports_applied_total", operator) - before) / elapsed
+            for app, before in zip(apps, applied_before, strict=True)
         ]
         if store is None:
             # One app: what its bus accepted (single-tenant: received, dropped included, as before).
@@ -255,12 +300,18 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
                 else (counter(apps[0], "scope_app_reports_received_total") - received) / elapsed
             )
         if tenants is not None:
-            row.dropped = [dropped(app, tenants) for app in apps]
+            row.dropped = [dropped(app) for app in apps]
         if store is not None:
             row.link = [
                 [
-                    counter(app, f"scope_app_replica_{name}_total", token)
-                    for name in ("publish_dropped", "store_errors", "joins")
+                    counter(app, name, operator)
+                    for name in (
+                        "scope_app_replica_publish_dropped_total",
+                        "scope_app_replica_store_errors_total",
+                        "scope_app_replica_joins_total",
+                        "scope_app_replica_tenants_followed",
+                        "scope_app_reports_relayed_unapplied_total",
+                    )
                 ]
                 for app in apps
             ]
@@ -276,6 +327,8 @@ def measure(args: argparse.Namespace, store: RedisServer | None, tenants: Tenant
             if app.process.poll() is not None:
                 row.note = (row.note + "; " if row.note else "") + f"{app.url} exited ({app.process.returncode})"
     finally:
+        if keep is not None:
+            keep.done.set()
         for sampler in samplers:
             sampler.done.set()
         if senders is not None:
@@ -333,6 +386,10 @@ def report(rows: list[Row]) -> str:
                 + figures([counts[1] for counts in r.link])
                 + ", joins "
                 + figures([counts[2] for counts in r.link])
+                + ", tenants followed "
+                + figures([counts[3] for counts in r.link])
+                + ", relayed unapplied "
+                + figures([counts[4] for counts in r.link])
                 if r.link
                 else ""
             )
@@ -354,6 +411,9 @@ def main() -> None:
     parser.add_argument("--window", default="15s", help="the apps' --window")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-app run")
     parser.add_argument("--tenants", type=int, default=0, help="run the multi-tenant service with this many tenants")
+    parser.add_argument(
+        "--watched", type=int, default=1, help="with --tenants: tenants watched, each on one replica (see above)"
+    )
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = str(REPO)
     tenants = Tenants.make(args.tenants) if args.tenants > 0 else None

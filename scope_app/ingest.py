@@ -20,6 +20,11 @@ With replicas (scope_app.replicas), each message the store accepts from this bus
 probe's sequence while refusing it, as a delta after a lost one) goes to `relay` with its tenant, as it
 arrived, and what other replicas accepted comes back through `handle(..., relay=False)`
 with the tenant it was filed under there.
+
+A replica of the service decodes only the tenants its users watch (`decodes`): a message of any other
+tenant is admitted by the gate as any other (byte rates count across replicas), its envelope's head
+checked (`wire.decode_head`: no decompressing, no body) and relayed as it arrived; the replicas where
+the tenant is watched decode it. So `received = applied + dropped + relayed_unapplied`.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ MAX_BATCH_NODES = wire.MAX_NODES
 MAX_BATCH_DECODE_SECONDS = 0.05
 
 Decoded = wire.Envelope | wire.DecodeError
-#: Told of each message the store accepted from the bus: its tenant, source, envelope and bytes.
-Relay = Callable[[str, str, wire.Envelope, bytes], None]
+#: Told of each message the store accepted from the bus (or, for a tenant not decoded here, whose head is
+#: sound): its tenant, source, envelope (or head) and bytes.
+Relay = Callable[[str, str, wire.Envelope | wire.Head, bytes], None]
 
 
 class Arrival(NamedTuple):
@@ -101,6 +107,12 @@ class BusReceiver:
         self.nodes_rejected: dict[str, int] = {}
         self._log = RateLimitedLog(log)
         self.relay: Relay | None = None
+        #: Whether a tenant's messages from the bus are decoded here (None: every tenant's); those of the
+        #: others go to `relay` undecoded (set with `relay`, by scope_app.replicas).
+        self.decodes: Callable[[str], bool] | None = None
+        #: Messages of tenants not followed here, relayed unapplied: with only their head checked, but for
+        #: those taken to be decoded just before their tenant stopped being followed.
+        self.relayed_unapplied = 0
 
     def _open(self, bind: str) -> zmq.asyncio.Socket:
         socket = self._context.socket(zmq.SUB)
@@ -155,6 +167,8 @@ class BusReceiver:
             admitted = [m for m in messages if self._admit(m)]
             self.received += len(messages) - len(admitted)
             messages = admitted
+            if self.decodes is not None:
+                messages = [m for m in messages if not self._relay_undecoded(m)]
         loop = asyncio.get_running_loop()
         done = 0
         while done < len(messages):
@@ -179,6 +193,28 @@ class BusReceiver:
             self.received_bytes += len(arrival.data)
             self.dropped[refused] = self.dropped.get(refused, 0) + 1
         return refused is None
+
+    def _relay_undecoded(self, arrival: Arrival) -> bool:
+        """Relay `arrival` with only its head checked if its tenant is not decoded here; whether it was
+        (or was dropped: its tenant revoked, its head unsound). On the loop: the head is a few fields."""
+        assert self._gate is not None and self.decodes is not None and self.relay is not None
+        tenant = self._gate.tenant_of(arrival.user_id)
+        if tenant is not None and self.decodes(tenant):
+            return False
+        self.received += 1
+        self.received_bytes += len(arrival.data)
+        self._metrics.report_bytes.observe(len(arrival.data))
+        if tenant is None:
+            self.dropped["revoked_tenant"] = self.dropped.get("revoked_tenant", 0) + 1
+            return True
+        try:
+            head = wire.decode_head(arrival.data)
+        except wire.DecodeError as exc:
+            self._drops.add(exc.reason, str(exc))
+            return True
+        self.relayed_unapplied += 1
+        self.relay(tenant, arrival.source, head, arrival.data)
+        return True
 
     def _decode(self, messages: list[bytes]) -> list[Decoded]:
         """Decode messages from the first until MAX_BATCH_NODES nodes are decoded or MAX_BATCH_DECODE_SECONDS
@@ -206,11 +242,20 @@ class BusReceiver:
         if isinstance(result, wire.DecodeError):
             self._drops.add(result.reason, str(result))
             return None
+        from_bus = tenant is None
         if tenant is None:
             tenant = self._gate.tenant_of(arrival.user_id) if self._gate is not None else SINGLE_TENANT
         if tenant is None:
             # Revoked while the message was being decoded: it must not bring the tenant's probe back.
             self.dropped["revoked_tenant"] = self.dropped.get("revoked_tenant", 0) + 1
+            return None
+        if not self._store.holds(tenant):
+            # Nobody watches it here any more (or it was revoked) since the message was taken to be decoded:
+            # from this bus, it is still the other replicas'.
+            if from_bus and self.relay is not None:
+                self.relayed_unapplied += 1
+                return tenant, result
+            self.dropped["unfollowed_tenant"] = self.dropped.get("unfollowed_tenant", 0) + 1
             return None
         for reason, count in result.rejected.items():
             self.nodes_rejected[reason] = self.nodes_rejected.get(reason, 0) + count

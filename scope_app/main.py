@@ -11,7 +11,7 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from scope_app.collector import Collector, Limits, collect_fully_less_often
 from scope_app.control_api import control_routes
 from scope_app.controls import ControlRouter
 from scope_app.ingest import BusReceiver
-from scope_app.metrics import AppMetrics, ServiceMetrics, StateMetrics
+from scope_app.metrics import AppMetrics, Forgotten, ServiceMetrics, StateMetrics
 from scope_app.pipes import PipeHub
 from scope_app.render import MAX_VIEW_NODES, Renderer
 from scope_app.replicas import ReplicaLink, ReplicaMetrics
@@ -59,6 +59,12 @@ WEBSOCKET_MAX_MESSAGE = 64 * 1024
 #: without closing is noticed. Tornado wants the timeout no longer than the interval.
 WEBSOCKET_PING_INTERVAL = 10.0
 WEBSOCKET_PING_TIMEOUT = WEBSOCKET_PING_INTERVAL
+#: --multitenant --store: a replica stops following a tenant (decoding, merging, rendering its reports)
+#: when none of its users has had a websocket open or made a request there for this long. Long enough
+#: that a user reading the map between clicks finds it ready; the picture is loaded again on the next.
+WATCH_IDLE = 60.0
+#: The longest a tenant's first request on a replica waits for its picture to be loaded from the store.
+JOIN_WAIT = 5.0
 
 
 def request_logger(log_http: bool) -> Callable[[tornado.web.RequestHandler], None]:
@@ -180,6 +186,7 @@ class ScopeApp:
         store: str | None = None,
         service: Service | None = None,
         metrics_token: str | None = None,
+        watch_idle: float = WATCH_IDLE,
     ) -> None:
         self.app_id = secrets.token_hex(8)
         self.window = window
@@ -193,8 +200,16 @@ class ScopeApp:
         for name in ("merge", "feeds", "websocket_open"):
             self.supervisor.restarts[name] = 0
         self.views: dict[str, TenantView] = {}
+        #: What the views dropped (tenants revoked, or no longer watched here) had counted.
+        self.forgotten = Forgotten()
+        #: --multitenant --store: the tenants followed here because their users watch them here, with
+        #: when they last did (a websocket open counts as now); None: every tenant is followed.
+        self._watched: dict[str, float] | None = {} if service is not None and store else None
+        self.watch_idle = watch_idle
         tenant_limits = service.limits.collector_limits() if service is not None else limits
-        self.store = InProcessReports(lambda tenant: self._new_view(tenant, tenant_limits).collector)
+        self.store = InProcessReports(
+            lambda tenant: self._new_view(tenant, tenant_limits).collector, made_by_reports=self._watched is None
+        )
         self._zmq = zmq.asyncio.Context()
         keys = service.keys if service is not None else None
         self.directory: TenantDirectory | None = None
@@ -232,7 +247,7 @@ class ScopeApp:
                 self.replicas.attach(SINGLE_TENANT, self.receiver, self.router)
             else:
                 self.replicas.attach_service(self.receiver, self._channel_of, self.router)
-                self._follow_tenants()
+                self._attach_tenants()
             self.metrics.registry.register(ReplicaMetrics(self.replicas))
         self.web_settings: dict[str, Any] = {
             "websocket_ping_interval": WEBSOCKET_PING_INTERVAL,
@@ -268,13 +283,14 @@ class ScopeApp:
                     zap.refused,
                     lambda: zap.admitted,
                     self.supervisor,
+                    self.forgotten,
                 )
             )
             tenant_auth = TenantAuth(self.directory, service.keys.secret)
             routes = [
                 *operator_rules(self.metrics, metrics_token),
                 *auth_rules(tenant_auth),
-                *tenant_rules(tenant_auth, lambda tenant: self.view(tenant).web),
+                *tenant_rules(tenant_auth, lambda tenant: self._watch(tenant).web, self._loading),
             ]
         self.web = tornado.web.Application(host_checked(self.allowed_hosts, routes), **self.web_settings)
         self._server: tornado.httpserver.HTTPServer | None = None
@@ -293,32 +309,101 @@ class ScopeApp:
         tenant = self.directory.tenants.get(name) if self.directory is not None else None
         return tenant_channel(name, tenant.probe_key) if tenant is not None else None
 
-    def _follow_tenants(self) -> None:
-        """Follow every tenant of the registry across replicas, and no other (--multitenant --store)."""
+    def _watch(self, tenant: str) -> TenantView:
+        """The tenant's view, for a request of one of its users: on a replica of the service, the tenant
+        is followed here (its reports decoded, merged, rendered) from now until `watch_idle` passes with
+        no request and no websocket open."""
+        if self._watched is not None:
+            self._watched[tenant] = time.monotonic()
+            self._follow(tenant)
+        return self.view(tenant)
+
+    def _follow(self, tenant: str) -> None:
+        """Follow `tenant` across replicas if it is in the registry (looked up there if the copy lacks it:
+        a tenant just added, whose user's token was looked up there too)."""
+        assert self.replicas is not None and self.directory is not None
+        found = self.directory.by_name(tenant)
+        if found is not None:
+            self.replicas.attach_tenant(tenant, tenant_channel(tenant, found.probe_key))
+            self.replicas.follow_tenant(tenant)
+
+    def _loading(self, tenant: str) -> Awaitable[None] | None:
+        """What a request of `tenant` waits for: its picture being loaded from the store, the first time
+        a user watches it on this replica (bounded by JOIN_WAIT); None: nothing to wait for."""
+        replicas = self.replicas
+        if self._watched is None or replicas is None or replicas.joined(tenant):
+            return None
+
+        async def loaded() -> None:
+            assert replicas is not None and self._watched is not None
+            joined = await replicas.wait_joined(tenant, JOIN_WAIT)
+            if tenant in self._watched:  # watched from when the request is served, not from when it came
+                self._watched[tenant] = time.monotonic()
+            if not joined:
+                log.warning(
+                    "tenant %s: not loaded from the store within %g s; answering with what is here", tenant, JOIN_WAIT
+                )
+
+        return loaded()
+
+    def _unwatch(self, tenant: str) -> None:
+        """Nobody watched `tenant` here for `watch_idle`: stop following it, and give its memory back (as
+        `_revoked` does, with nothing to close). Its probes connected here are still shared."""
+        assert self._watched is not None and self.replicas is not None
+        del self._watched[tenant]
+        self.replicas.unfollow_tenant(tenant)  # first: nothing of it is applied again
+        if self.directory is not None and tenant not in self.directory.tenants:
+            self.replicas.detach_tenant(tenant)  # revoked before the registry's copy ever had it
+        view = self.views.pop(tenant, None)
+        if view is not None:
+            self.forgotten.add(view.collector)
+        self.store.forget(tenant)
+        log.info("tenant %s: not watched here for %g s, no longer followed here", tenant, self.watch_idle)
+
+    def _attach_tenants(self) -> None:
+        """Every tenant of the registry, and no other, is attached across replicas (its controls and
+        pipes cross them); the tenants watched here are followed, those watched no more let go
+        (--multitenant --store)."""
         assert self.replicas is not None and self.directory is not None
         known = self.directory.tenants
         for name in known:
             channel = self._channel_of(name)
             if channel is not None:
-                self.replicas.follow_tenant(name, channel)
-        for name in self.replicas.tenants.keys() - known.keys():
-            self.replicas.unfollow_tenant(name)
+                self.replicas.attach_tenant(name, channel)
+        # A tenant watched here may be missing from the copy for a moment (just added: its user's token was
+        # looked up in the registry itself); one revoked is detached by `_revoked`, or when let go.
+        for name in self.replicas.tenants.keys() - known.keys() - (self._watched or {}).keys():
+            self.replicas.detach_tenant(name)
+        if self._watched is None:
+            return
+        now = time.monotonic()
+        for name, watched_at in list(self._watched.items()):
+            view = self.views.get(name)
+            if view is not None and view.websockets:
+                self._watched[name] = watched_at = now
+            if now - watched_at > self.watch_idle:
+                self._unwatch(name)
+            elif name in known:
+                self.replicas.follow_tenant(name)
 
-    async def _follow_tenants_forever(self) -> None:
+    async def _attach_tenants_forever(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_INTERVAL)
-            self._follow_tenants()
+            self._attach_tenants()
 
     def _revoked(self, tenant: str) -> None:
         """A tenant was revoked: its open pipes and websockets close, its probes vanish, its controls end,
         its views go. At once: a token is checked when a websocket or pipe opens, not afterwards."""
         if self.replicas is not None:
-            self.replicas.unfollow_tenant(tenant)  # first: nothing of it is applied again
+            self.replicas.detach_tenant(tenant)  # first: nothing of it is applied again
+        if self._watched is not None:
+            self._watched.pop(tenant, None)
         why = "its tenant was revoked"
         for pipe in [pipe for pipe in self.pipes.pipes.values() if pipe.tenant == tenant]:
             self.pipes.close(pipe, why)
         view = self.views.pop(tenant, None)
         if view is not None:
+            self.forgotten.add(view.collector)
             view.close_websockets(why)
         self.store.forget(tenant)
         self.router.forget_tenant(tenant)
@@ -344,7 +429,7 @@ class ScopeApp:
         if self.replicas is not None:
             self.replicas.start(self.supervisor)
             if self.directory is not None:
-                self.supervisor.start("replica-tenants", self._follow_tenants_forever)
+                self.supervisor.start("replica-tenants", self._attach_tenants_forever)
         if self.fleet_bytes is not None:
             self.supervisor.start("tenant-byte-rates", self.fleet_bytes.sync_forever)
 
@@ -483,6 +568,15 @@ def add_service_flags(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         group,
+        "--tenant-idle",
+        default=f"{WATCH_IDLE:g}s",
+        type=parse_duration,
+        help="with --store: a replica decodes and merges only the tenants its users watch (a map open, or a "
+        "request within this long); past it, it stops and frees the tenant's memory (the next request loads "
+        "the tenant's picture from the store again)",
+    )
+    env_flag(
+        group,
         "--metrics-token",
         default="",
         help="token the operator shows for /metrics, which names every tenant (no user token opens it); "
@@ -529,6 +623,7 @@ async def serve(args: argparse.Namespace) -> None:
         store=args.store or None,
         service=service,
         metrics_token=(args.metrics_token or None) if service is not None else None,
+        watch_idle=args.tenant_idle,
     )
     log.info("app starting, version %s, ID %s", __version__, app.app_id)
     app.start(listen_host, listen_port)

@@ -6,12 +6,14 @@ collector's probes and nodes, the feeds' clients) are read when scraped (`StateM
 `/metrics` and `/api/stats` can never disagree and no count is kept twice.
 
 Every message received is either applied or dropped with a reason, so
-`reports_received = reports_applied + sum(reports_dropped)`.
+`reports_received = reports_applied + sum(reports_dropped)`; a replica of the service also relays
+unapplied the messages of tenants nobody watches there: `+ reports_relayed_unapplied`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -137,6 +139,20 @@ class TenantState(Protocol):
     def hub(self) -> FeedHub: ...
 
 
+@dataclass
+class Forgotten:
+    """What the collectors of tenants no longer held here (revoked, or not watched here any more) had
+    counted: kept so that the service's totals never go back."""
+
+    applied: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def add(self, collector: Collector) -> None:
+        self.applied += collector.applied
+        for reason, count in collector.rejected.items():
+            self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+
 class ServiceMetrics(PrometheusCollector):
     """The multi-tenant service's counts (--multitenant): the bus's, every tenant's together, as
     `StateMetrics` has them, and each tenant's, labelled with its name. The labels name every tenant,
@@ -155,7 +171,9 @@ class ServiceMetrics(PrometheusCollector):
         connections: Mapping[str, int],
         admitted: Callable[[], int],
         supervisor: Supervisor,
+        forgotten: Forgotten | None = None,
     ) -> None:
+        self._forgotten = forgotten or Forgotten()
         self._receiver = receiver
         self._tenants = tenants
         self._views = views
@@ -167,11 +185,11 @@ class ServiceMetrics(PrometheusCollector):
     def collect(self) -> Iterator[Metric]:
         tenants = sorted(self._tenants())
         collectors = {tenant: self._views[tenant].collector for tenant in tenants if tenant in self._views}
-        rejected: dict[str, int] = {}
+        rejected = dict(self._forgotten.rejected)
         for collector in collectors.values():
             for reason, count in collector.rejected.items():
                 rejected[reason] = rejected.get(reason, 0) + count
-        applied = sum(collector.applied for collector in collectors.values())
+        applied = self._forgotten.applied + sum(collector.applied for collector in collectors.values())
         yield from _bus_metrics(self._receiver, applied, rejected)
         yield _gauge("scope_app_tenants", "Tenants in the registry", len(tenants))
         yield _counter(
@@ -219,6 +237,12 @@ def _bus_metrics(receiver: BusReceiver, applied: int, rejected: Mapping[str, int
     yield _counter("scope_app_reports_received", "Messages received on the report bus", receiver.received)
     yield _counter("scope_app_received_bytes", "Bytes received on the report bus", receiver.received_bytes)
     yield _counter("scope_app_reports_applied", "Messages applied to a probe's report", applied)
+    yield _counter(
+        "scope_app_reports_relayed_unapplied",
+        "Messages of tenants nobody watches on this replica, shared with the other replicas unapplied "
+        "(with only their envelope's head decoded)",
+        receiver.relayed_unapplied,
+    )
     yield _labelled(
         CounterMetricFamily,
         "scope_app_reports_dropped",

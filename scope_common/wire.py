@@ -158,8 +158,26 @@ def _all_nodes(report: Report) -> Iterator[Node]:
         yield from topology.nodes.values()
 
 
-def decode(message: bytes) -> Envelope:
-    """The envelope in `message`. Raises DecodeError, and only DecodeError, when it is unusable."""
+@dataclass(frozen=True, slots=True)
+class Head:
+    """What a message's envelope says of it, without its report: enough to file and share it (a replica
+    relays the messages of tenants nobody watches there without decoding their bodies)."""
+
+    probe_id: str
+    host_id: str
+    seq: int
+    sent_at: float
+    version: str
+    full: bool
+    base_seq: int
+    encoding: str
+    #: The report's bytes as sent (compressed with `encoding`).
+    body: bytes
+
+
+def decode_head(message: bytes) -> Head:
+    """The envelope's head in `message`, checked as `decode` checks it (size, version, field types, id
+    lengths, encoding) but with the body neither decompressed nor decoded. Raises DecodeError."""
     if len(message) > MAX_MESSAGE_BYTES:
         raise DecodeError("too_large", f"{len(message)} bytes")
     head = _unpack(message, MAX_MESSAGE_BYTES, max_items=MAX_HEAD_ITEMS)
@@ -190,20 +208,25 @@ def decode(message: bytes) -> Envelope:
         raise DecodeError("malformed", "envelope field types")
     if not probe_id or not host_id or len(probe_id) > 128 or len(host_id) > 256:
         raise DecodeError("malformed", "empty or overlong probe or host id")
-    if encoding == ENCODING_ZLIB:
-        body = _decompress(body)
-    elif encoding != ENCODING_NONE:
+    if encoding not in (ENCODING_ZLIB, ENCODING_NONE):
         raise DecodeError("malformed", f"unknown encoding {str(encoding)[:20]!r}")
+    return Head(probe_id, host_id, seq, float(sent_at), version, full, base_seq, encoding, body)
+
+
+def decode(message: bytes) -> Envelope:
+    """The envelope in `message`. Raises DecodeError, and only DecodeError, when it is unusable."""
+    head = decode_head(message)
+    body = _decompress(head.body) if head.encoding == ENCODING_ZLIB else head.body
     report, removed, rejected, templates, patches = _decode_records(body)
     return Envelope(
-        probe_id,
-        host_id,
-        seq,
-        float(sent_at),
+        head.probe_id,
+        head.host_id,
+        head.seq,
+        head.sent_at,
         report,
-        version,
-        full,
-        base_seq,
+        head.version,
+        head.full,
+        head.base_seq,
         removed,
         rejected,
         templates,

@@ -4,9 +4,18 @@ Two supervised tasks, each on its own connection from the client's pool:
 - the writer drains the messages this replica's bus accepted into the tenants' streams (one pipelined
   round trip for all that waited), and keeps each probe's latest full report under its own key;
 - the reader follows the tenants' streams with a blocking XREAD and hands what other replicas wrote to
-  the tenant's apply function (the bus receiver's decoding and applying). On every (re)connection it
-  first joins each tenant again: each probe's latest full report, then the stream from its start (the
-  window), so whatever it missed while away is applied in order, copies refused as `stale`.
+  the tenant's apply function (the bus receiver's decoding and applying);
+- the joiner loads each tenant followed afresh, and each again on every (re)connection: each probe's
+  latest full report, then the stream from its start (the window), so whatever this replica missed is
+  applied in order, copies refused as `stale`; the reader takes the tenant on from where the join ended.
+
+With --multitenant a replica follows only the tenants its users watch (scope_app.main): the messages its
+bus takes for any other tenant are shared undecoded (`Head`), and decoded only by the replicas where
+that tenant is watched. When a tenant becomes watched here, its first join applies this replica's own
+entries too (the steady read skips them: they were applied as they came off the bus), after waiting
+until the writer has written what the bus took before; what the bus takes for the tenant while the join
+runs is held and applied after it, before the bus decodes the tenant's messages itself. So a probe
+connected here loses nothing in the switch.
 
 Redis going away costs no more than a lost message does on the bus: the reader retries with a
 back-off and the replica keeps serving what its collector holds; the writer drops what it cannot write
@@ -36,7 +45,7 @@ from scope_app.replicas.store import async_client, redacted
 from scope_common import wire
 from scope_common.drops import Drops
 from scope_common.supervise import RateLimitedLog, Supervisor
-from scope_common.wire import Envelope
+from scope_common.wire import Envelope, Head
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +71,10 @@ MAX_SOURCE_BYTES = 256
 READ_BLOCK_SECONDS = 1.0
 #: Entries scanned or fetched per round trip while joining.
 JOIN_CHUNK = 1_000
+#: How often a join checks whether the writer has written what the bus took before it.
+WRITER_POLL_SECONDS = 0.01
+#: How long the reader waits before looking again when no tenant is joined yet.
+IDLE_READ_SECONDS = 0.1
 
 
 def stream_key(tenant: str) -> str:
@@ -90,6 +103,8 @@ class Outgoing:
     probe_id: str
     full: bool
     message: bytes
+    #: Counts the messages queued: a join waits until those queued before it are written.
+    number: int
 
 
 class ReplicaLink:
@@ -104,7 +119,12 @@ class ReplicaLink:
         self._redis = async_client(
             url, socket_connect_timeout=2.0, socket_timeout=READ_BLOCK_SECONDS + 5.0, retry_on_timeout=False
         )
+        #: By stream (a tenant's channel, or its name without --multitenant): where its messages go.
         self._followed: dict[str, Apply] = {}
+        #: Set once a stream followed has been joined: until then, the bus's messages for it are held.
+        self._joined: dict[str, asyncio.Event] = {}
+        #: What this replica's bus took for a stream followed but not yet joined (source, message).
+        self._held: dict[str, collections.deque[tuple[str, bytes]]] = {}
         #: --multitenant: the bus receiver, and the channel each tenant's messages are shared in.
         self._receiver: BusReceiver | None = None
         self._router: ControlRouter | None = None
@@ -112,7 +132,11 @@ class ReplicaLink:
         #: The stream id each followed tenant has been read up to; absent: not joined yet.
         self._positions: dict[str, bytes] = {}
         self._outgoing: collections.deque[Outgoing] = collections.deque(maxlen=MAX_PENDING)
+        self._queued = 0
+        #: The number of the first message of the batch being written; None: none is.
+        self._writing: int | None = None
         self._wake = asyncio.Event()
+        self._join_wake = asyncio.Event()
         self._log = RateLimitedLog(log)
         self.connected = False
         #: Messages written to Redis, dropped before they could be, and read from other replicas.
@@ -153,26 +177,46 @@ class ReplicaLink:
         self._receiver = receiver
         self._router = router
 
-        def relay(tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
+        def relay(tenant: str, source: str, head: Head | Envelope, message: bytes) -> None:
             channel = channel_of(tenant)
             if channel is None:
                 self.publish_dropped += 1
                 return
-            self.follow_tenant(tenant, channel)  # a tenant just added: its first report is shared too
-            self.publish(channel, source, envelope, message)
+            held = self._held.get(channel)
+            if held is not None:
+                held.append((source, message))  # followed, not joined yet: applied when the join ends
+            self.publish(channel, source, head, message)
 
         receiver.relay = relay
+        receiver.decodes = self.joined
 
-    def follow_tenant(self, tenant: str, channel: str) -> None:
-        """Follow `tenant`'s messages in `channel` (`tenant_channel`), in place of any channel before."""
+    def attach_tenant(self, tenant: str, channel: str) -> None:
+        """A tenant of the registry, sharing its messages in `channel` (`tenant_channel`), in place of any
+        channel before: its probes' controls cross replicas, whether or not it is followed here."""
         if self._channels.get(tenant) == channel:
             return
-        self.unfollow_tenant(tenant)
-        receiver = self._receiver
-        assert receiver is not None, "attach_service first"
+        followed = self._channels.get(tenant) in self._followed
+        self.detach_tenant(tenant)
         self._channels[tenant] = channel
         if self._router is not None:
             self.controls.attach(tenant, self._router, channel)
+        if followed:
+            self.follow_tenant(tenant)
+
+    def detach_tenant(self, tenant: str) -> None:
+        """Forget `tenant` (revoked): nothing more of it is applied or shared, its routes end."""
+        self.unfollow_tenant(tenant)
+        if self._channels.pop(tenant, None) is not None:
+            self.controls.detach(tenant)
+
+    def follow_tenant(self, tenant: str) -> None:
+        """Decode and apply what every replica ingests for `tenant` (attached), starting with all the
+        store holds now (a user watches it here)."""
+        channel = self._channels[tenant]
+        if channel in self._followed:
+            return
+        receiver = self._receiver
+        assert receiver is not None, "attach_service first"
 
         async def apply(messages: Messages) -> None:
             await receiver.handle([Arrival("", source, data) for source, data in messages], relay=False, tenant=tenant)
@@ -180,36 +224,77 @@ class ReplicaLink:
         self.follow(channel, apply)
 
     def unfollow_tenant(self, tenant: str) -> None:
-        """Stop following `tenant` (revoked): nothing more of it is applied or shared."""
-        channel = self._channels.pop(tenant, None)
+        """Stop decoding what replicas ingest for `tenant` (nobody watches it here); still shared."""
+        channel = self._channels.get(tenant)
         if channel is not None:
             self.unfollow(channel)
-            self.controls.detach(tenant)
 
     @property
     def tenants(self) -> dict[str, str]:
-        """The tenants followed (--multitenant), and their channels."""
+        """The tenants attached (--multitenant), and their channels."""
         return dict(self._channels)
 
-    def follow(self, tenant: str, apply: Apply) -> None:
-        """Hand what other replicas ingest for `tenant` to `apply`, starting with all they hold now."""
-        self._followed[tenant] = apply
-        self._positions.pop(tenant, None)
+    @property
+    def followed_tenants(self) -> set[str]:
+        """The tenants followed here (--multitenant)."""
+        return {tenant for tenant, channel in self._channels.items() if channel in self._followed}
 
-    def unfollow(self, tenant: str) -> None:
-        self._followed.pop(tenant, None)
-        self._positions.pop(tenant, None)
+    @property
+    def streams_followed(self) -> int:
+        """How many tenants' streams this replica decodes (the implicit tenant's alone without --multitenant)."""
+        return len(self._followed)
 
-    def publish(self, tenant: str, source: str, envelope: Envelope, message: bytes) -> None:
+    def joined(self, tenant: str) -> bool:
+        """Whether `tenant` is followed and its first join is done: its picture here is complete, and the
+        bus decodes its messages here (rather than only sharing them)."""
+        event = self._joined.get(self._channels.get(tenant, ""))
+        return event is not None and event.is_set()
+
+    async def wait_joined(self, tenant: str, timeout: float) -> bool:
+        """Wait at most `timeout` for `tenant`'s first join to end; whether it did (or it is not followed)."""
+        event = self._joined.get(self._channels.get(tenant, ""))
+        if event is None:
+            return True
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def follow(self, stream: str, apply: Apply) -> None:
+        """Hand what replicas ingest for `stream` to `apply`, starting with all they hold now."""
+        self.unfollow(stream)
+        self._followed[stream] = apply
+        self._joined[stream] = asyncio.Event()
+        self._held[stream] = collections.deque(maxlen=MAX_PENDING)
+        self._join_wake.set()
+
+    def unfollow(self, stream: str) -> None:
+        self._followed.pop(stream, None)
+        self._positions.pop(stream, None)
+        self._held.pop(stream, None)
+        joined = self._joined.pop(stream, None)
+        if joined is not None:
+            joined.set()  # whoever waits for the join waits no more
+
+    def publish(self, stream: str, source: str, head: Head | Envelope, message: bytes) -> None:
         """Queue `message`, accepted from `source`, for the other replicas (never blocks)."""
         if len(self._outgoing) == MAX_PENDING:
             self.publish_dropped += 1
-        self._outgoing.append(Outgoing(tenant, source, envelope.probe_id, envelope.full, message))
+        self._queued += 1
+        self._outgoing.append(Outgoing(stream, source, head.probe_id, head.full, message, self._queued))
         self._wake.set()
+
+    def _written_through(self, number: int) -> bool:
+        """Whether every message queued up to `number` has been written (or dropped)."""
+        if self._writing is not None and self._writing <= number:
+            return False
+        return not self._outgoing or self._outgoing[0].number > number
 
     def start(self, supervisor: Supervisor) -> None:
         supervisor.start("replica-writer", self.write_forever)
         supervisor.start("replica-reader", self.read_forever)
+        supervisor.start("replica-joiner", self.join_forever)
         supervisor.start("replica-controls", self.controls.listen_forever)
         supervisor.start("replica-holders", self.controls.refresh_forever)
         supervisor.start("replica-pipes", self.controls.send_forever)
@@ -224,6 +309,7 @@ class ReplicaLink:
             self._wake.clear()
             while self._outgoing:
                 batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), WRITE_BATCH))]
+                self._writing = batch[0].number
                 try:
                     await self._write(batch)
                 except (RedisError, OSError) as exc:
@@ -232,6 +318,8 @@ class ReplicaLink:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
                     continue
+                finally:
+                    self._writing = None
                 backoff = MIN_BACKOFF
                 self.published += len(batch)
 
@@ -271,9 +359,8 @@ class ReplicaLink:
                 self.connected = True
                 # Whatever was written while this replica was away is in the stream: join afresh.
                 self._positions.clear()
+                self._join_wake.set()
                 while True:
-                    for tenant in [t for t in self._followed if t not in self._positions]:
-                        await self._join(tenant)
                     await self._read()
                     backoff = MIN_BACKOFF
             except (RedisError, OSError) as exc:
@@ -282,9 +369,37 @@ class ReplicaLink:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
 
+    async def join_forever(self) -> None:
+        """Join each stream followed and not read yet: on its own connection, so that a tenant a user
+        starts watching is joined at once, not after the reader's blocking read."""
+        backoff = MIN_BACKOFF
+        while True:
+            await self._join_wake.wait()
+            self._join_wake.clear()
+            try:
+                while waiting := [stream for stream in self._followed if stream not in self._positions]:
+                    for stream in waiting:
+                        await self._join(stream)
+                backoff = MIN_BACKOFF
+            except (RedisError, OSError) as exc:
+                self._trouble("join", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                self._join_wake.set()
+
     async def _join(self, tenant: str) -> None:
-        """Apply each of the tenant's probes' latest full report, then its stream from the start."""
-        apply = self._followed[tenant]
+        """Apply each of the tenant's probes' latest full report, then its stream from the start. The
+        first join of a stream followed applies this replica's own entries too (its bus only shared
+        them) once the writer has written what was queued before, then what the bus took meanwhile."""
+        apply = self._followed.get(tenant)
+        joined = self._joined.get(tenant)
+        if apply is None or joined is None:
+            return
+        first = not joined.is_set()
+        if first:
+            queued = self._queued
+            while not self._written_through(queued):
+                await asyncio.sleep(WRITER_POLL_SECONDS)
         keys = [key async for key in self._redis.scan_iter(match=full_key(_glob_escape(tenant), "*"), count=JOIN_CHUNK)]
         for start in range(0, len(keys), JOIN_CHUNK):
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -298,16 +413,28 @@ class ReplicaLink:
         while entries := cast(
             list[Entry], await self._redis.xrange(stream_key(tenant), min=b"(" + last, count=READ_COUNT)
         ):
-            await self._apply(apply, entries)
+            await self._apply(apply, entries, own=first)
             last = entries[-1][0]
-        if self._followed.get(tenant) is apply:  # not unfollowed or followed afresh meanwhile
-            self._positions[tenant] = last
-            self.joins += 1
+        if self._followed.get(tenant) is not apply:  # unfollowed or followed afresh meanwhile
+            return
+        self._positions[tenant] = last
+        self.joins += 1
+        held = self._held.get(tenant)
+        while first and held:
+            messages = list(held)
+            held.clear()
+            await apply(messages)
+            if self._followed.get(tenant) is not apply:
+                return
+        # No await since the hold was found empty: from here the bus decodes the tenant's messages itself,
+        # each after all it held.
+        self._held.pop(tenant, None)
+        joined.set()
 
     async def _read(self) -> None:
         streams = {stream_key(tenant): position for tenant, position in self._positions.items()}
         if not streams:
-            await asyncio.sleep(READ_BLOCK_SECONDS)
+            await asyncio.sleep(IDLE_READ_SECONDS)
             return
         tenants = {stream_key(tenant): tenant for tenant in self._followed}
         found = cast(
@@ -321,11 +448,12 @@ class ReplicaLink:
             self._positions[tenant] = entries[-1][0]
             await self._apply(self._followed[tenant], entries)
 
-    async def _apply(self, apply: Apply, entries: list[Entry]) -> None:
+    async def _apply(self, apply: Apply, entries: list[Entry], *, own: bool = False) -> None:
+        """Hand `entries` to `apply`; this replica's own too if `own`, else only the other replicas'."""
         me = self.replica_id.encode()
         messages: Messages = []
         for entry_id, fields in entries:
-            if fields.get(b"r") == me:
+            if not own and fields.get(b"r") == me:
                 continue
             source, message = fields.get(b"s"), fields.get(b"m")
             if type(source) is not bytes or type(message) is not bytes or len(source) > MAX_SOURCE_BYTES:
@@ -387,6 +515,11 @@ class ReplicaMetrics(PrometheusCollector):
             "scope_app_replica_received", "Messages other replicas ingested, fed to this one's", value=link.received
         )
         yield CounterMetricFamily("scope_app_replica_joins", "Tenants loaded afresh from the store", value=link.joins)
+        yield GaugeMetricFamily(
+            "scope_app_replica_tenants_followed",
+            "Tenants whose reports this replica decodes and merges (--multitenant: those its users watch)",
+            value=link.streams_followed,
+        )
         yield CounterMetricFamily(
             "scope_app_replica_controls_forwarded",
             "Control requests sent to the replica holding the probe's control channel",

@@ -10,6 +10,10 @@ Routing: the application's first rules are the login page and the 401 of scope_a
 passes them is handed to `TenantDispatch`, which hands the request to its tenant's own application
 (routes made for that tenant's collector, renderer, feeds, controls and pipes). No handler sees
 another tenant's state, so another tenant's ids answer exactly as ids that do not exist.
+
+On a replica (--store), a tenant's picture is loaded from the store when one of its users first asks
+(scope_app.main); `ready_of(tenant)` is then what to wait for before the request is handled, so that
+the first answer, or a websocket's first message, is the complete picture rather than an empty one.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import tornado.httputil
@@ -82,12 +86,23 @@ class AnyRequest(tornado.routing.Matcher):
         return {}
 
 
-class TenantDispatch(tornado.routing.Router):
-    """Hands each request (already allowed by the auth rules) to its tenant's application."""
+#: What a request waits for before its tenant's application handles it (None: nothing).
+ReadyOf = Callable[[str], Awaitable[object] | None]
 
-    def __init__(self, auth: TenantAuth, application_of: Callable[[str], tornado.web.Application]) -> None:
+
+class TenantDispatch(tornado.routing.Router):
+    """Hands each request (already allowed by the auth rules) to its tenant's application, once
+    `ready_of(tenant)` (if anything) is done."""
+
+    def __init__(
+        self,
+        auth: TenantAuth,
+        application_of: Callable[[str], tornado.web.Application],
+        ready_of: ReadyOf | None = None,
+    ) -> None:
         self._auth = auth
         self._application_of = application_of
+        self._ready_of = ready_of
 
     def find_handler(
         self, request: tornado.httputil.HTTPServerRequest, **kwargs: Any
@@ -95,12 +110,44 @@ class TenantDispatch(tornado.routing.Router):
         tenant = self._auth.tenant_of(request)
         if tenant is None:  # revoked between the auth rule and here: refused on the next request
             return None
-        return self._application_of(tenant).find_handler(request, **kwargs)
+        delegate = self._application_of(tenant).find_handler(request, **kwargs)
+        ready = self._ready_of(tenant) if self._ready_of is not None else None
+        return delegate if ready is None else AfterReady(ready, delegate)
 
 
-def tenant_rules(auth: TenantAuth, application_of: Callable[[str], tornado.web.Application]) -> list[Any]:
+class AfterReady(tornado.httputil.HTTPMessageDelegate):
+    """Hands a request to `delegate` once `ready` is done: the connection reads nothing more of the
+    request, and no handler is made, until then (tornado waits for what `headers_received` returns)."""
+
+    def __init__(self, ready: Awaitable[object], delegate: tornado.httputil.HTTPMessageDelegate) -> None:
+        self._ready = ready
+        self._delegate = delegate
+
+    async def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> None:
+        await self._ready
+        received = self._delegate.headers_received(start_line, headers)
+        if received is not None:
+            await received
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._delegate.on_connection_close()
+
+
+def tenant_rules(
+    auth: TenantAuth, application_of: Callable[[str], tornado.web.Application], ready_of: ReadyOf | None = None
+) -> list[Any]:
     """What follows the auth rules in the service's application."""
-    return [tornado.routing.Rule(AnyRequest(), TenantDispatch(auth, application_of))]
+    return [tornado.routing.Rule(AnyRequest(), TenantDispatch(auth, application_of, ready_of))]
 
 
 class OperatorMetricsHandler(tornado.web.RequestHandler):

@@ -20,6 +20,10 @@ class LatestReports(Protocol):
         False when it is refused (the tenant's limits, a probe id of another source)."""
         ...
 
+    def holds(self, tenant: str) -> bool:
+        """Whether `tenant`'s reports are kept here now (`add` would file one rather than refuse it)."""
+        ...
+
     def flush(self) -> None:
         """Hand every merge that is waiting on (see Collector.flush)."""
         ...
@@ -38,10 +42,14 @@ class LatestReports(Protocol):
 
 
 class InProcessReports:
-    """A collector a tenant, made by `new_collector(tenant)` on the tenant's first report."""
+    """A collector a tenant, made by `new_collector(tenant)` on the tenant's first report; with
+    `made_by_reports` false, only by `collector` (a replica of the service makes one for a tenant its
+    users watch): a report of a tenant without one is refused, so that a message decoded while its tenant
+    was revoked or stopped being watched never brings an empty one back."""
 
-    def __init__(self, new_collector: Callable[[str], Collector]) -> None:
+    def __init__(self, new_collector: Callable[[str], Collector], *, made_by_reports: bool = True) -> None:
         self._new_collector = new_collector
+        self._made_by_reports = made_by_reports
         self.collectors: dict[str, Collector] = {}
 
     def collector(self, tenant: str) -> Collector:
@@ -51,7 +59,11 @@ class InProcessReports:
         return found
 
     def add(self, tenant: str, envelope: Envelope, source: str) -> bool:
-        return self.collector(tenant).add(envelope, source)
+        found = self.collector(tenant) if self._made_by_reports else self.collectors.get(tenant)
+        return found is not None and found.add(envelope, source)
+
+    def holds(self, tenant: str) -> bool:
+        return self._made_by_reports or tenant in self.collectors
 
     def flush(self) -> None:
         for collector in self.collectors.values():

@@ -244,7 +244,10 @@ def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) ->
 
         serving.follow("t1", recorder("t1"))
         serving.follow("t2", recorder("t2"))
-        tasks = [asyncio.create_task(ingesting.write_forever()), asyncio.create_task(serving.read_forever())]
+        tasks = [
+            asyncio.create_task(task)
+            for task in (ingesting.write_forever(), serving.read_forever(), serving.join_forever())
+        ]
         await asyncio.sleep(0.5)  # joined (nothing there yet)
         for tenant, message in messages.items():
             ingesting.publish(tenant, f"10.0.0.{tenant[-1]}", wire.decode(message), message)
@@ -254,7 +257,7 @@ def test_each_tenant_gets_exactly_its_own_messages(redis_server: RedisServer) ->
             await asyncio.sleep(0.1)
         joining.follow("t*", recorder("t*"))
         joining.follow("t2", recorder("late t2"))
-        tasks.append(asyncio.create_task(joining.read_forever()))
+        tasks += [asyncio.create_task(joining.read_forever()), asyncio.create_task(joining.join_forever())]
         for _ in range(50):
             if got["late t2"]:
                 break
