@@ -39,19 +39,20 @@ from tests.fixtures.ports import free_port, free_port_pair
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.replicas import View, multitenant_replicas
 from tests.fixtures.scope import App, Scope, ScopeProcess
-from tests.fixtures.service import TenantTokens, add_tenant, hostnames, request, service_probe, tenants
+from tests.fixtures.service import (
+    NO_ENGINE,
+    TenantTokens,
+    add_tenant,
+    hostnames,
+    hosts_of,
+    request,
+    service_probe,
+    tenant_probe,
+    tenants,
+)
 from tests.fixtures.waiting import wait_for
 
-#: Every probe runs on this machine: pointed at no Docker engine, none reports the test run's containers.
-NO_ENGINE = "--docker-url=unix:///nonexistent/docker.sock"
 WINDOW = 10.0
-
-
-def hosts_of(app: App, token: str, topology: str) -> set[str]:
-    """The hosts of the real nodes of `topology` as the holder of `token` sees them on `app`."""
-    status, body = request(app.url, token, f"/api/topology/{topology}")
-    assert status == 200, body
-    return {node["id"].split(";")[0] for node in body["nodes"].values() if not node.get("pseudo")}
 
 
 async def websocket_hosts(app: App, token: str) -> set[str]:
@@ -70,10 +71,6 @@ async def websocket_hosts(app: App, token: str) -> set[str]:
 
 def replicas(scope: Scope, state_dir: Path, store: RedisServer, count: int = 3) -> list[App]:
     return multitenant_replicas(scope, state_dir, store.url, count, WINDOW)
-
-
-def probe(scope: Scope, app: App, tokens: TenantTokens, hostname: str) -> None:
-    service_probe(scope, [app.bus], tokens.probe_token, tokens.service_key, hostname=hostname, extra=[NO_ENGINE])
 
 
 def open_shell(asked: App, token: str, host: str) -> tuple[str, str]:
@@ -124,10 +121,10 @@ def test_every_replica_shows_each_tenant_exactly_its_own_picture(
     alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
     own = {alpha.user_token: {"alpha-1", "alpha-2"}, beta.user_token: {"beta-1", "beta-2"}}
     # Each tenant's probes on different replicas; replica 0 ingests one probe of each tenant.
-    probe(scope, apps[0], alpha, "alpha-1")
-    probe(scope, apps[1], alpha, "alpha-2")
-    probe(scope, apps[2], beta, "beta-1")
-    probe(scope, apps[0], beta, "beta-2")
+    tenant_probe(scope, apps[0], alpha, "alpha-1")
+    tenant_probe(scope, apps[1], alpha, "alpha-2")
+    tenant_probe(scope, apps[2], beta, "beta-1")
+    tenant_probe(scope, apps[0], beta, "beta-2")
 
     for app in apps:
         for token, hosts in own.items():
@@ -169,8 +166,8 @@ def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another
     state = tmp_path / "state"
     holder, asked = replicas(scope, state, redis_server, 2)
     alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
-    probe(scope, holder, alpha, "alpha-1")
-    probe(scope, holder, beta, "beta-1")
+    tenant_probe(scope, holder, alpha, "alpha-1")
+    tenant_probe(scope, holder, beta, "beta-1")
     for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
         wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
     shell = shell_echoes(asked, alpha.user_token, "alpha-1")
@@ -195,8 +192,8 @@ def test_revoking_a_tenant_closes_its_pipe_through_another_replica_with_the_reas
     state = tmp_path / "state"
     holder, asked = replicas(scope, state, redis_server, 2)
     alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
-    probe(scope, holder, alpha, "alpha-1")
-    probe(scope, holder, beta, "beta-1")
+    tenant_probe(scope, holder, alpha, "alpha-1")
+    tenant_probe(scope, holder, beta, "beta-1")
     for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
         wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
     _, alpha_pipe = open_shell(asked, alpha.user_token, "alpha-1")

@@ -1,7 +1,7 @@
 """Replicas of the service follow only the tenants their users watch (issue 18: work shared, not repeated).
 
 A real redis-server, real `scope app --multitenant --store` replicas and real probes, as in
-tests/app/test_replicas_multitenant.py (whose helpers these tests use): a tenant's probes report to one
+tests/app/test_replicas_multitenant.py: a tenant's probes report to one
 replica, where none of its users looks; another replica, where a user does, has the complete picture from
 its first answer on, and the first replica decodes none of that tenant's messages.
 """
@@ -17,23 +17,21 @@ from pathlib import Path
 import tornado.httpclient
 import tornado.websocket
 
-from tests.app.test_replicas_multitenant import WINDOW, add_tenant, hostnames, hosts_of, probe
 from tests.fixtures.redis import RedisServer
+from tests.fixtures.replicas import multitenant_replicas
 from tests.fixtures.scope import App, Scope, scrape_metrics
-from tests.fixtures.service import TenantTokens
+from tests.fixtures.service import TenantTokens, add_tenant, hostnames, hosts_of, tenant_probe
 from tests.fixtures.waiting import wait_for
 
 METRICS_TOKEN = "operator-metrics-token"
+WINDOW = 10.0
 HOSTS = {"alpha-1", "alpha-2"}
 
 
 def replica(scope: Scope, state_dir: Path, store: RedisServer, idle: str = "60s") -> App:
     """A replica whose operator reads /metrics (METRICS_TOKEN); tenants unwatched for `idle` let go."""
-    return scope.app(
-        window=f"{WINDOW:g}s",
-        extra=["--multitenant", f"--state-dir={state_dir}", f"--store={store.url}", f"--tenant-idle={idle}"],
-        env={"SCOPE_METRICS_TOKEN": METRICS_TOKEN},
-    )
+    env = {"SCOPE_METRICS_TOKEN": METRICS_TOKEN}
+    return multitenant_replicas(scope, state_dir, store.url, 1, WINDOW, extra=[f"--tenant-idle={idle}"], env=env)[0]
 
 
 def metrics(app: App) -> dict[str, float]:
@@ -55,9 +53,9 @@ def unwatched_tenant(
     their first full reports are in the store. The second replica has not been asked about alpha."""
     state = tmp_path / "state"
     ingesting, serving = replica(scope, state, store), replica(scope, state, store, idle)
-    alpha = add_tenant(state, store, "alpha")
+    alpha = add_tenant(state, "alpha", f"--store={store.url}")
     for host in sorted(HOSTS):
-        probe(scope, ingesting, alpha, host)
+        tenant_probe(scope, ingesting, alpha, host)
     wait_for(lambda: shared_fulls(store) == len(HOSTS), 60, what="the probes' full reports in the store")
     return ingesting, serving, alpha
 
@@ -68,7 +66,7 @@ def test_a_replica_where_nobody_watches_a_tenant_decodes_none_of_it(
     ingesting, serving, alpha = unwatched_tenant(scope, tmp_path, redis_server)
 
     # The first answer of the replica that never followed alpha is already the complete picture.
-    assert hostnames(serving, alpha.user_token) == HOSTS
+    assert hostnames(serving.url, alpha.user_token) == HOSTS
     assert hosts_of(serving, alpha.user_token, "hosts") == HOSTS
 
     # Reports keep coming (one a second per probe); the replica ingesting them decodes none.
@@ -88,7 +86,7 @@ def test_a_replica_where_nobody_watches_a_tenant_decodes_none_of_it(
 
     # Watched on the ingesting replica too from now: complete at once, and the switch from sharing its
     # probes' messages undecoded to decoding them loses none of their deltas.
-    assert hostnames(ingesting, alpha.user_token) == HOSTS
+    assert hostnames(ingesting.url, alpha.user_token) == HOSTS
     time.sleep(3)
     switched = metrics(ingesting)
     assert switched["scope_app_replica_tenants_followed"] == 1
@@ -129,20 +127,20 @@ def test_a_websocket_on_a_replica_that_did_not_follow_the_tenant_starts_complete
         watching = asyncio.create_task(watch_hosts(serving, alpha.user_token, "alpha-3", ready))
         await ready.wait()
         # A probe that comes up afterwards, on the replica where nobody watches alpha.
-        probe(scope, ingesting, alpha, "alpha-3")
+        tenant_probe(scope, ingesting, alpha, "alpha-3")
         return await watching
 
     first, after = asyncio.run(scenario())
     assert first == HOSTS
     assert after < 30
-    assert hostnames(serving, alpha.user_token) == HOSTS | {"alpha-3"}
+    assert hostnames(serving.url, alpha.user_token) == HOSTS | {"alpha-3"}
 
 
 def test_a_tenant_nobody_watches_any_more_is_let_go_and_loaded_again_when_watched(
     redis_server: RedisServer, scope: Scope, tmp_path: Path
 ) -> None:
     _, serving, alpha = unwatched_tenant(scope, tmp_path, redis_server, idle="3s")
-    assert hostnames(serving, alpha.user_token) == HOSTS
+    assert hostnames(serving.url, alpha.user_token) == HOSTS
     assert metrics(serving)["scope_app_replica_tenants_followed"] == 1
 
     # Nobody asks: after the idle period the tenant's view goes, and with it what this replica held of it.
@@ -152,7 +150,7 @@ def test_a_tenant_nobody_watches_any_more_is_let_go_and_loaded_again_when_watche
 
     wait_for(let_go, 15, what="the tenant let go")
     # Asked again: loaded again, complete in the first answer.
-    assert hostnames(serving, alpha.user_token) == HOSTS
+    assert hostnames(serving.url, alpha.user_token) == HOSTS
 
     # A websocket open keeps it followed however long nobody asks anything else.
     async def keep_open() -> float:
