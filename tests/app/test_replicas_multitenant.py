@@ -358,11 +358,9 @@ def test_restarting_redis_under_multitenant_replicas_heals_each_tenants_map_cont
 
     lasting_redis.restart()
     restarted = time.monotonic()
-    wait_for(
-        lambda: all(app.log().count("connected to the replicas' store") >= 2 for app in apps),
-        WINDOW,
-        what="every replica to reconnect",
-    )
+    # Not every replica need say it reconnected: one whose connections were idle while Redis was away
+    # finds them broken afterwards and sends its command again at once (store.async_client). That each
+    # reaches the restarted Redis is what follows shows: maps whole past the window, a tenant added now.
     wait_for(lambda: exactly_their_own(apps, own), WINDOW, what="each tenant's map whole again")
     # Past the window: every report each replica shows came through the store after the restart.
     time.sleep(max(0.0, restarted + WINDOW + 2 - time.monotonic()))
