@@ -293,7 +293,7 @@ def _decode_records(
                 removed.setdefault(name, []).extend(_sorted_strs(fields[1]))
                 continue
             if len(fields) == PATCH_RECORD_FIELDS:
-                patches.append(_patch_from_record(fields))
+                patches.append(_patch_from_record(fields, len(record)))
                 continue
             node = _node_from_record(fields)
         except DecodeError as exc:
@@ -435,6 +435,8 @@ def _metric(raw: Any) -> Metric:
 # adjacency is nil when unchanged; metrics carry only new samples (the receiver keeps the earlier ones).
 
 PATCH_RECORD_FIELDS = 3
+#: Most bytes a number of a patch may gain packed again here (see `_patch_from_record`).
+_WIDENED_NUMBER_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,6 +453,9 @@ class NodePatch:
     #: New samples only, with the metric's current range.
     metrics: Mapping[str, Metric | None] = field(default_factory=dict)
     parents: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    #: At most how many bytes `patch_record(patch)` packs into, known without packing it for a decoded
+    #: patch (see `_patch_from_record`); None for one built here.
+    record_bytes_bound: int | None = field(default=None, compare=False)
 
 
 def patch_record(patch: NodePatch) -> list[Any]:
@@ -469,8 +474,14 @@ def patch_record(patch: NodePatch) -> list[Any]:
     ]
 
 
-def _patch_from_record(fields: list[Any]) -> NodePatch:
-    """A patch from its record, checked as a node record is."""
+def _patch_from_record(fields: list[Any], record_bytes: int) -> NodePatch:
+    """A patch from its record of `record_bytes`, checked as a node record is.
+
+    Its `record_bytes_bound` is the record's length plus what numbers may gain when packed again here:
+    a sender may pack a timestamp in 1 byte (a small integer) that decodes as a float and packs in 9,
+    and any other number in 5 (a float32) that packs in 9. So at most 12 bytes more for each latest
+    entry, each sample, and each metric's range (min and max, 8). Nothing else packs longer here than
+    it may be sent: strings, lists and maps only lose duplicates or gain shorter headers."""
     topology = _str(fields[0])
     node_id = _str(fields[1])
     if not ids.is_valid(topology, node_id):
@@ -478,6 +489,7 @@ def _patch_from_record(fields: list[Any]) -> NodePatch:
     try:
         latest_, sets, adjacency, edges, metrics, parents = fields[2]
         latest = {_str(k): None if e is None else _latest_entry(*e) for k, e in latest_.items()}
+        patch_metrics = {_str(k): None if v is None else _metric(v) for k, v in metrics.items()}
         patch = NodePatch(
             topology,
             node_id,
@@ -485,8 +497,11 @@ def _patch_from_record(fields: list[Any]) -> NodePatch:
             {_str(k): None if v is None else _sorted_strs(v) for k, v in sets.items()},
             None if adjacency is None else _sorted_strs(adjacency),
             {_str(k): None if v is None else _edge(v) for k, v in edges.items()},
-            {_str(k): None if v is None else _metric(v) for k, v in metrics.items()},
+            patch_metrics,
             {_str(k): None if v is None else _sorted_strs(v) for k, v in parents.items()},
+            record_bytes
+            + _WIDENED_NUMBER_BYTES
+            * (len(latest) + sum(1 + len(m.samples) for m in patch_metrics.values() if m is not None)),
         )
     except DecodeError:
         raise
