@@ -394,7 +394,16 @@ def _num(value: object) -> float | int:
 
 
 def _optional_int(value: object) -> int | None:
-    return None if value is None else int(_num(value))
+    return None if value is None else _int64(value)
+
+
+def _int64(value: object) -> int:
+    """A whole number msgpack can pack again: a float such as 1e300 would make an integer it cannot,
+    and the app packs patched nodes to measure them (scope_common.delta)."""
+    number = int(_num(value))
+    if not -(2**63) <= number < 2**64:
+        raise DecodeError("malformed", "integer out of range")
+    return number
 
 
 def _sorted_strs(values: object) -> tuple[str, ...]:
@@ -414,7 +423,7 @@ def _edge_fields(edge: EdgeMetadata) -> list[int | None]:
 def _edge(raw: Any) -> EdgeMetadata:
     if type(raw) is not list or len(raw) not in (3, 5):
         raise DecodeError("malformed", "edge")
-    return EdgeMetadata(int(_num(raw[0])), *(_optional_int(value) for value in raw[1:]))
+    return EdgeMetadata(_int64(raw[0]), *(_optional_int(value) for value in raw[1:]))
 
 
 def _metric(raw: Any) -> Metric:
