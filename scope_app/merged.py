@@ -21,8 +21,10 @@ from functools import reduce
 from scope_common.delta import NodeKey
 from scope_common.report import NO_TEMPLATES, Node, Report, Templates, Topology
 
-#: One probe's contribution to a node: most nodes have exactly one, kept as a pair to save a dict.
-Contribution = tuple[str, Node]
+#: Who contributed a node. Most nodes have exactly one probe, kept as its id alone: the merged node is then
+#: that probe's node, so neither a dict nor a pair is needed (a pair cost 56 bytes a node, and a new one
+#: every time the node changed). Else each contributor's node by probe id.
+Contributors = str | dict[str, Node]
 
 
 class MergedReport:
@@ -30,7 +32,7 @@ class MergedReport:
 
     def __init__(self) -> None:
         self.report = Report()
-        self._contributions: dict[NodeKey, Contribution | dict[str, Node]] = {}
+        self._contributions: dict[NodeKey, Contributors] = {}
         #: Each probe's templates by topology.
         self._templates: dict[str, Mapping[str, Templates]] = {}
 
@@ -75,18 +77,16 @@ class MergedReport:
         if held is None:
             if node is None:
                 return False
-            self._contributions[key] = (probe_id, node)
+            self._contributions[key] = probe_id
             return self._set(key, node)
-        if isinstance(held, tuple):
-            if held[0] == probe_id:
+        if isinstance(held, str):
+            if held == probe_id:
                 if node is None:
                     del self._contributions[key]
-                    return self._set(key, None)
-                self._contributions[key] = (probe_id, node)
                 return self._set(key, node)
             if node is None:
                 return False
-            held = {held[0]: held[1]}
+            held = {held: self.report.topologies[key[0]].nodes[key[1]]}
             self._contributions[key] = held
         if node is None:
             if held.pop(probe_id, None) is None:
@@ -100,7 +100,7 @@ class MergedReport:
                 return self._set(key, current.merge(node))
         if len(held) == 1:
             ((only_probe, only_node),) = held.items()
-            self._contributions[key] = (only_probe, only_node)
+            self._contributions[key] = only_probe
             return self._set(key, only_node)
         # A contribution replaced or withdrawn: merge what is left afresh.
         return self._set(key, reduce(Node.merge, (held[p] for p in sorted(held))))

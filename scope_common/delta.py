@@ -321,6 +321,8 @@ class ProbeNodes:
         self.seq = 0
         #: False until a full report arrives, and again after a lost message: deltas are then set aside.
         self.complete = False
+        #: Of each node patched since it last came whole: at most how many bytes its record packs into.
+        self._record_bytes: dict[NodeKey, int] = {}
 
     def apply(self, envelope: wire.Envelope) -> Applied:
         """Apply one message; `Applied.before` says which nodes changed (their previous versions)."""
@@ -348,7 +350,8 @@ class ProbeNodes:
             self.complete = False
             self.seq = envelope.seq
             return Applied(refused="missed_delta")
-        if any(_record_bytes(node) > wire.MAX_RECORD_BYTES for node in patched_nodes.values()):
+        patched_bytes = self._patched_record_bytes(patched_nodes)
+        if patched_bytes is None:
             # Patches must not grow a node, one entry at a time, past what one record may carry.
             self.complete = False
             self.seq = envelope.seq
@@ -357,12 +360,14 @@ class ProbeNodes:
         if envelope.full:
             for key in self.nodes.keys() - incoming.keys():
                 changes.before[key] = self.nodes.pop(key)
+                self._record_bytes.pop(key, None)
         else:
             for topology_name, node_ids in envelope.removed.items():
                 for node_id in node_ids:
                     key = (topology_name, node_id)
                     if key not in incoming and key in self.nodes:
                         changes.before[key] = self.nodes.pop(key)
+                        self._record_bytes.pop(key, None)
         # After a lost message the samples held may be of a node that went and came back since: a full
         # report then starts afresh rather than guess.
         resume = self.complete and envelope.seq == self.seq + 1
@@ -374,25 +379,48 @@ class ProbeNodes:
                 continue
             changes.before[key] = previous
             self.nodes[key] = node
-        for key, node in patched_nodes.items():
+            self._record_bytes.pop(key, None)
+        for key, (_, node) in patched_nodes.items():
             changes.before[key] = self.nodes[key]
             self.nodes[key] = node
+        self._record_bytes.update(patched_bytes)
         changes.templates_changed = self._apply_templates(envelope)
         self.seq = envelope.seq
         self.complete = True
         return changes
 
-    def _patched(self, envelope: wire.Envelope) -> dict[NodeKey, Node] | None:
-        """The nodes a delta's patches make, by key; None when one patches a node this side does not
-        hold (or the delta also removes or replaces): the picture differs from the probe's."""
-        result: dict[NodeKey, Node] = {}
+    def _patched(self, envelope: wire.Envelope) -> dict[NodeKey, tuple[wire.NodePatch, Node]] | None:
+        """Each patch of a delta with the node it makes, by key; None when one patches a node this side
+        does not hold (or the delta also removes or replaces): the picture differs from the probe's."""
+        result: dict[NodeKey, tuple[wire.NodePatch, Node]] = {}
         removed = {(name, node_id) for name, node_ids in envelope.removed.items() for node_id in node_ids}
         for patch in envelope.patches:
             key = (patch.topology, patch.id)
             node = self.nodes.get(key)
             if node is None or key in result or key in removed or patch.id in envelope.report.nodes(patch.topology):
                 return None
-            result[key] = patched(node, patch)
+            result[key] = patch, patched(node, patch)
+        return result
+
+    def _patched_record_bytes(
+        self, patched_nodes: Mapping[NodeKey, tuple[wire.NodePatch, Node]]
+    ) -> dict[NodeKey, int] | None:
+        """Of each patched node, at most how many bytes its record packs into; None when one packs into
+        more than wire.MAX_RECORD_BYTES.
+
+        Packing a node costs far more than patching it (a container's twenty samples of each metric
+        against its one new sample each), so a node is packed only the first time it is patched after it
+        came whole, and when its bound nears the limit; the bound of a node patched since is that of its
+        previous version plus what the patch may add (`_patch_growth`)."""
+        result: dict[NodeKey, int] = {}
+        for key, (patch, node) in patched_nodes.items():
+            known = self._record_bytes.get(key)
+            size = wire.MAX_RECORD_BYTES + 1 if known is None else known + _patch_growth(patch)
+            if size > wire.MAX_RECORD_BYTES:
+                size = _record_bytes(node)
+                if size > wire.MAX_RECORD_BYTES:
+                    return None
+            result[key] = size
         return result
 
     def _apply_templates(self, envelope: wire.Envelope) -> bool:
@@ -413,5 +441,24 @@ class ProbeNodes:
         return report
 
 
+#: How much longer a node's record may get than the record of a patch to it: each of the node's five
+#: maps may need a longer header (msgpack: 1, 3 or 5 bytes), and each patched metric's list of samples one
+#: of 3 bytes rather than 1 (it holds at most 2 * MAX_SAMPLES numbers).
+_HEADERS_GROWTH = 5 * 4
+_SAMPLES_HEADER_GROWTH = 2
+
+
 def _record_bytes(node: Node) -> int:
     return len(msgpack.packb(wire.node_record(node), use_bin_type=True))
+
+
+def _patch_growth(patch: wire.NodePatch) -> int:
+    """At most how many bytes `patched(node, patch)`'s record may be longer than `node`'s.
+
+    Each entry of the patch replaces, removes or adds one of the node's, packed as in the patch's record;
+    a metric's new samples join those it has, each packed as in the patch. So the node's record grows by
+    at most the patch's, but for the headers of its containers."""
+    patch_bytes = patch.record_bytes_bound
+    if patch_bytes is None:
+        patch_bytes = len(msgpack.packb(wire.patch_record(patch), use_bin_type=True))
+    return patch_bytes + _HEADERS_GROWTH + _SAMPLES_HEADER_GROWTH * len(patch.metrics)

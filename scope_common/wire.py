@@ -316,7 +316,7 @@ def _decode_records(
                 removed.setdefault(name, []).extend(_sorted_strs(fields[1]))
                 continue
             if len(fields) == PATCH_RECORD_FIELDS:
-                patches.append(_patch_from_record(fields))
+                patches.append(_patch_from_record(fields, len(record)))
                 continue
             node = _node_from_record(fields)
         except DecodeError as exc:
@@ -417,7 +417,16 @@ def _num(value: object) -> float | int:
 
 
 def _optional_int(value: object) -> int | None:
-    return None if value is None else int(_num(value))
+    return None if value is None else _int64(value)
+
+
+def _int64(value: object) -> int:
+    """A whole number msgpack can pack again: a float such as 1e300 would make an integer it cannot,
+    and the app packs patched nodes to measure them (scope_common.delta)."""
+    number = int(_num(value))
+    if not -(2**63) <= number < 2**64:
+        raise DecodeError("malformed", "integer out of range")
+    return number
 
 
 def _sorted_strs(values: object) -> tuple[str, ...]:
@@ -437,7 +446,7 @@ def _edge_fields(edge: EdgeMetadata) -> list[int | None]:
 def _edge(raw: Any) -> EdgeMetadata:
     if type(raw) is not list or len(raw) not in (3, 5):
         raise DecodeError("malformed", "edge")
-    return EdgeMetadata(int(_num(raw[0])), *(_optional_int(value) for value in raw[1:]))
+    return EdgeMetadata(_int64(raw[0]), *(_optional_int(value) for value in raw[1:]))
 
 
 def _metric(raw: Any) -> Metric:
@@ -458,6 +467,8 @@ def _metric(raw: Any) -> Metric:
 # adjacency is nil when unchanged; metrics carry only new samples (the receiver keeps the earlier ones).
 
 PATCH_RECORD_FIELDS = 3
+#: Most bytes a number of a patch may gain packed again here (see `_patch_from_record`).
+_WIDENED_NUMBER_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +485,9 @@ class NodePatch:
     #: New samples only, with the metric's current range.
     metrics: Mapping[str, Metric | None] = field(default_factory=dict)
     parents: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    #: At most how many bytes `patch_record(patch)` packs into, known without packing it for a decoded
+    #: patch (see `_patch_from_record`); None for one built here.
+    record_bytes_bound: int | None = field(default=None, compare=False)
 
 
 def patch_record(patch: NodePatch) -> list[Any]:
@@ -492,8 +506,14 @@ def patch_record(patch: NodePatch) -> list[Any]:
     ]
 
 
-def _patch_from_record(fields: list[Any]) -> NodePatch:
-    """A patch from its record, checked as a node record is."""
+def _patch_from_record(fields: list[Any], record_bytes: int) -> NodePatch:
+    """A patch from its record of `record_bytes`, checked as a node record is.
+
+    Its `record_bytes_bound` is the record's length plus what numbers may gain when packed again here:
+    a sender may pack a timestamp in 1 byte (a small integer) that decodes as a float and packs in 9,
+    and any other number in 5 (a float32) that packs in 9. So at most 12 bytes more for each latest
+    entry, each sample, and each metric's range (min and max, 8). Nothing else packs longer here than
+    it may be sent: strings, lists and maps only lose duplicates or gain shorter headers."""
     topology = _str(fields[0])
     node_id = _str(fields[1])
     if not ids.is_valid(topology, node_id):
@@ -501,6 +521,7 @@ def _patch_from_record(fields: list[Any]) -> NodePatch:
     try:
         latest_, sets, adjacency, edges, metrics, parents = fields[2]
         latest = {_str(k): None if e is None else _latest_entry(*e) for k, e in latest_.items()}
+        patch_metrics = {_str(k): None if v is None else _metric(v) for k, v in metrics.items()}
         patch = NodePatch(
             topology,
             node_id,
@@ -508,8 +529,11 @@ def _patch_from_record(fields: list[Any]) -> NodePatch:
             {_str(k): None if v is None else _sorted_strs(v) for k, v in sets.items()},
             None if adjacency is None else _sorted_strs(adjacency),
             {_str(k): None if v is None else _edge(v) for k, v in edges.items()},
-            {_str(k): None if v is None else _metric(v) for k, v in metrics.items()},
+            patch_metrics,
             {_str(k): None if v is None else _sorted_strs(v) for k, v in parents.items()},
+            record_bytes
+            + _WIDENED_NUMBER_BYTES
+            * (len(latest) + sum(1 + len(m.samples) for m in patch_metrics.values() if m is not None)),
         )
     except DecodeError:
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -257,3 +258,41 @@ def test_patches_cannot_grow_a_node_past_the_record_limit(monkeypatch: pytest.Mo
     assert refused[-1] == "node_too_large"
     assert len(refused) > 5, "patches within the limit apply"
     assert not receiver.complete
+
+
+@pytest.mark.parametrize("timestamp", [1.0, 1], ids=["as-packed-here", "integer-timestamps-from-sender"])
+@pytest.mark.parametrize("over", [0, 1], ids=["node-at-the-limit", "one-byte-over"])
+def test_the_record_limit_holds_to_the_byte_however_many_patches(
+    monkeypatch: pytest.MonkeyPatch, timestamp: float, over: int
+) -> None:
+    """Patched nodes are not packed to be measured: the limit must still hold exactly. A node patched to
+    exactly the limit is taken; one byte more is refused, also after many patches, and also when the
+    sender packs its numbers shorter (integer timestamps) than they pack once decoded."""
+    node = Node.build("h;1", "process", latest={"name": "x"})
+    patches = [
+        wire.NodePatch(
+            "process",
+            "h;1",
+            {f"key{i}": (timestamp, "v" * (i % 7))},
+            metrics={f"metric{i}": Metric(tuple(Sample(timestamp + j, j + 0.5) for j in range(5)), 0.0, 100.0)},
+        )
+        for i in range(30)
+    ]
+    expected = node
+    for patch in wire.decode(wire.encode(_delta(2, patches))).patches:
+        expected = patched(expected, patch)
+    limit = len(msgpack.packb(wire.node_record(expected), use_bin_type=True)) - over
+    monkeypatch.setattr(wire, "MAX_RECORD_BYTES", limit)
+    receiver = ProbeNodes()
+    receiver.apply(wire.decode(wire.encode(wire.Envelope("p", "h", 1, 0.0, _one(node)))))
+    refused = [
+        receiver.apply(wire.decode(wire.encode(_delta(seq, [patch])))).refused
+        for seq, patch in enumerate(patches, start=2)
+    ]
+    assert refused == [""] * 29 + (["node_too_large"] if over else [""])
+    if not over:
+        assert receiver.nodes[("process", "h;1")] == expected
+
+
+def _delta(seq: int, patches: list[wire.NodePatch]) -> wire.Envelope:
+    return wire.Envelope("p", "h", seq, 0.0, Report(), full=False, base_seq=seq - 1, patches=tuple(patches))
