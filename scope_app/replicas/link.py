@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as PrometheusCollector
@@ -49,6 +49,8 @@ from scope_common.wire import Envelope, Head
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 #: Messages from the bus, each with the address of the connection it arrived on.
 Messages = list[tuple[str, bytes]]
 #: Decodes and applies messages other replicas ingested, as the bus receiver does its own.
@@ -61,6 +63,9 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 #: Messages waiting for the writer while Redis is slow or away; past it the oldest are dropped: a newer
 #: message of the same probe is on its way, and its next full report repairs what a lost one carried.
 MAX_PENDING = 10_000
+#: Bytes of those messages, and of what is held for one stream while it is joined: a message may be up to
+#: wire.MAX_MESSAGE_BYTES, so a count alone would not bound the memory a long Redis outage takes.
+MAX_PENDING_BYTES = 256 * 1024 * 1024
 #: Messages written in one pipelined round trip.
 WRITE_BATCH = 500
 #: Stream entries read in one go: bounds one step's decoding before the loop serves anyone else.
@@ -107,6 +112,41 @@ class Outgoing:
     number: int
 
 
+class Backlog(Generic[T]):
+    """A queue bounded by count and by bytes: past either, the oldest items go, counted by `append`."""
+
+    def __init__(self, max_items: int = MAX_PENDING, max_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: collections.deque[tuple[T, int]] = collections.deque()
+        self.bytes = 0
+
+    def append(self, item: T, size: int) -> int:
+        """Queue `item` of `size` bytes; how many older items were dropped to make room."""
+        dropped = 0
+        while self._items and (len(self._items) >= self.max_items or self.bytes + size > self.max_bytes):
+            self.popleft()
+            dropped += 1
+        self._items.append((item, size))
+        self.bytes += size
+        return dropped
+
+    def popleft(self) -> T:
+        item, size = self._items.popleft()
+        self.bytes -= size
+        return item
+
+    def take(self, count: int) -> list[T]:
+        """The first `count` items (or all there are), taken out."""
+        return [self.popleft() for _ in range(min(count, len(self._items)))]
+
+    def first(self) -> T:
+        return self._items[0][0]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class ReplicaLink:
     """Shares the messages of the tenants it follows with every other replica on the same Redis."""
 
@@ -124,14 +164,14 @@ class ReplicaLink:
         #: Set once a stream followed has been joined: until then, the bus's messages for it are held.
         self._joined: dict[str, asyncio.Event] = {}
         #: What this replica's bus took for a stream followed but not yet joined (source, message).
-        self._held: dict[str, collections.deque[tuple[str, bytes]]] = {}
+        self._held: dict[str, Backlog[tuple[str, bytes]]] = {}
         #: --multitenant: the bus receiver, and the channel each tenant's messages are shared in.
         self._receiver: BusReceiver | None = None
         self._router: ControlRouter | None = None
         self._channels: dict[str, str] = {}
         #: The stream id each followed tenant has been read up to; absent: not joined yet.
         self._positions: dict[str, bytes] = {}
-        self._outgoing: collections.deque[Outgoing] = collections.deque(maxlen=MAX_PENDING)
+        self._outgoing: Backlog[Outgoing] = Backlog()
         self._queued = 0
         #: The number of the first message of the batch being written; None: none is.
         self._writing: int | None = None
@@ -142,6 +182,8 @@ class ReplicaLink:
         #: Messages written to Redis, dropped before they could be, and read from other replicas.
         self.published = 0
         self.publish_dropped = 0
+        #: Messages of this replica's bus held for a tenant being joined, dropped past the bound.
+        self.held_dropped = 0
         #: Stream entries of other replicas left out before decoding, by reason (the store is shared, so
         #: what it holds is checked like anything else from the network).
         self._entry_drops = Drops(log, "left out a stream entry")
@@ -183,8 +225,10 @@ class ReplicaLink:
                 self.publish_dropped += 1
                 return
             held = self._held.get(channel)
-            if held is not None:
-                held.append((source, message))  # followed, not joined yet: applied when the join ends
+            if held is not None and held.append((source, message), len(message)):
+                # Followed, not joined yet: applied when the join ends. What the bound dropped is a lost
+                # message to this replica: a missed delta, repaired by the probe's next full report.
+                self.held_dropped += 1
             self.publish(channel, source, head, message)
 
         receiver.relay = relay
@@ -266,7 +310,7 @@ class ReplicaLink:
         self.unfollow(stream)
         self._followed[stream] = apply
         self._joined[stream] = asyncio.Event()
-        self._held[stream] = collections.deque(maxlen=MAX_PENDING)
+        self._held[stream] = Backlog()
         self._join_wake.set()
 
     def unfollow(self, stream: str) -> None:
@@ -279,17 +323,21 @@ class ReplicaLink:
 
     def publish(self, stream: str, source: str, head: Head | Envelope, message: bytes) -> None:
         """Queue `message`, accepted from `source`, for the other replicas (never blocks)."""
-        if len(self._outgoing) == MAX_PENDING:
-            self.publish_dropped += 1
         self._queued += 1
-        self._outgoing.append(Outgoing(stream, source, head.probe_id, head.full, message, self._queued))
+        outgoing = Outgoing(stream, source, head.probe_id, head.full, message, self._queued)
+        self.publish_dropped += self._outgoing.append(outgoing, len(message))
         self._wake.set()
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of this replica's bus waiting to be written to the store."""
+        return self._outgoing.bytes
 
     def _written_through(self, number: int) -> bool:
         """Whether every message queued up to `number` has been written (or dropped)."""
         if self._writing is not None and self._writing <= number:
             return False
-        return not self._outgoing or self._outgoing[0].number > number
+        return not self._outgoing or self._outgoing.first().number > number
 
     def start(self, supervisor: Supervisor) -> None:
         supervisor.start("replica-writer", self.write_forever)
@@ -308,7 +356,7 @@ class ReplicaLink:
             await self._wake.wait()
             self._wake.clear()
             while self._outgoing:
-                batch = [self._outgoing.popleft() for _ in range(min(len(self._outgoing), WRITE_BATCH))]
+                batch = self._outgoing.take(WRITE_BATCH)
                 self._writing = batch[0].number
                 try:
                     await self._write(batch)
@@ -421,9 +469,7 @@ class ReplicaLink:
         self.joins += 1
         held = self._held.get(tenant)
         while first and held:
-            messages = list(held)
-            held.clear()
-            await apply(messages)
+            await apply(held.take(len(held)))
             if self._followed.get(tenant) is not apply:
                 return
         # No await since the hold was found empty: from here the bus decodes the tenant's messages itself,
@@ -513,6 +559,16 @@ class ReplicaMetrics(PrometheusCollector):
         )
         yield CounterMetricFamily(
             "scope_app_replica_received", "Messages other replicas ingested, fed to this one's", value=link.received
+        )
+        yield GaugeMetricFamily(
+            "scope_app_replica_pending_bytes",
+            "Bytes of this replica's bus waiting to be written to the store",
+            value=link.pending_bytes,
+        )
+        yield CounterMetricFamily(
+            "scope_app_replica_held_dropped",
+            "Messages of this replica's bus for a tenant being joined, dropped past the bound while waiting",
+            value=link.held_dropped,
         )
         yield CounterMetricFamily("scope_app_replica_joins", "Tenants loaded afresh from the store", value=link.joins)
         yield GaugeMetricFamily(

@@ -17,11 +17,12 @@ from typing import Any
 import zmq
 
 from scope_app.replicas import ReplicaLink
-from scope_app.replicas.link import stream_key
+from scope_app.replicas.link import MAX_PENDING_BYTES, stream_key
 from scope_app.replicas.store import async_client, sync_client
 from scope_common import wire
 from scope_common.report import Report
 from tests.fixtures.docker import Containers
+from tests.fixtures.ports import free_port
 from tests.fixtures.redis import RedisSentinel, RedisServer
 from tests.fixtures.replicas import View, replicas
 from tests.fixtures.reports import container_id, containers_report
@@ -311,6 +312,26 @@ def test_after_redis_restarts_each_clients_first_command_goes_through(redis_serv
     redis_server.restart()
     assert blocking.get("k") is None
     blocking.close()
+
+
+def test_what_waits_for_a_store_that_is_away_is_bounded_in_bytes() -> None:
+    """Redis away: what this replica's bus took waits for it, the oldest dropped (and counted) once the
+    waiting messages would pass the bound in bytes, whatever their count: large messages cannot make a long
+    outage take the replica's memory."""
+    head = wire.decode_head(wire.encode(wire.Envelope("probe-big", "host", 1, time.time(), containers_report("b"))))
+    message = b"m" * (1024 * 1024)
+    count = MAX_PENDING_BYTES // len(message) + 40
+
+    async def scenario() -> tuple[int, int]:
+        link = ReplicaLink(f"redis://127.0.0.1:{free_port()}/0", "away", WINDOW)  # nobody listens there
+        for _ in range(count):
+            link.publish("t", "10.0.0.1", head, message)
+        await link.close()
+        return link.pending_bytes, link.publish_dropped
+
+    pending, dropped = asyncio.run(scenario())
+    assert pending <= MAX_PENDING_BYTES
+    assert dropped == 40 and pending == (count - 40) * len(message)
 
 
 def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
