@@ -49,6 +49,7 @@ def test_every_flag_scope_parsed_reaches_each_child_as_given() -> None:
             "tenant_max_probes",
             "tenant_max_nodes",
             "tenant_max_bytes_per_second",
+            "tenant_idle",
         },
         "probe": {"service_token", "service_host", "service_key"},
     }
