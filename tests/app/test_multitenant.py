@@ -67,18 +67,16 @@ def two_tenants(hosted: Service, namespaces: list[NetnsHost]) -> Iterator[tuple[
     """Tenant alpha with probes on hosts alpha-1 and alpha-2, tenant beta with beta-1 and beta-2, each
     host a network namespace of its own."""
     alpha, beta = hosted.add_tenant("alpha"), hosted.add_tenant("beta")
-    # Each host its own process namespace too: a probe reads its processes' connections through /proc, and
-    # with one /proc for all, every probe would report every probe's sockets, one host's claims of the
-    # same endpoints overwriting another's.
-    own_processes = ["unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"]
+    # Each host its own process namespace too: with one /proc for all, one host's claims of the same
+    # endpoints would overwrite another's.
     for n in (1, 2):
-        host = namespaces[n - 1].argv(own_processes)
+        host = namespaces[n - 1].argv([], own_processes=True)
         hosted.probe(alpha.probe_token, hostname=f"alpha-{n}", service_key=alpha.service_key, prefix=host)
         hosted.probe(
             beta.probe_token,
             hostname=f"beta-{n}",
             service_key=beta.service_key,
-            prefix=namespaces[n + 1].argv(own_processes),
+            prefix=namespaces[n + 1].argv([], own_processes=True),
             extra=[NO_ENGINE],
         )
     wait_for(lambda: hosted.hostnames(alpha.user_token) == {"alpha-1", "alpha-2"}, timeout=40, what="alpha's probes")

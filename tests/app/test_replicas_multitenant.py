@@ -224,12 +224,11 @@ def test_revoking_a_tenant_closes_its_pipe_through_another_replica_with_the_reas
 
 #: A probe's host of its own: a network namespace on the test's bridge, with its own processes too (a
 #: probe reads its host's connections through /proc; with one /proc, each would report all of them).
-OWN_PROCESSES = ["unshare", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc"]
 
 
 def host_probe(scope: Scope, host: NetnsHost, addresses: list[str], tokens: TenantTokens, name: str) -> ScopeProcess:
     """A probe of the tenant of `tokens` on `host`, named `name`, given every replica's bus at `addresses`."""
-    prefix = host.argv(OWN_PROCESSES)
+    prefix = host.argv([], own_processes=True)
     return service_probe(
         scope, addresses, tokens.probe_token, tokens.service_key, hostname=name, prefix=prefix, extra=[NO_ENGINE]
     )
