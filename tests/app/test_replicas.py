@@ -83,7 +83,7 @@ def shows(app: App, names: list[str]) -> bool:
 
 
 def test_every_replica_serves_what_any_replica_ingests(scope: Scope, redis_server: RedisServer) -> None:
-    apps = replicas(scope, redis_server)
+    apps = replicas(scope, redis_server.url)
     names = [f"c{i}" for i in range(6)]
     feeders = [Feeder(name, apps[i % len(apps)]) for i, name in enumerate(names)]
     try:
@@ -108,7 +108,7 @@ def test_every_replica_serves_what_any_replica_ingests(scope: Scope, redis_serve
 
 
 def test_a_real_probe_on_one_replica_shows_on_the_others(scope: Scope, redis_server: RedisServer) -> None:
-    apps = replicas(scope, redis_server)
+    apps = replicas(scope, redis_server.url)
     scope.probe([apps[0].bus], hostname="replicated-host", extra=["--no-controls", "--conntrack=off"])
     for app in apps[1:]:
         wait_for(
@@ -120,7 +120,7 @@ def test_a_real_probe_on_one_replica_shows_on_the_others(scope: Scope, redis_ser
 
 
 def test_a_replica_that_joins_loads_what_the_others_hold(scope: Scope, redis_server: RedisServer) -> None:
-    first = replicas(scope, redis_server, 1, window=20.0)[0]
+    first = replicas(scope, redis_server.url, 1, window=20.0)[0]
     names = ["early-a", "early-b"]
     feeders = [Feeder(name, first) for name in names]
     try:
@@ -128,7 +128,7 @@ def test_a_replica_that_joins_loads_what_the_others_hold(scope: Scope, redis_ser
         for feeder in feeders:
             feeder.pause()
         time.sleep(0.6)  # nothing more in flight
-        late = replicas(scope, redis_server, 1, window=20.0)[0]
+        late = replicas(scope, redis_server.url, 1, window=20.0)[0]
         # Nothing is sent any more: what the late replica shows, it loaded from the store.
         wait_for(lambda: shows(late, names), 10, what="the late replica to load every probe's latest report")
     finally:
@@ -137,7 +137,7 @@ def test_a_replica_that_joins_loads_what_the_others_hold(scope: Scope, redis_ser
 
 
 def test_killing_a_replica_loses_no_probe(scope: Scope, redis_server: RedisServer) -> None:
-    apps = replicas(scope, redis_server)
+    apps = replicas(scope, redis_server.url)
     doomed, other, watched = apps
     names = ["moving", "staying"]
     moving, staying = Feeder("moving", doomed), Feeder("staying", other)
@@ -163,7 +163,7 @@ def test_killing_a_replica_loses_no_probe(scope: Scope, redis_server: RedisServe
 
 
 def test_restarting_redis_loses_nothing_and_crashes_nothing(scope: Scope, redis_server: RedisServer) -> None:
-    apps = replicas(scope, redis_server)
+    apps = replicas(scope, redis_server.url)
     names = [f"r{i}" for i in range(3)]
     feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
     try:
@@ -194,7 +194,7 @@ def test_restarting_redis_loses_nothing_and_crashes_nothing(scope: Scope, redis_
 def test_a_control_on_one_replica_reaches_a_probe_connected_to_another(
     scope: Scope, redis_server: RedisServer, containers: Containers
 ) -> None:
-    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    holder, asked = replicas(scope, redis_server.url, 2, window=15.0)
     scope.probe([holder.bus], hostname="controlled-host")
     container = containers.run(["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"], name="controlled")
     node = f"{container.id};<container>"
@@ -344,7 +344,7 @@ def test_a_store_that_is_not_redis_is_refused_at_start() -> None:
 
 def test_a_bad_entry_in_the_store_is_left_out_and_the_others_stand(scope: Scope, redis_server: RedisServer) -> None:
     """The store is shared: an entry that is not what a replica writes is counted, never decoded."""
-    apps = replicas(scope, redis_server, count=2)
+    apps = replicas(scope, redis_server.url, count=2)
     feeder = Feeder("kept", apps[0])
     try:
         wait_for(lambda: shows(apps[1], ["kept"]), 20, what="the feeder's containers on the other replica")
@@ -371,7 +371,7 @@ def test_a_bad_entry_in_the_store_is_left_out_and_the_others_stand(scope: Scope,
 def test_a_probe_waiting_for_a_full_report_stays_on_every_replica(scope: Scope, redis_server: RedisServer) -> None:
     """Deltas after a lost message are refused (the replica waits for the probe's next full report) but
     say the probe is alive: the replica they reach shares them, so no other lets the probe expire."""
-    apps = replicas(scope, redis_server, count=2)
+    apps = replicas(scope, redis_server.url, count=2)
     sender = ReportSender(apps[0], probe_id="gappy", host_id="gappy-host")
     try:
         sender.send_until(containers_report("gappy"), lambda: shows(apps[1], ["gappy"]), timeout=20)
@@ -391,7 +391,7 @@ def test_a_probe_waiting_for_a_full_report_stays_on_every_replica(scope: Scope, 
 def test_replicas_on_a_store_kept_by_sentinel_follow_its_failover(scope: Scope, redis_sentinel: RedisSentinel) -> None:
     """`--store redis+sentinel://…`: the replicas find the primary through the sentinel, and when the primary
     dies and the sentinel promotes its replica, they reach the new one and the map is whole again."""
-    apps = [scope.app(window=f"{WINDOW}s", extra=[f"--store={redis_sentinel.url}"]) for _ in range(2)]
+    apps = replicas(scope, redis_sentinel.url, 2, WINDOW)
     names = ["s0", "s1"]
     feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
     try:
@@ -439,7 +439,7 @@ def test_replicas_on_a_tls_store_share_the_map_and_one_that_cannot_verify_it_sta
     the operator's), keeps running and says why."""
     server = RedisServer(tls=True)
     try:
-        apps = [scope.app(window=f"{WINDOW}s", extra=[f"--store={server.url}"]) for _ in range(2)]
+        apps = replicas(scope, server.url, 2, WINDOW)
         names = ["t0", "t1"]
         feeders = [Feeder(name, app) for name, app in zip(names, apps, strict=True)]
         try:

@@ -45,6 +45,7 @@ from tests.fixtures.service import (
     add_tenant,
     hostnames,
     hosts_of,
+    hosts_socket,
     request,
     service_probe,
     tenant_probe,
@@ -57,10 +58,7 @@ WINDOW = 10.0
 
 async def websocket_hosts(app: App, token: str) -> set[str]:
     """The hosts the first message of `app`'s hosts-view websocket names, for the holder of `token`."""
-    request = tornado.httpclient.HTTPRequest(
-        f"ws://127.0.0.1:{app.http_port}/api/topology/hosts/ws", headers={"Authorization": f"Bearer {token}"}
-    )
-    ws = await tornado.websocket.websocket_connect(request)
+    ws = await hosts_socket(app, token)
     try:
         message = await asyncio.wait_for(ws.read_message(), 10)
         assert isinstance(message, str)
@@ -157,19 +155,27 @@ def test_every_replica_shows_each_tenant_exactly_its_own_picture(
         assert app.process.poll() is None and "Traceback" not in app.log()
 
 
-def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another(
-    redis_server: RedisServer, scope: Scope, tmp_path: Path
-) -> None:
-    """Alpha's and beta's probes send to replica A alone; alpha's user asks replica B for a shell on
-    alpha's host (host_exec): B forwards it to A, which holds the probe's control channel, and the shell
-    echoes through B. Beta's user asking for alpha's probe gets 404 on either replica, as for no probe."""
-    state = tmp_path / "state"
+def two_tenants_held_by_one_replica(
+    scope: Scope, state: Path, redis_server: RedisServer
+) -> tuple[App, App, TenantTokens, TenantTokens]:
+    """Replicas A (the holder) and B; tenants alpha and beta, each with a probe (alpha-1, beta-1) sending to
+    A alone, both seen on B."""
     holder, asked = replicas(scope, state, redis_server, 2)
     alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
     tenant_probe(scope, holder, alpha, "alpha-1")
     tenant_probe(scope, holder, beta, "beta-1")
     for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
         wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
+    return holder, asked, alpha, beta
+
+
+def test_a_tenants_shell_opened_on_one_replica_runs_on_its_probe_held_by_another(
+    redis_server: RedisServer, scope: Scope, tmp_path: Path
+) -> None:
+    """Alpha's and beta's probes send to replica A alone; alpha's user asks replica B for a shell on
+    alpha's host (host_exec): B forwards it to A, which holds the probe's control channel, and the shell
+    echoes through B. Beta's user asking for alpha's probe gets 404 on either replica, as for no probe."""
+    holder, asked, alpha, beta = two_tenants_held_by_one_replica(scope, tmp_path / "state", redis_server)
     shell = shell_echoes(asked, alpha.user_token, "alpha-1")
     beta_probe = request(asked.url, beta.user_token, "/api/probes")[1][0]["id"]
     node = urllib.parse.quote("alpha-1;<host>", safe="")
@@ -190,12 +196,7 @@ def test_revoking_a_tenant_closes_its_pipe_through_another_replica_with_the_reas
     Alpha revoked: B closes alpha's pipe itself, saying why, within a few seconds (it does not wait for
     A, which drops alpha's routes); beta's shell through B echoes on."""
     state = tmp_path / "state"
-    holder, asked = replicas(scope, state, redis_server, 2)
-    alpha, beta = (add_tenant(state, name, f"--store={redis_server.url}") for name in ("alpha", "beta"))
-    tenant_probe(scope, holder, alpha, "alpha-1")
-    tenant_probe(scope, holder, beta, "beta-1")
-    for token, host in ((alpha.user_token, "alpha-1"), (beta.user_token, "beta-1")):
-        wait_for(lambda token=token, host=host: hostnames(asked.url, token) == {host}, 60, what="the probes on B")  # type: ignore[misc]
+    holder, asked, alpha, beta = two_tenants_held_by_one_replica(scope, state, redis_server)
     _, alpha_pipe = open_shell(asked, alpha.user_token, "alpha-1")
     _, beta_pipe = open_shell(asked, beta.user_token, "beta-1")
 

@@ -14,13 +14,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import tornado.httpclient
-import tornado.websocket
-
 from tests.fixtures.redis import RedisServer
 from tests.fixtures.replicas import multitenant_replicas
 from tests.fixtures.scope import App, Scope, scrape_metrics
-from tests.fixtures.service import TenantTokens, add_tenant, hostnames, hosts_of, tenant_probe
+from tests.fixtures.service import TenantTokens, add_tenant, hostnames, hosts_of, hosts_socket, tenant_probe
 from tests.fixtures.waiting import wait_for
 
 METRICS_TOKEN = "operator-metrics-token"
@@ -98,10 +95,7 @@ def test_a_replica_where_nobody_watches_a_tenant_decodes_none_of_it(
 async def watch_hosts(app: App, token: str, added_later: str, ready: asyncio.Event) -> tuple[set[str], float]:
     """The hosts the first message of `app`'s hosts websocket names, and how long after it (`ready` set
     then) one more message named `added_later` (a probe the caller starts once `ready` is set)."""
-    request = tornado.httpclient.HTTPRequest(
-        f"ws://127.0.0.1:{app.http_port}/api/topology/hosts/ws", headers={"Authorization": f"Bearer {token}"}
-    )
-    ws = await tornado.websocket.websocket_connect(request)
+    ws = await hosts_socket(app, token)
     try:
         first = await asyncio.wait_for(ws.read_message(), 10)
         assert isinstance(first, str)
@@ -154,11 +148,7 @@ def test_a_tenant_nobody_watches_any_more_is_let_go_and_loaded_again_when_watche
 
     # A websocket open keeps it followed however long nobody asks anything else.
     async def keep_open() -> float:
-        request = tornado.httpclient.HTTPRequest(
-            f"ws://127.0.0.1:{serving.http_port}/api/topology/hosts/ws",
-            headers={"Authorization": f"Bearer {alpha.user_token}"},
-        )
-        ws = await tornado.websocket.websocket_connect(request)
+        ws = await hosts_socket(serving, alpha.user_token)
         try:
             await asyncio.sleep(8)
             return metrics(serving)["scope_app_replica_tenants_followed"]
