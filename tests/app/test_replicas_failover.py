@@ -28,7 +28,7 @@ WINDOW = 10.0
 def test_an_exec_pipe_opened_on_one_replica_echoes_through_the_probe_on_another(
     scope: Scope, redis_server: RedisServer, containers: Containers
 ) -> None:
-    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    holder, asked = replicas(scope, redis_server.url, 2, window=15.0)
     scope.probe([holder.bus], hostname="piped-host", extra=["--conntrack=off"])
     container = containers.run(["sleep", "600"], name="piped")
     # The browser is on `asked`; the probe's control channel is on `holder` alone.
@@ -59,7 +59,7 @@ def test_an_exec_pipe_opened_on_one_replica_echoes_through_the_probe_on_another(
 def test_a_pipe_through_a_replica_that_is_killed_is_closed_with_the_reason(
     scope: Scope, redis_server: RedisServer, containers: Containers
 ) -> None:
-    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    holder, asked = replicas(scope, redis_server.url, 2, window=15.0)
     scope.probe([holder.bus], hostname="orphan-host", extra=["--conntrack=off"])
     container = containers.run(["sleep", "600"], name="orphan")
     pipe = _open_pipe(asked, "containers", f"{container.id};<container>", "docker_exec_container")
@@ -80,7 +80,7 @@ def test_a_shell_whose_browser_replica_is_killed_is_ended_by_the_holder(
 ) -> None:
     """The replica with the browser dies: its key expires, the holder closes the routes to it and the
     probe hangs the shell up, rather than leave it running for nobody."""
-    holder, asked = replicas(scope, redis_server, 2, window=15.0)
+    holder, asked = replicas(scope, redis_server.url, 2, window=15.0)
     scope.probe([holder.bus], hostname="abandoned-host", extra=["--conntrack=off"])
     container = containers.run(["sleep", "600"], name="abandoned")
     pipe = _open_pipe(asked, "containers", f"{container.id};<container>", "docker_exec_container")
@@ -102,7 +102,7 @@ def test_a_probe_given_every_replica_moves_to_another_when_its_own_is_killed(
 ) -> None:
     """`--publish-to=one`: the probe reports to one replica (the others get it through Redis) and moves
     when its own goes away; an open websocket on a surviving replica never shows the probe gone."""
-    apps = replicas(scope, redis_server, 3, window=WINDOW)
+    apps = replicas(scope, redis_server.url, 3, window=WINDOW)
     probe = scope.probe(
         [app.bus for app in apps], hostname="mobile-host", extra=["--publish-to=one", "--conntrack=off"]
     )
@@ -137,7 +137,7 @@ def test_restarting_redis_under_real_probes_heals_the_map_controls_and_pipes(
     """Redis comes back empty: every replica reconnects and rejoins, each probe's next full report (asked
     for by the replicas that missed its deltas, or periodic) makes the map whole again within the window,
     controls and pipes across replicas work again, and nothing crashes."""
-    apps = replicas(scope, redis_server, 2, window=WINDOW)
+    apps = replicas(scope, redis_server.url, 2, window=WINDOW)
     for index, app in enumerate(apps):
         # Both probes report the same engine's containers: only the first offers controls, so a pipe
         # opened on the second replica goes through Redis.
@@ -181,7 +181,7 @@ def test_pipe_messages_no_route_allows_are_dropped_and_counted(scope: Scope, red
     """The replicas' channels are on a shared Redis: a pipe message for a pipe not routed to its sender, or
     from a replica that does not hold the probe, or that is no control-channel message at all, is counted
     and goes nowhere."""
-    (app,) = replicas(scope, redis_server, 1)
+    (app,) = replicas(scope, redis_server.url, 1)
     found = re.search(r"app starting, version \S+, ID (\w+)", app.log())
     assert found, app.log()
     name = f"scope:replica:{found.group(1)}"
